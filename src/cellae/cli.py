@@ -1,0 +1,198 @@
+"""The ``cellae`` command: parse arguments, call one function per command, print user errors in one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cellae import __version__
+from cellae.errors import CellaeError
+
+
+def _add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=64, help="output side in pixels (32, 64, 128)")
+    parser.add_argument("--color", choices=["rgb", "gray"], default="rgb")
+    parser.add_argument("--resize", choices=["stretch", "pad"], default="stretch")
+    parser.add_argument("--background", choices=["keep", "fill_mean"], default="keep")
+    parser.add_argument("--cache-dir", default=".cellae-cache", help="where caches are kept")
+    parser.add_argument("--workers", type=int, default=0, help="processes for decoding (0: all cores)")
+    parser.add_argument("--strict", action="store_true", help="fail on the first bad file")
+
+
+class _Subcommands:
+    """Adds every subcommand with the shared options (``--debug``)."""
+
+    def __init__(self, action: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._common = common
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        if "help" in kwargs and "description" not in kwargs:
+            kwargs["description"] = str(kwargs["help"]).capitalize() + "."
+        return self._action.add_parser(name, parents=[self._common], **kwargs)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cellae",
+        description="Train and inspect autoencoders and VAEs on single-cell microscopy images.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellae {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # --debug is accepted after the command too; SUPPRESS keeps a later default from undoing it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks for errors")
+    commands = _Subcommands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
+                            common)
+
+    data = commands.add_parser("data", help="inspect, prepare and download image data")
+    data_commands = _Subcommands(
+        data.add_subparsers(dest="data_command", metavar="ACTION", required=True), common
+    )
+    inspect = data_commands.add_parser(
+        "inspect", help="counts per class and patient, image sizes, skipped files"
+    )
+    inspect.add_argument("source", help="class folder, zip, or 'synthetic'")
+    inspect.add_argument("--strict", action="store_true", help="fail on the first bad file")
+    prepare = data_commands.add_parser("prepare", help="build (or reuse) the preprocessed cache")
+    prepare.add_argument("source", help="class folder, zip, or 'synthetic'")
+    _add_preprocessing_options(prepare)
+    download = data_commands.add_parser("download", help="fetch the NIH malaria cell_images.zip")
+    download.add_argument("--to", default="data", help="folder to save the zip in (default: data)")
+    download.add_argument("--url", default=None, help="download from this address instead")
+    download.add_argument("--sha256", default=None, help="expected checksum, verified when given")
+
+    train = commands.add_parser("train", help="train an AE or VAE from a YAML config")
+    train.add_argument("config", nargs="?", help="YAML config (see configs/)")
+    train.add_argument(
+        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config keys, e.g. --set train.epochs=3 model.latent_dim=50",
+    )
+    train.add_argument("--out", default="runs", help="parent folder for run folders (default: runs)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and stop")
+    train.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
+
+    evaluate = commands.add_parser("evaluate", help="figures and metrics for a trained run")
+    evaluate.add_argument("run_dir", help="a run folder written by 'cellae train'")
+    evaluate.add_argument("--data", default=None, help="evaluate on another source (folder or zip)")
+
+    embed = commands.add_parser("embed", help="write the latent codes of any source")
+    embed.add_argument("run_dir", help="a run folder written by 'cellae train'")
+    embed.add_argument("source", help="class folder, zip, or 'synthetic'")
+    embed.add_argument("--out", required=True, help="output file: .npz, .csv or .parquet")
+
+    sweep = commands.add_parser("sweep", help="train a grid of runs from one sweep file")
+    sweep.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
+    sweep.add_argument("--out", default="runs", help="parent folder for the sweep folder")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+
+    report = commands.add_parser("report", help="compare runs in one HTML page")
+    report.add_argument("runs", nargs="+", help="run or sweep folders")
+    report.add_argument("--out", default="report.html", help="output HTML (report.md is written beside it)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        return _run_data(args)
+    if args.command == "train":
+        from cellae.config import load_config
+
+        if args.resume:
+            from cellae.training import resume
+
+            run_dir = resume(Path(args.resume), evaluate=not args.no_eval)
+        else:
+            if args.config is None and not args.print_config:
+                raise CellaeError("give a config file, e.g. cellae train configs/quickstart.yaml")
+            config = load_config(args.config, args.overrides, check_paths=not args.print_config)
+            if args.print_config:
+                print(config.to_yaml(), end="")
+                return 0
+            from cellae.training import train
+
+            run_dir = train(config, Path(args.out), evaluate=not args.no_eval)
+        print(f"run folder: {run_dir}")
+        return 0
+    if args.command == "evaluate":
+        from cellae.evaluation.run import evaluate_run
+
+        evaluate_run(Path(args.run_dir), data=args.data)
+        return 0
+    if args.command == "embed":
+        from cellae.evaluation.run import embed_source
+
+        out = embed_source(Path(args.run_dir), args.source, Path(args.out))
+        print(f"wrote {out}")
+        return 0
+    if args.command == "sweep":
+        from cellae.sweep import run_sweep
+
+        sweep_dir = run_sweep(Path(args.sweep), Path(args.out), resume=args.resume)
+        print(f"sweep folder: {sweep_dir}")
+        return 0
+    if args.command == "report":
+        from cellae.report import write_report
+
+        html = write_report([Path(p) for p in args.runs], Path(args.out))
+        print(f"wrote {html} and {html.with_suffix('.md')}")
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    if args.data_command == "inspect":
+        from cellae.data.sources import inspect_source
+
+        print(inspect_source(args.source, strict=args.strict))
+        return 0
+    if args.data_command == "prepare":
+        from cellae.config import DataConfig, validate_data
+        from cellae.data.cache import prepare_cache
+
+        data = validate_data(
+            DataConfig(
+                source=args.source, image_size=args.size, color=args.color, resize=args.resize,
+                background=args.background, cache_dir=args.cache_dir, strict=args.strict,
+                workers=args.workers,
+            )
+        )
+        cache = prepare_cache(data, progress=sys.stderr.isatty())
+        print(
+            f"cache: {cache.path} ({len(cache)} images, {cache.images.shape[1]}x"
+            f"{cache.images.shape[2]}x{cache.images.shape[3]}, classes {', '.join(cache.class_names)})"
+        )
+        return 0
+    if args.data_command == "download":
+        from cellae.data.download import DEFAULT_URL, download
+
+        path = download(args.url or DEFAULT_URL, Path(args.to), expected_size=None, sha256=args.sha256,
+                        progress=sys.stderr.isatty())
+        print(f"downloaded {path}")
+        return 0
+    raise AssertionError(f"unhandled data command {args.data_command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except CellaeError as exc:
+        if args.debug:
+            raise
+        print(f"cellae: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("cellae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Typed run configuration: YAML in, dotted overrides, validation with messages that say what is allowed.
+
+A config has six sections: ``name``, ``seed``, ``data``, ``model``, ``train`` and ``eval``.
+Each section is a dataclass; :func:`load_config` builds them from YAML, applies
+``--set key=value`` overrides and rejects unknown keys, wrong types and impossible values
+with a :class:`~cellae.errors.CellaeError` that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from cellae.errors import CellaeError
+
+SYNTHETIC = "synthetic"
+IMAGE_SIZES = (32, 64, 128)
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic cell generator."""
+
+    n_images: int = 2000
+    n_patients: int = 20
+    infected_fraction: float = 0.4
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are turned into model input."""
+
+    source: str = SYNTHETIC
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    image_size: int = 64
+    color: Literal["rgb", "gray"] = "rgb"
+    resize: Literal["stretch", "pad"] = "stretch"
+    background: Literal["keep", "fill_mean"] = "keep"
+    split: Literal["patient", "image"] = "patient"
+    test_fraction: float = 0.2
+    cache_dir: str = ".cellae-cache"
+    strict: bool = False
+    workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The autoencoder family and its shape and loss."""
+
+    family: Literal["ae", "vae"] = "ae"
+    latent_dim: int = 20
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    norm: Literal["batch", "group", "none"] = "batch"
+    activation: Literal["relu", "leaky_relu", "gelu", "silu"] = "leaky_relu"
+    loss: Literal["mse", "bce", "masked_mse", "masked_bce"] = "mse"
+    background_weight: float = 0.1
+    latent_l1: float = 0.0
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop and the devices it runs on."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Union[int, str] = "auto"  # noqa: UP007 - read by the validator at run time
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = "auto"
+    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed"] = "32-true"
+    num_workers: int = 0
+    deterministic: bool = True
+    tensorboard: bool = False
+    data_on_device: Literal["auto", "always", "never"] = "auto"
+
+
+@dataclass
+class EvalConfig:
+    """What is computed and drawn after training."""
+
+    enabled: bool = True
+    tsne_max_points: int = 3000
+    tsne_perplexity: float = 30.0
+    knn_k: int = 15
+    n_reconstructions: int = 8
+    n_samples: int = 32
+    n_traversal_dims: int = 6
+
+
+@dataclass
+class Config:
+    """A whole run: what to train on, what to train, how, and what to measure."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- building from dicts
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise naming ``key`` and what is allowed."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise CellaeError(f"config key '{key}' must be a section (a mapping), got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value in get_args(tp) and type(value) is type(get_args(tp)[0]):
+            return value
+        raise CellaeError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except CellaeError:
+                continue
+        raise CellaeError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise CellaeError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+        (item_type,) = get_args(tp)
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise CellaeError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise CellaeError(
+                f"unknown config key '{dotted}'; allowed here: {', '.join(sorted(names))}"
+            )
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def _check(condition: bool, key: str, allowed: str, value: Any) -> None:
+    if not condition:
+        raise CellaeError(f"config key '{key}' must be {allowed}, got {value!r}")
+
+
+def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data") -> DataConfig:
+    """Reject impossible data settings; shared by the run config and ``cellae data prepare``."""
+    _check(d.image_size in IMAGE_SIZES, f"{prefix}.image_size", f"one of {IMAGE_SIZES}", d.image_size)
+    _check(0.0 < d.test_fraction < 1.0, f"{prefix}.test_fraction", "between 0 and 1", d.test_fraction)
+    _check(d.workers >= 0, f"{prefix}.workers", "0 (all cores) or more", d.workers)
+    s = d.synthetic
+    _check(s.n_images >= 10, f"{prefix}.synthetic.n_images", "at least 10", s.n_images)
+    _check(s.n_patients >= 2, f"{prefix}.synthetic.n_patients", "at least 2", s.n_patients)
+    _check(
+        0.0 < s.infected_fraction < 1.0,
+        f"{prefix}.synthetic.infected_fraction",
+        "between 0 and 1",
+        s.infected_fraction,
+    )
+    if check_paths and d.source != SYNTHETIC and not Path(d.source).expanduser().exists():
+        raise CellaeError(
+            f"{prefix}.source: no such file or folder: {d.source} "
+            f"(give a class folder, a zip, or '{SYNTHETIC}')"
+        )
+    return d
+
+
+def validate(config: Config, check_paths: bool = True) -> Config:
+    """Reject values that are well typed but impossible; return ``config`` unchanged."""
+    d, m, t, e = config.data, config.model, config.train, config.eval
+    _check(bool(config.name.strip()), "name", "a non-empty string", config.name)
+    _check(config.seed >= 0, "seed", "a non-negative integer", config.seed)
+    validate_data(d, check_paths=check_paths)
+    _check(m.latent_dim >= 1, "model.latent_dim", "a positive integer", m.latent_dim)
+    _check(
+        len(m.widths) >= 2 and all(w >= 1 for w in m.widths),
+        "model.widths",
+        "a list of at least two positive channel counts",
+        m.widths,
+    )
+    _check(
+        d.image_size // 2 ** len(m.widths) >= 1,
+        "model.widths",
+        f"short enough that {d.image_size}px halves {len(m.widths)} times",
+        m.widths,
+    )
+    if m.norm == "group":
+        _check(
+            all(w % 8 == 0 for w in m.widths),
+            "model.widths",
+            "multiples of 8 when model.norm is 'group'",
+            m.widths,
+        )
+    _check(m.background_weight >= 0, "model.background_weight", "0 or more", m.background_weight)
+    _check(m.latent_l1 >= 0, "model.latent_l1", "0 or more", m.latent_l1)
+    _check(m.beta >= 0, "model.beta", "0 or more", m.beta)
+    _check(m.kl_warmup_epochs >= 0, "model.kl_warmup_epochs", "0 or more", m.kl_warmup_epochs)
+    _check(t.epochs >= 1, "train.epochs", "a positive integer", t.epochs)
+    _check(t.batch_size >= 1, "train.batch_size", "a positive integer", t.batch_size)
+    _check(t.lr > 0, "train.lr", "a positive number", t.lr)
+    _check(t.weight_decay >= 0, "train.weight_decay", "0 or more", t.weight_decay)
+    _check(t.grad_clip >= 0, "train.grad_clip", "0 (off) or more", t.grad_clip)
+    _check(t.num_workers >= 0, "train.num_workers", "0 or more", t.num_workers)
+    _check(
+        t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1),
+        "train.devices",
+        "'auto' or a positive integer",
+        t.devices,
+    )
+    _check(e.tsne_max_points >= 10, "eval.tsne_max_points", "at least 10", e.tsne_max_points)
+    _check(e.tsne_perplexity > 0, "eval.tsne_perplexity", "a positive number", e.tsne_perplexity)
+    _check(e.knn_k >= 1, "eval.knn_k", "a positive integer", e.knn_k)
+    _check(e.n_reconstructions >= 1, "eval.n_reconstructions", "a positive integer", e.n_reconstructions)
+    _check(e.n_samples >= 1, "eval.n_samples", "a positive integer", e.n_samples)
+    _check(e.n_traversal_dims >= 1, "eval.n_traversal_dims", "a positive integer", e.n_traversal_dims)
+    return config
+
+
+# ---------------------------------------------------------------- overrides and files
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key.sub=value``; the value is read as YAML so ``3``, ``true`` and ``[1, 2]`` work."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise CellaeError(f"override '{text}' must look like key.subkey=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted key in a nested dict; a key that the config does not have is an error."""
+    defaults = Config().to_dict()
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        known, target = defaults, values
+        for i, part in enumerate(parts):
+            if not isinstance(known, dict) or part not in known:
+                where = ".".join(parts[:i]) or "the top level"
+                allowed = ", ".join(sorted(known)) if isinstance(known, dict) else "no sub-keys"
+                raise CellaeError(
+                    f"--set {key}: no config key '{key}' ({where} allows: {allowed})"
+                )
+            known = known[part]
+            if i < len(parts) - 1:
+                target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    raise CellaeError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+        target[parts[-1]] = value
+    return values
+
+
+def config_from_dict(
+    values: dict[str, Any], overrides: list[str] | None = None, check_paths: bool = True
+) -> Config:
+    values = apply_overrides(dict(values), list(overrides or []))
+    return validate(_build(Config, values), check_paths=check_paths)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CellaeError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CellaeError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise CellaeError(f"config file {path} must hold a mapping of sections, not {type(values).__name__}")
+    return values
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, check_paths: bool = True
+) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides.
+
+    A relative ``data.source`` is read relative to the working directory, the way a user
+    types it on the command line.
+    """
+    values = read_yaml(path) if path is not None else {}
+    return config_from_dict(values, overrides, check_paths=check_paths)

@@ -1,0 +1,43 @@
+"""The deterministic autoencoder, with an optional L1 penalty that keeps the latent sparse."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cellae.config import ModelConfig
+from cellae.models.base import CellAutoencoder, ModelOutput
+
+
+class Autoencoder(CellAutoencoder):
+    """z = Linear(encoder(x)); loss = recon + latent_l1 * mean over the batch of sum |z|."""
+
+    family = "ae"
+
+    def __init__(self, config: ModelConfig, image_size: int, channels: int) -> None:
+        super().__init__(config, image_size, channels)
+        self.to_latent = nn.Linear(self.encoder.out_features, config.latent_dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_latent(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        z = self.encode(x)
+        logits = self.decode_logits(z)
+        return ModelOutput(recon=torch.sigmoid(logits), logits=logits, z=z)
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        output: ModelOutput,
+        kl_weight: float = 1.0,
+    ) -> dict[str, torch.Tensor]:
+        """Terms recon, recon_per_pixel, loss, and l1 (unweighted mean sum |z|) when enabled."""
+        terms = self.reconstruction_terms(x, mask, output)
+        loss = terms["recon"]
+        if self.config.latent_l1 > 0:
+            terms["l1"] = output.z.abs().sum(dim=1).mean()
+            loss = loss + self.config.latent_l1 * terms["l1"]
+        terms["loss"] = loss
+        return terms

@@ -1,0 +1,125 @@
+"""The convolutional encoder and decoder that both model families share.
+
+Each entry of ``widths`` is one stride-2 stage: the encoder halves the image per stage and
+the decoder mirrors it, doubling back up to the input size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cellae.errors import CellaeError
+
+NORMS = ("batch", "group", "none")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu")
+GROUPS = 8
+# A steeper negative slope than PyTorch's 0.01 keeps dark (near-zero) background pixels from
+# starving the early layers of gradient, the usual choice for image autoencoders.
+LEAKY_SLOPE = 0.2
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """A 2-d normalisation layer for ``channels`` feature maps."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        if channels % GROUPS:
+            raise CellaeError(
+                f"model.widths must be multiples of {GROUPS} when model.norm is 'group', "
+                f"got a stage with {channels} channels"
+            )
+        return nn.GroupNorm(GROUPS, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise CellaeError(f"model.norm must be one of {', '.join(NORMS)}, got {kind!r}")
+
+
+def make_activation(kind: str) -> nn.Module:
+    if kind == "relu":
+        return nn.ReLU()
+    if kind == "leaky_relu":
+        return nn.LeakyReLU(LEAKY_SLOPE)
+    if kind == "gelu":
+        return nn.GELU()
+    if kind == "silu":
+        return nn.SiLU()
+    raise CellaeError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {kind!r}")
+
+
+def bottleneck_size(image_size: int, n_stages: int) -> int:
+    """Side of the smallest feature map, or a CellaeError when the image cannot halve that often."""
+    factor = 2**n_stages
+    if image_size < factor or image_size % factor:
+        raise CellaeError(
+            f"model.widths has {n_stages} stages, so the image side must be a multiple of "
+            f"{factor} (at least {factor}px), got {image_size}px; use fewer widths"
+        )
+    return image_size // factor
+
+
+class ConvEncoder(nn.Module):
+    """Image (B, C, H, W) -> flat features (B, widths[-1] * s * s) with s = H / 2**len(widths)."""
+
+    def __init__(
+        self, channels: int, image_size: int, widths: list[int], norm: str, activation: str
+    ) -> None:
+        super().__init__()
+        side = bottleneck_size(image_size, len(widths))
+        # A bias before batch or group norm is cancelled by the norm's own shift.
+        bias = norm == "none"
+        layers: list[nn.Module] = []
+        in_channels = channels
+        for width in widths:
+            layers += [
+                nn.Conv2d(in_channels, width, kernel_size=4, stride=2, padding=1, bias=bias),
+                make_norm(norm, width),
+                make_activation(activation),
+            ]
+            in_channels = width
+        layers.append(nn.Flatten())
+        self.net = nn.Sequential(*layers)
+        self.out_features = widths[-1] * side * side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """Latent (B, latent_dim) -> logits (B, C, H, W); the mirror image of :class:`ConvEncoder`."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        channels: int,
+        image_size: int,
+        widths: list[int],
+        norm: str,
+        activation: str,
+    ) -> None:
+        super().__init__()
+        side = bottleneck_size(image_size, len(widths))
+        bias = norm == "none"
+        layers: list[nn.Module] = [
+            nn.Linear(latent_dim, widths[-1] * side * side),
+            nn.Unflatten(1, (widths[-1], side, side)),
+            make_activation(activation),
+        ]
+        reversed_widths = list(reversed(widths))
+        # Each stage doubles the side; the last one stays at widths[0] so that a final 3x3
+        # convolution, not a strided one, maps features to pixels (fewer checkerboard artefacts).
+        for in_width, out_width in zip(
+            reversed_widths, reversed_widths[1:] + [widths[0]], strict=True
+        ):
+            layers += [
+                nn.ConvTranspose2d(
+                    in_width, out_width, kernel_size=4, stride=2, padding=1, bias=bias
+                ),
+                make_norm(norm, out_width),
+                make_activation(activation),
+            ]
+        layers.append(nn.Conv2d(widths[0], channels, kernel_size=3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

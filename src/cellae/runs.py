@@ -1,0 +1,224 @@
+"""The run folder: where everything a run produces lives, and :func:`load_run` for notebooks.
+
+A run folder is never overwritten. Its layout::
+
+    config.yaml         the resolved config
+    run.json            status, seed, data summary, timings, versions
+    split.json          the file names on each side of the split
+    metrics.csv         one row per epoch
+    checkpoints/        last.ckpt and best.ckpt (lowest test loss)
+    eval/               metrics.json, latents.npz (and eval/<source>/ for other sources)
+    figures/            *.png
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from cellae.config import Config, config_from_dict
+from cellae.errors import CellaeError
+
+CONFIG_FILE = "config.yaml"
+RUN_INFO_FILE = "run.json"
+SPLIT_FILE = "split.json"
+METRICS_FILE = "metrics.csv"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"
+EVAL_DIR = "eval"
+FIGURES_DIR = "figures"
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, values: Any) -> None:
+    write_atomic(path, json.dumps(values, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def new_run_dir(parent: Path, name: str) -> Path:
+    """Create ``parent/<name>-<timestamp>``; a folder that exists already gets a numbered sibling."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CellaeError(f"cannot create the output folder {parent}: {exc.strerror}") from exc
+    if not os.access(parent, os.W_OK):
+        raise CellaeError(f"the output folder {parent} is not writable")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    for attempt in range(1, 1000):
+        candidate = parent / (f"{safe_name}-{stamp}" + (f"-{attempt}" if attempt > 1 else ""))
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise CellaeError(f"could not find a free run folder name under {parent}")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / RUN_INFO_FILE).is_file()
+
+
+def require_run_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise CellaeError(f"no such run folder: {path}")
+    if not is_run_dir(path):
+        raise CellaeError(
+            f"{path} is not a cellae run folder (it has no {CONFIG_FILE} and {RUN_INFO_FILE})"
+        )
+    return path
+
+
+def read_config(run_dir: Path) -> Config:
+    values = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    # the data may have moved since training; evaluation says so when it needs the images
+    return config_from_dict(values, check_paths=False)
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / RUN_INFO_FILE).read_text(encoding="utf-8"))
+
+
+def update_run_info(run_dir: Path, **values: Any) -> dict[str, Any]:
+    path = run_dir / RUN_INFO_FILE
+    info = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    info.update(values)
+    write_json(path, info)
+    return info
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of ``metrics.csv`` with numbers parsed; empty cells become NaN."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()} for r in rows]
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint without running any code it may carry (``weights_only``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CellaeError(f"checkpoint not found: {path}") from exc
+    except Exception as exc:  # noqa: BLE001 - every unpickling failure means the same to the user
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CellaeError(
+            f"refusing to load {path}: not a plain checkpoint of tensors ({first_line[:160]})"
+        ) from exc
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):
+        path = run_dir / CHECKPOINT_DIR / name
+        if path.is_file():
+            return path
+    raise CellaeError(f"run folder {run_dir} has no checkpoint in {CHECKPOINT_DIR}/")
+
+
+@dataclass
+class LoadedRun:
+    """A trained model and its config, for use outside the CLI.
+
+    Images go in as uint8 arrays or tensors in the cache's layout (N x C x H x W, 0-255), or as
+    float tensors already in [0, 1].
+    """
+
+    path: Path
+    config: Config
+    model: torch.nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> LoadedRun:
+        self.model.to(device)
+        return self
+
+    def _as_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return x.to(self.device)
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """Latent codes (the posterior mean for a VAE), one row per image."""
+        x = self._as_input(images)
+        return torch.cat([self.model.encode(b) for b in x.split(batch_size)]).cpu().numpy()
+
+    @torch.no_grad()
+    def decode(self, z: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """Images in [0, 1] (float32, N x C x H x W) decoded from latent codes."""
+        codes = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(self.device)
+        return torch.cat([self.model.decode(b) for b in codes.split(batch_size)]).cpu().numpy()
+
+    @torch.no_grad()
+    def reconstruct(self, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """Reconstructions in [0, 1] (float32, N x C x H x W)."""
+        x = self._as_input(images)
+        return torch.cat([self.model(b).recon for b in x.split(batch_size)]).cpu().numpy()
+
+
+def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The bare model's weights from a Lightning checkpoint of :class:`~cellae.training.CellaeModule`."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise CellaeError("checkpoint has no state_dict")
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def load_run(path: str | Path, checkpoint: str = "best") -> LoadedRun:
+    """Open a run folder: its config and its model (best checkpoint unless ``checkpoint='last'``)."""
+    from cellae.models import build_model
+
+    run_dir = require_run_dir(Path(path))
+    config = read_config(run_dir)
+    info = read_run_info(run_dir)
+    if checkpoint == "last":
+        ckpt_path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    else:
+        ckpt_path = best_checkpoint(run_dir)
+    channels = 1 if config.data.color == "gray" else 3
+    model = build_model(config.model, config.data.image_size, int(info.get("channels", channels)))
+    model.load_state_dict(model_state_from_checkpoint(load_checkpoint(ckpt_path)))
+    model.eval()
+    return LoadedRun(path=run_dir, config=config, model=model)

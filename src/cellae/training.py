@@ -1,0 +1,337 @@
+"""Training on Lightning: the LightningModule, the Trainer built from the config, and ``train``/``resume``.
+
+``train(config, out)`` prepares the cache, splits it, trains, checkpoints and leaves a complete
+run folder; ``resume(run_dir)`` continues an interrupted run from ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from cellae import __version__, runs
+from cellae.config import Config
+from cellae.data.cache import prepare_cache
+from cellae.data.datamodule import CellDataModule
+from cellae.data.splits import save_split, split_indices
+from cellae.errors import CellaeError
+from cellae.models import build_model
+
+# set in the environment by the launching process so that DDP workers join its run folder
+RUN_DIR_ENV = "CELLAE_RUN_DIR"
+METRIC_COLUMNS = (
+    "epoch", "train_loss", "test_loss", "train_recon", "test_recon", "train_recon_per_pixel",
+    "test_recon_per_pixel", "train_kl", "test_kl", "kl_weight", "lr", "seconds", "images_per_second",
+)
+
+
+class NonFiniteLossError(CellaeError):
+    """The loss became NaN or infinite."""
+
+
+class CellaeModule(L.LightningModule):
+    """One optimisation step of an AE or VAE on batches gathered from the cache."""
+
+    def __init__(self, config: Config, channels: int) -> None:
+        super().__init__()
+        self.config = config
+        self.model = build_model(config.model, config.data.image_size, channels)
+
+    def kl_weight(self) -> float:
+        """The linear KL warm-up factor, 0 at the first step and 1 after ``kl_warmup_epochs``."""
+        warmup = self.config.model.kl_warmup_epochs
+        if warmup == 0 or self.trainer is None:
+            return 1.0
+        steps_per_epoch = max(1, self.trainer.num_training_batches)
+        return min(1.0, self.trainer.global_step / (warmup * steps_per_epoch))
+
+    def _step(self, indices: torch.Tensor, side: str) -> torch.Tensor:
+        images, masks, _ = self.trainer.datamodule.gather(indices, self.device)
+        x = images.float().div_(255.0)
+        mask = masks.float()
+        output = self.model(x)
+        weight = self.kl_weight()
+        losses = self.model.loss(x, mask, output, kl_weight=weight)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+            raise NonFiniteLossError(
+                f"{side} loss became {loss.item()} in epoch {self.current_epoch + 1} "
+                f"(non-finite parts: {', '.join(bad)}); lower train.lr or set train.grad_clip"
+            )
+        batch = len(indices)
+        for key, value in losses.items():
+            name = f"{side}_loss" if key == "loss" else f"{side}_{key}"
+            self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=batch,
+                     sync_dist=True)
+        if side == "train":
+            self.log("kl_weight", weight, on_step=False, on_epoch=True, batch_size=batch)
+        return loss
+
+    def training_step(self, indices: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self._step(indices, "train")
+
+    def validation_step(self, indices: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self._step(indices, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        t = self.config.train
+        params = self.model.parameters()
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+        optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        return optimizer(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the VAE's sampling noise comes from the global generator; keep it so a resume matches
+        checkpoint["cellae"] = {"version": __version__, "torch_rng": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("cellae", {}).get("torch_rng")
+        if isinstance(state, torch.Tensor):
+            torch.set_rng_state(state)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written through a temporary file and loaded without running pickled code."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        runs.write_atomic(Path(path), buffer.getvalue())
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return runs.load_checkpoint(Path(path))
+
+
+class EpochLog(Callback):
+    """Appends one row per epoch to ``metrics.csv`` and, off a terminal, prints one plain line."""
+
+    def __init__(self, path: Path, plain_lines: bool) -> None:
+        self.path = path
+        self.plain_lines = plain_lines
+        self._started = 0.0
+        self._train_images = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        seconds = time.perf_counter() - self._started
+        n_train = len(trainer.datamodule.train_idx)
+        row = {k: metrics.get(k, "") for k in METRIC_COLUMNS}
+        row.update(
+            epoch=trainer.current_epoch + 1,
+            lr=trainer.optimizers[0].param_groups[0]["lr"],
+            seconds=round(seconds, 3),
+            images_per_second=round(n_train / seconds, 1) if seconds > 0 else "",
+        )
+        new_file = not self.path.exists()
+        with self.path.open("a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.plain_lines:
+            parts = [f"epoch {row['epoch']}/{trainer.max_epochs}"]
+            parts += [f"{k} {metrics[k]:.4g}" for k in ("train_loss", "test_loss", "test_kl") if k in metrics]
+            parts.append(f"{row['images_per_second']} img/s")
+            print("  ".join(parts), flush=True)
+
+
+def _truncate_metrics(path: Path, completed_epochs: int) -> None:
+    """Drop rows past the checkpoint, written by an epoch whose checkpoint never landed."""
+    if not path.exists():
+        return
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if int(float(r["epoch"])) <= completed_epochs]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    runs.write_atomic(path, buffer.getvalue())
+
+
+def _accelerator(config: Config) -> str:
+    t = config.train
+    if t.accelerator != "auto":
+        if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise CellaeError(f"train.accelerator is '{t.accelerator}' but no CUDA GPU is visible")
+        return t.accelerator
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | None = None) -> L.Trainer:
+    """The Lightning Trainer for ``config``: devices, precision, checkpoints and logging."""
+    t = config.train
+    accelerator = _accelerator(config)
+    interactive = sys.stderr.isatty()
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / runs.CHECKPOINT_DIR,
+        filename=Path(runs.BEST_CHECKPOINT).stem,
+        monitor="test_loss",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        # saved after EpochLog wrote the epoch's row (Lightning runs checkpointing last), so a
+        # checkpoint never exists without its metrics row
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    logger: Any = False
+    if t.tensorboard:
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
+        except ModuleNotFoundError as exc:
+            raise CellaeError(
+                "train.tensorboard needs TensorBoard: pip install 'cellae[tensorboard]'"
+            ) from exc
+    if accelerator in ("gpu", "cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    devices: int | str = t.devices
+    if accelerator == "cpu" and devices == "auto":
+        devices = 1
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=t.epochs,
+        gradient_clip_val=t.grad_clip or None,
+        # some GPU kernels have no deterministic version; warn there rather than refuse to train
+        deterministic=True if (t.deterministic and accelerator == "cpu") else ("warn" if t.deterministic else False),
+        callbacks=[checkpoint, EpochLog(run_dir / runs.METRICS_FILE, plain_lines=not interactive)]
+        + list(callbacks or []),
+        logger=logger,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
+
+
+def _data_summary(cache: Any, train_idx: np.ndarray, test_idx: np.ndarray) -> dict[str, Any]:
+    def side(idx: np.ndarray) -> dict[str, Any]:
+        labels = np.asarray(cache.labels)[idx]
+        return {
+            "images": int(len(idx)),
+            "patients": int(len(set(np.asarray(cache.patients)[idx].tolist()))),
+            "per_class": {name: int((labels == i).sum()) for i, name in enumerate(cache.class_names)},
+        }
+
+    return {"cache": str(cache.path), "class_names": list(cache.class_names),
+            "train": side(train_idx), "test": side(test_idx)}
+
+
+def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None) -> L.Trainer:
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    cache = prepare_cache(config.data, progress=sys.stderr.isatty())
+    train_idx, test_idx = split_indices(
+        cache.patients, cache.labels, config.data.test_fraction, config.seed, by=config.data.split
+    )
+    channels = int(cache.images.shape[1])
+    is_launcher = os.environ.get("LOCAL_RANK") is None
+    if is_launcher and ckpt_path is None:
+        save_split(run_dir / runs.SPLIT_FILE, cache.files, train_idx, test_idx)
+        runs.update_run_info(run_dir, channels=channels, data=_data_summary(cache, train_idx, test_idx))
+    datamodule = CellDataModule(
+        cache, train_idx, test_idx, config.train.batch_size, seed=config.seed,
+        num_workers=config.train.num_workers, data_on_device=config.train.data_on_device,
+    )
+    module = CellaeModule(config, channels)
+    trainer = build_trainer(config, run_dir, callbacks)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except NonFiniteLossError as exc:
+        kept = run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT
+        runs.update_run_info(run_dir, status="failed", error=str(exc))
+        where = f"; the last good checkpoint is {kept}" if kept.exists() else ""
+        raise NonFiniteLossError(f"{exc}{where}") from exc
+    if trainer.is_global_zero:
+        rows = runs.read_metrics(run_dir)
+        epoch_seconds = sum(r.get("seconds", 0.0) for r in rows if math.isfinite(r.get("seconds", 0.0)))
+        runs.update_run_info(
+            run_dir,
+            status="trained",
+            epochs_completed=trainer.current_epoch,
+            fit_seconds=round(time.perf_counter() - started, 2),
+            train_images_per_second=round(len(train_idx) * len(rows) / epoch_seconds, 1)
+            if epoch_seconds else None,
+            best_checkpoint=Path(trainer.checkpoint_callback.best_model_path).name or None,
+            devices=trainer.num_devices,
+            accelerator=type(trainer.accelerator).__name__,
+        )
+    return trainer
+
+
+def _finish(run_dir: Path, trainer: L.Trainer, evaluate: bool) -> Path:
+    if not trainer.is_global_zero:
+        # DDP workers stop here; the launching process evaluates and reports
+        sys.exit(0)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if evaluate:
+        from cellae.evaluation.run import evaluate_run
+
+        evaluate_run(run_dir)
+    runs.update_run_info(run_dir, status="finished")
+    return run_dir
+
+
+def train(config: Config, out: Path, evaluate: bool = True, callbacks: list[Callback] | None = None) -> Path:
+    """Train ``config`` into a new run folder under ``out`` and return its path."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and os.environ.get("LOCAL_RANK") is not None:
+        run_dir = Path(inherited)
+    else:
+        run_dir = runs.new_run_dir(out, config.name)
+        runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
+        runs.update_run_info(
+            run_dir, name=config.name, seed=config.seed, status="running",
+            cellae_version=__version__, torch_version=torch.__version__,
+            started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+    print(f"training {config.model.family} '{config.name}' into {run_dir}", file=sys.stderr)
+    trainer = _fit(config, run_dir, None, callbacks)
+    return _finish(run_dir, trainer, evaluate)
+
+
+def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | None = None) -> Path:
+    """Continue an interrupted run from its last checkpoint; it ends where an uninterrupted run would."""
+    runs.require_run_dir(run_dir)
+    config = runs.read_config(run_dir)
+    last = run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT
+    if not last.is_file():
+        raise CellaeError(f"{run_dir} has no {runs.CHECKPOINT_DIR}/{runs.LAST_CHECKPOINT} to resume from")
+    state = runs.load_checkpoint(last)
+    completed = int(state.get("epoch", -1)) + 1
+    if completed >= config.train.epochs and runs.read_run_info(run_dir).get("status") == "finished":
+        print(f"{run_dir} already finished all {config.train.epochs} epochs", file=sys.stderr)
+        return run_dir
+    if os.environ.get("LOCAL_RANK") is None:
+        _truncate_metrics(run_dir / runs.METRICS_FILE, completed)
+        runs.update_run_info(run_dir, status="running", resumed_from_epoch=completed)
+    print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
+    trainer = _fit(config, run_dir, last, callbacks)
+    return _finish(run_dir, trainer, evaluate)

@@ -1,0 +1,312 @@
+"""Models: shapes, losses, the KL term, determinism, and that a tiny AE can actually learn."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cellae.config import ModelConfig
+from cellae.errors import CellaeError
+from cellae.models import CellAutoencoder, ModelOutput, build_model, kl_divergence
+from cellae.models.losses import bce, masked_bce, masked_mse, mse, reconstruction_loss
+
+TINY = ModelConfig(latent_dim=4, widths=[8, 16], norm="batch", activation="leaky_relu")
+
+
+def tiny(family: str = "ae", image_size: int = 32, channels: int = 3, **changes) -> CellAutoencoder:
+    torch.manual_seed(0)
+    return build_model(replace(TINY, family=family, **changes), image_size, channels)
+
+
+def images(n: int, image_size: int = 32, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(
+        n, channels, image_size, image_size, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def disks(n: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coloured disks at different places on black, with their masks: learnable structure."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    imgs, masks = [], []
+    for i in range(n):
+        cy, cx, r = 10 + 2 * i % 12, 8 + 3 * i % 16, 5 + i % 4
+        mask = (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).float()
+        colour = torch.tensor([0.9, 0.3 + 0.08 * i, 0.6 - 0.05 * i]).view(3, 1, 1)
+        imgs.append(mask * colour)
+        masks.append(mask.unsqueeze(0))
+    return torch.stack(imgs), torch.stack(masks)
+
+
+# ---------------------------------------------------------------- shapes and building
+
+
+@pytest.mark.parametrize("family", ["ae", "vae"])
+@pytest.mark.parametrize("image_size", [32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_output_shapes_and_range(family: str, image_size: int, channels: int) -> None:
+    model = tiny(family, image_size, channels)
+    x = images(2, image_size, channels)
+    out = model(x)
+    assert isinstance(out, ModelOutput)
+    assert model.family == family and model.latent_dim == 4
+    assert out.recon.shape == out.logits.shape == x.shape
+    assert out.z.shape == (2, 4)
+    assert model.encode(x).shape == (2, 4)
+    assert model.decode(torch.randn(3, 4)).shape == (3, channels, image_size, image_size)
+    assert out.recon.min() >= 0.0 and out.recon.max() <= 1.0
+    assert torch.allclose(out.recon, torch.sigmoid(out.logits))
+    if family == "vae":
+        assert out.mu.shape == out.log_var.shape == (2, 4)
+    else:
+        assert out.mu is None and out.log_var is None
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "gelu", "silu"])
+def test_every_norm_and_activation_builds_and_runs(norm: str, activation: str) -> None:
+    model = tiny("vae", norm=norm, activation=activation)
+    assert model(images(2)).recon.shape == (2, 3, 32, 32)
+
+
+def test_default_config_fits_64px_rgb() -> None:
+    model = build_model(ModelConfig(), 64, 3)
+    assert model.family == "ae" and model.latent_dim == 20
+    assert model(images(2, 64)).recon.shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("changes", "image_size", "channels", "names"),
+    [
+        ({"widths": [8, 8, 8, 8, 8, 8]}, 32, 3, "model.widths"),
+        ({"norm": "group", "widths": [8, 12]}, 32, 3, "model.widths"),
+        ({}, 32, 2, "channels"),
+        ({"family": "gan"}, 32, 3, "model.family"),
+        ({"latent_dim": 0}, 32, 3, "model.latent_dim"),
+        ({"loss": "l1"}, 32, 3, "model.loss"),
+        ({"norm": "layer"}, 32, 3, "model.norm"),
+        ({"activation": "tanh"}, 32, 3, "model.activation"),
+    ],
+)
+def test_impossible_combinations_raise(
+    changes: dict, image_size: int, channels: int, names: str
+) -> None:
+    with pytest.raises(CellaeError, match=names):
+        build_model(replace(TINY, **changes), image_size, channels)
+
+
+def test_init_is_deterministic_given_the_seed() -> None:
+    first, second = tiny("vae").state_dict(), tiny("vae").state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    torch.manual_seed(1)
+    other = build_model(replace(TINY, family="vae"), 32, 3).state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_model_keeps_its_own_copy_of_the_config() -> None:
+    config = replace(TINY, widths=[8, 16])
+    model = build_model(config, 32, 3)
+    config.widths.append(32)
+    assert model.config.widths == [8, 16]
+
+
+# ---------------------------------------------------------------- reconstruction losses
+
+
+def test_mse_and_bce_match_hand_computed_values() -> None:
+    logits = torch.tensor([0.0, math.log(3.0)]).view(1, 1, 1, 2)  # sigmoid: 0.5, 0.75
+    target = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2)
+    assert mse(logits, target).item() == pytest.approx(0.25 + 0.0625)
+    assert bce(logits, target).item() == pytest.approx(math.log(2.0) + math.log(4.0 / 3.0))
+    mask = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    assert masked_mse(logits, target, mask, 0.5).item() == pytest.approx(0.25 + 0.5 * 0.0625)
+    assert masked_bce(logits, target, mask, 0.5).item() == pytest.approx(
+        math.log(2.0) + 0.5 * math.log(4.0 / 3.0)
+    )
+
+
+def test_losses_are_per_image_sums() -> None:
+    logits, target = torch.randn(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
+    per_image = mse(logits, target)
+    assert per_image.shape == (3,)
+    assert per_image[1].item() == pytest.approx(
+        ((torch.sigmoid(logits[1]) - target[1]) ** 2).sum().item()
+    )
+
+
+@pytest.mark.parametrize("name", ["masked_mse", "masked_bce"])
+def test_masked_loss_ignores_background_at_weight_zero(name: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(2, 3, 8, 8, generator=gen), torch.rand(2, 3, 8, 8, generator=gen)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1.0
+    changed_target = torch.where(mask.bool(), target, torch.rand(2, 3, 8, 8, generator=gen))
+    changed_logits = torch.where(mask.bool(), logits, torch.randn(2, 3, 8, 8, generator=gen))
+    base, _ = reconstruction_loss(name, logits, target, mask, 0.0)
+    moved, _ = reconstruction_loss(name, changed_logits, changed_target, mask, 0.0)
+    assert torch.allclose(base, moved)
+    # With some weight on the background the same change does move the loss.
+    assert not torch.allclose(
+        reconstruction_loss(name, logits, target, mask, 0.1)[0],
+        reconstruction_loss(name, changed_logits, changed_target, mask, 0.1)[0],
+    )
+
+
+@pytest.mark.parametrize(("masked", "plain"), [("masked_mse", "mse"), ("masked_bce", "bce")])
+def test_masked_loss_equals_plain_loss_at_weight_one(masked: str, plain: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits, target = torch.randn(2, 3, 8, 8, generator=gen), torch.rand(2, 3, 8, 8, generator=gen)
+    mask = (torch.rand(2, 1, 8, 8, generator=gen) > 0.5).float()
+    masked_loss, masked_weight = reconstruction_loss(masked, logits, target, mask, 1.0)
+    plain_loss, plain_weight = reconstruction_loss(plain, logits, target, None, 0.1)
+    assert torch.allclose(masked_loss, plain_loss)
+    assert torch.allclose(masked_weight, plain_weight)
+    assert plain_weight.tolist() == [3 * 8 * 8] * 2
+
+
+def test_masked_loss_without_a_mask_raises() -> None:
+    with pytest.raises(CellaeError, match="mask"):
+        reconstruction_loss(
+            "masked_mse", torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), None, 0.1
+        )
+
+
+def test_recon_per_pixel_divides_by_pixels_or_by_total_weight() -> None:
+    x, mask = disks(4)
+    model = tiny("ae", loss="mse")
+    out = model(x)
+    terms = model.loss(x, mask, out)
+    assert terms["recon_per_pixel"].item() == pytest.approx(terms["recon"].item() / (3 * 32 * 32))
+    masked_model = tiny("ae", loss="masked_mse", background_weight=0.25)
+    terms = masked_model.loss(x, mask, out)
+    weights = (mask + 0.25 * (1 - mask)).sum() * 3
+    per_image, _ = reconstruction_loss("masked_mse", out.logits, x, mask, 0.25)
+    assert terms["recon"].item() == pytest.approx(per_image.mean().item())
+    assert terms["recon_per_pixel"].item() == pytest.approx(per_image.sum().item() / weights.item())
+
+
+# ---------------------------------------------------------------- the KL term and the VAE
+
+
+def test_kl_is_zero_for_the_prior_itself() -> None:
+    assert torch.equal(kl_divergence(torch.zeros(3, 5), torch.zeros(3, 5)), torch.zeros(3))
+
+
+def test_kl_matches_a_monte_carlo_estimate_and_the_study_formula_does_not() -> None:
+    mu = torch.tensor([[0.5, -1.0, 0.0], [1.5, 0.2, -0.3]], dtype=torch.float64)
+    log_var = torch.tensor([[-1.0, 0.8, 1.5], [-2.0, 0.0, 0.5]], dtype=torch.float64)
+    n = 200_000
+    eps = torch.randn(n, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = mu + eps * (0.5 * log_var).exp()
+    # log q(z) - log p(z); the 2*pi terms cancel.
+    log_ratio = (-0.5 * eps**2 - 0.5 * log_var + 0.5 * z**2).sum(-1)
+    estimate, stderr = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(n)
+    closed = kl_divergence(mu, log_var)
+    assert torch.all((closed - estimate).abs() < 5 * stderr + 1e-3)
+    study = 0.5 * ((log_var / 2).exp() + mu**2 - 1 - log_var).sum(1)
+    assert torch.any((study - estimate).abs() > 5 * stderr + 1e-3)
+
+
+def test_vae_is_deterministic_in_eval_mode_and_stochastic_in_training() -> None:
+    model = tiny("vae")
+    x = images(4)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), model.encode(x))
+        first, second = model(x), model(x)
+    assert torch.equal(first.z, first.mu) and torch.equal(first.recon, second.recon)
+    model.train()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert not torch.equal(a.z, b.z)
+
+
+def test_vae_loss_weighs_kl_by_beta_and_warmup() -> None:
+    x, mask = disks(4)
+    model = tiny("vae", beta=4.0)
+    out = model(x)
+    terms = model.loss(x, mask, out, kl_weight=0.25)
+    assert set(terms) == {"loss", "recon", "recon_per_pixel", "kl"}
+    assert terms["kl"].item() > 0
+    expected = terms["recon"] + 4.0 * 0.25 * terms["kl"]
+    assert terms["loss"].item() == pytest.approx(expected.item())
+    assert model.loss(x, mask, out, kl_weight=0.0)["loss"].item() == pytest.approx(
+        terms["recon"].item()
+    )
+
+
+def test_vae_log_var_is_clamped() -> None:
+    model = tiny("vae")
+    with torch.no_grad():
+        model.to_log_var.bias.fill_(1e4)
+    out = model.eval()(images(2))
+    assert torch.isfinite(kl_divergence(out.mu, out.log_var)).all()
+    assert out.log_var.max().item() <= 10.0
+
+
+def test_vae_samples_are_images_and_reproducible() -> None:
+    model = tiny("vae").eval()
+    first = model.sample(5, torch.Generator().manual_seed(3))
+    second = model.sample(5, torch.Generator().manual_seed(3))
+    assert first.shape == (5, 3, 32, 32)
+    assert torch.equal(first, second)
+    assert first.min() >= 0.0 and first.max() <= 1.0
+
+
+def test_ae_cannot_sample() -> None:
+    with pytest.raises(CellaeError, match="vae"):
+        tiny("ae").sample(4)
+
+
+# ---------------------------------------------------------------- the AE and learning
+
+
+def test_latent_l1_is_reported_and_added_when_enabled() -> None:
+    x, mask = disks(4)
+    plain = tiny("ae")
+    assert "l1" not in plain.loss(x, mask, plain(x))
+    model = tiny("ae", latent_l1=0.5)
+    out = model(x)
+    terms = model.loss(x, mask, out)
+    assert terms["l1"].item() > 0
+    assert terms["l1"].item() == pytest.approx(out.z.abs().sum(1).mean().item())
+    assert terms["loss"].item() == pytest.approx((terms["recon"] + 0.5 * terms["l1"]).item())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"family": "ae", "latent_l1": 0.1},
+        {"family": "vae", "loss": "masked_bce"},
+        {"family": "vae", "norm": "group", "activation": "gelu"},
+    ],
+)
+def test_gradients_reach_every_parameter(changes: dict) -> None:
+    x, mask = disks(4)
+    model = tiny(**changes)
+    model.train()
+    model.loss(x, mask, model(x))["loss"].backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_tiny_ae_overfits_eight_images() -> None:
+    x, mask = disks(8)
+    model = tiny("ae", latent_dim=8)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        terms = model.loss(x, mask, model(x))
+        optimiser.zero_grad()
+        terms["loss"].backward()
+        optimiser.step()
+        losses.append(terms["loss"].item())
+    assert losses[-1] < losses[0] / 5
+    # Outputting black alone gives most of that drop; beating the best image-independent
+    # output (the mean image) shows the latent tells the images apart.
+    mean_image_loss = ((x - x.mean(0)) ** 2).sum(dim=(1, 2, 3)).mean().item()
+    with torch.no_grad():
+        assert model.eval().loss(x, mask, model(x))["recon"].item() < mean_image_loss / 4
