@@ -164,9 +164,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-    elif tp is str:
+        # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it plainly is
         if isinstance(value, str):
-            return value
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str and isinstance(value, str):
+        return value
     raise CellaeError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
 
 

@@ -69,8 +69,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def new_run_dir(parent: Path, name: str) -> Path:
-    """Create ``parent/<name>-<timestamp>``; a folder that exists already gets a numbered sibling."""
+def new_run_dir(parent: Path, name: str, timestamped: bool = True) -> Path:
+    """Create ``parent/<name>-<timestamp>``; a folder that exists already gets a numbered sibling.
+
+    Sweeps name their runs without a timestamp (the sweep folder has one); such a name must be free.
+    """
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -78,7 +81,13 @@ def new_run_dir(parent: Path, name: str) -> Path:
     if not os.access(parent, os.W_OK):
         raise CellaeError(f"the output folder {parent} is not writable")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    safe_name = safe_folder_name(name)
+    if not timestamped:
+        try:
+            (parent / safe_name).mkdir()
+        except FileExistsError as exc:
+            raise CellaeError(f"run folder {parent / safe_name} exists already") from exc
+        return parent / safe_name
     for attempt in range(1, 1000):
         candidate = parent / (f"{safe_name}-{stamp}" + (f"-{attempt}" if attempt > 1 else ""))
         try:
@@ -87,6 +96,12 @@ def new_run_dir(parent: Path, name: str) -> Path:
             continue
         return candidate
     raise CellaeError(f"could not find a free run folder name under {parent}")
+
+
+def safe_folder_name(name: str) -> str:
+    """``name`` with anything but letters, digits, '-', '_' and '.' replaced, never hidden or empty."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
+    return cleaned or "run"
 
 
 def is_run_dir(path: Path) -> bool:

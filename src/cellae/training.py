@@ -299,13 +299,19 @@ def _finish(run_dir: Path, trainer: L.Trainer, evaluate: bool) -> Path:
     return run_dir
 
 
-def train(config: Config, out: Path, evaluate: bool = True, callbacks: list[Callback] | None = None) -> Path:
+def train(
+    config: Config,
+    out: Path,
+    evaluate: bool = True,
+    callbacks: list[Callback] | None = None,
+    timestamped: bool = True,
+) -> Path:
     """Train ``config`` into a new run folder under ``out`` and return its path."""
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited and os.environ.get("LOCAL_RANK") is not None:
         run_dir = Path(inherited)
     else:
-        run_dir = runs.new_run_dir(out, config.name)
+        run_dir = runs.new_run_dir(out, config.name, timestamped=timestamped)
         runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
         runs.update_run_info(
             run_dir, name=config.name, seed=config.seed, status="running",

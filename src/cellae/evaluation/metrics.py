@@ -1,0 +1,135 @@
+"""Reconstruction quality (MSE, PSNR, SSIM) and VAE latent usage (KL per dimension, active units).
+
+Images are arrays shaped (N, C, H, W), either uint8 (0..255) or float in [0, 1]; every number
+here uses a data range of 1.0, so uint8 inputs are divided by 255 first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+PSNR_CAP_DB = 100.0
+"""PSNR of a perfect reconstruction: zero MSE would give infinity, which no average survives."""
+
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5  # with sigma 1.5 this gives the 11-tap window of Wang et al. (2004)
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+
+
+def _unit_float(images: np.ndarray) -> np.ndarray:
+    array = np.asarray(images)
+    if array.dtype == np.uint8:
+        return array.astype(np.float64) / 255.0
+    return array.astype(np.float64, copy=False)
+
+
+def _pair(originals: np.ndarray, recons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _unit_float(originals), _unit_float(recons)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"expected two (N, C, H, W) arrays of one shape, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def psnr_from_mse(mse: np.ndarray | float) -> np.ndarray:
+    """10 log10(1 / MSE) for data range 1, capped at ``PSNR_CAP_DB`` (reached at MSE <= 1e-10)."""
+    floor = 10.0 ** (-PSNR_CAP_DB / 10.0)
+    return 10.0 * np.log10(1.0 / np.maximum(np.asarray(mse, dtype=np.float64), floor))
+
+
+def mse_psnr(
+    originals: np.ndarray, recons: np.ndarray, masks: np.ndarray | None = None
+) -> dict[str, Any]:
+    """MSE and PSNR of reconstructions, over whole images and, with masks, over cell interiors.
+
+    Keys: ``mse`` (mean squared error per pixel and channel, averaged over images), ``psnr``
+    (the headline: PSNR of each image, then averaged), ``psnr_of_mean_mse`` (PSNR of ``mse``;
+    never above ``psnr``, by Jensen's inequality, and pulled down further by a few bad images).
+    PSNR is capped at ``PSNR_CAP_DB`` = 100 dB for a perfect image.
+
+    With ``masks`` (N, H, W), non-zero inside the cell, the same three numbers again as
+    ``mse_interior``, ``psnr_interior`` and ``psnr_interior_of_mean_mse``, counting only interior
+    pixels of each image; images with an empty mask are left out, and if every mask is empty
+    these three values are None.
+    """
+    a, b = _pair(originals, recons)
+    squared = (a - b) ** 2
+    per_image = squared.mean(axis=(1, 2, 3))
+    result: dict[str, Any] = {
+        "mse": float(per_image.mean()),
+        "psnr": float(psnr_from_mse(per_image).mean()),
+        "psnr_of_mean_mse": float(psnr_from_mse(per_image.mean())),
+    }
+    if masks is None:
+        return result
+    inside = np.asarray(masks) != 0
+    if inside.shape != (a.shape[0], *a.shape[2:]):
+        raise ValueError(f"masks must be shaped (N, H, W) = {(a.shape[0], *a.shape[2:])}, got {inside.shape}")
+    pixels = inside.sum(axis=(1, 2))
+    kept = pixels > 0
+    if not kept.any():
+        return result | {"mse_interior": None, "psnr_interior": None, "psnr_interior_of_mean_mse": None}
+    # Every channel of an interior pixel counts, so the denominator is pixels times channels.
+    interior_sum = (squared * inside[:, None]).sum(axis=(1, 2, 3))
+    interior = interior_sum[kept] / (pixels[kept] * a.shape[1])
+    return result | {
+        "mse_interior": float(interior.mean()),
+        "psnr_interior": float(psnr_from_mse(interior).mean()),
+        "psnr_interior_of_mean_mse": float(psnr_from_mse(interior.mean())),
+    }
+
+
+def ssim(originals: np.ndarray, recons: np.ndarray) -> float:
+    """Mean structural similarity (Wang et al. 2004) of image pairs, data range 1.
+
+    Gaussian window (sigma 1.5, 11 taps), K1 = 0.01, K2 = 0.03, population covariances; the SSIM
+    map of each channel is averaged away from a 5-pixel border (where the window would hang off
+    the image), then channels, then images are averaged. Matches
+    ``skimage.metrics.structural_similarity(..., gaussian_weights=True, use_sample_covariance=False,
+    data_range=1)``.
+    """
+    a, b = _pair(originals, recons)
+    radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    if min(a.shape[2:]) < 2 * radius + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * radius + 1} pixels a side, got {a.shape[2:]}")
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return gaussian_filter(x, sigma=(0, 0, SSIM_SIGMA, SSIM_SIGMA), truncate=SSIM_TRUNCATE, mode="reflect")
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a * mu_a
+    var_b = blur(b * b) - mu_b * mu_b
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    )
+    inner = ssim_map[:, :, radius:-radius, radius:-radius]
+    return float(inner.mean(axis=(2, 3)).mean())
+
+
+def kl_per_dimension(mu: np.ndarray, log_var: np.ndarray) -> np.ndarray:
+    """KL(q(z_d | x) || N(0, 1)) of each latent dimension d, averaged over images -> (D,).
+
+    Closed form 0.5 * (exp(log_var) + mu^2 - 1 - log_var); summed over d it is the KL term of
+    the VAE loss. A dimension with KL near zero carries no information about the image.
+    """
+    mu, log_var = np.asarray(mu, dtype=np.float64), np.asarray(log_var, dtype=np.float64)
+    if mu.shape != log_var.shape or mu.ndim != 2:
+        raise ValueError(f"expected mu and log_var shaped (N, D) alike, got {mu.shape} and {log_var.shape}")
+    return (0.5 * (np.exp(log_var) + mu**2 - 1.0 - log_var)).mean(axis=0)
+
+
+def active_units(mu: np.ndarray, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across images: Var_x(E[z_d | x]) > threshold.
+
+    The definition of Burda, Grosse and Salakhutdinov (2015), with the variance over images
+    (population variance) of the posterior means ``mu`` (N, D).
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.ndim != 2:
+        raise ValueError(f"expected mu shaped (N, D), got {mu.shape}")
+    return int((mu.var(axis=0) > threshold).sum())

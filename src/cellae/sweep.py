@@ -1,0 +1,185 @@
+"""A grid of runs from one base config: ``cellae sweep SWEEP.yaml``.
+
+A sweep file names a base config and the values to vary::
+
+    name: study
+    base: ../malaria/ae.yaml          # relative to this file
+    set: [train.epochs=30]            # optional overrides for every run
+    grid:                             # every combination ...
+      model.family: [ae, vae]
+      data.background: [keep, fill_mean]
+      model.latent_dim: [20, 50]
+    # runs:                           # ... or an explicit list of combinations
+    #   - {model.family: ae, model.latent_dim: 20}
+
+Each combination is an ordinary run folder inside one sweep folder, named by its values
+(``vae-fill_mean-z50``). ``--resume`` keeps finished runs, resumes an unfinished one from its
+checkpoint and trains the rest; a failing run is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cellae import runs
+from cellae.config import apply_overrides, config_from_dict, read_yaml
+from cellae.errors import CellaeError
+
+SWEEP_FILE = "sweep.yaml"
+STATUS_FILE = "sweep.json"
+SWEEP_KEYS = {"name", "base", "config", "set", "grid", "runs"}
+# short prefixes so that names read like the study's (z50, beta4)
+NAME_PREFIXES = {"model.latent_dim": "z", "model.beta": "beta", "train.epochs": "e", "seed": "s"}
+
+
+@dataclass
+class Sweep:
+    name: str
+    base: dict[str, Any]
+    combinations: list[dict[str, Any]]
+
+    def run_name(self, combination: dict[str, Any]) -> str:
+        parts = []
+        for key, value in combination.items():
+            prefix = NAME_PREFIXES.get(key, "")
+            if not prefix and isinstance(value, int | float) and not isinstance(value, bool):
+                prefix = key.rsplit(".", 1)[-1]
+            text = "_".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts.append(f"{prefix}{text}")
+        return runs.safe_folder_name("-".join(parts))
+
+    def config_values(self, combination: dict[str, Any]) -> dict[str, Any]:
+        overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
+                     for k, v in combination.items()]
+        overrides = [o.removesuffix("\n...").removesuffix(" ...") for o in overrides]
+        values = apply_overrides(yaml.safe_load(yaml.safe_dump(self.base)), overrides)
+        values["name"] = self.run_name(combination)
+        return values
+
+
+def load_sweep(path: Path) -> Sweep:
+    """Read and check a sweep file: every combination must make a valid config."""
+    values = read_yaml(path)
+    unknown = set(values) - SWEEP_KEYS
+    if unknown:
+        raise CellaeError(
+            f"sweep file {path}: unknown key '{sorted(unknown)[0]}'; allowed: {', '.join(sorted(SWEEP_KEYS))}"
+        )
+    if ("base" in values) == ("config" in values):
+        raise CellaeError(f"sweep file {path} needs exactly one of 'base' (a config file) or 'config'")
+    if "base" in values:
+        base = read_yaml((path.parent / str(values["base"])).resolve())
+    else:
+        base = values["config"]
+        if not isinstance(base, dict):
+            raise CellaeError(f"sweep file {path}: 'config' must be a mapping of config sections")
+    overrides = values.get("set", [])
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v}" for k, v in overrides.items()]
+    base = apply_overrides(base, [str(o) for o in overrides])
+    if ("grid" in values) == ("runs" in values):
+        raise CellaeError(f"sweep file {path} needs exactly one of 'grid' or 'runs'")
+    if "grid" in values:
+        grid = values["grid"]
+        if not isinstance(grid, dict) or not grid:
+            raise CellaeError(f"sweep file {path}: 'grid' must map dotted keys to lists of values")
+        for key, options in grid.items():
+            if not isinstance(options, list) or not options:
+                raise CellaeError(f"sweep file {path}: grid key '{key}' must have a non-empty list of values")
+        keys = list(grid)
+        combinations = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    else:
+        combinations = values["runs"]
+        if not isinstance(combinations, list) or not all(isinstance(c, dict) and c for c in combinations):
+            raise CellaeError(f"sweep file {path}: 'runs' must be a list of non-empty mappings")
+    sweep = Sweep(name=str(values.get("name", path.stem)), base=base, combinations=combinations)
+    names = [sweep.run_name(c) for c in combinations]
+    duplicated = {n for n in names if names.count(n) > 1}
+    if duplicated:
+        raise CellaeError(f"sweep file {path}: two runs would share the name '{sorted(duplicated)[0]}'")
+    for combination in combinations:
+        config_from_dict(sweep.config_values(combination), check_paths=False)
+    return sweep
+
+
+def _run_one(sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool) -> str:
+    """Train, resume or skip one run; return what happened."""
+    from cellae.training import resume, train
+
+    run_dir = sweep_dir / name
+    if run_dir.exists() and runs.is_run_dir(run_dir):
+        status = runs.read_run_info(run_dir).get("status")
+        if status == "finished":
+            return "kept"
+        if (run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT).is_file():
+            resume(run_dir, evaluate=evaluate)
+            return "resumed"
+    if run_dir.exists():
+        # started but never checkpointed: keep it aside rather than overwrite it
+        aside = sweep_dir / f".{name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(str(run_dir), aside)
+    config = config_from_dict(values)
+    train(config, sweep_dir, evaluate=evaluate, timestamped=False)
+    return "trained"
+
+
+def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool = True) -> Path:
+    """Run every combination of a sweep file; return the sweep folder."""
+    if resume:
+        sweep_dir = Path(resume)
+        if not (sweep_dir / SWEEP_FILE).is_file():
+            raise CellaeError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_FILE})")
+        sweep = load_sweep(sweep_dir / SWEEP_FILE)
+    else:
+        sweep = load_sweep(path)
+        sweep_dir = runs.new_run_dir(out, sweep.name)
+        # keep the sweep self-contained: the base config is inlined so the folder can move
+        frozen = {"name": sweep.name, "config": sweep.base, "runs": sweep.combinations}
+        runs.write_atomic(sweep_dir / SWEEP_FILE, yaml.safe_dump(frozen, sort_keys=False))
+    results: dict[str, dict[str, Any]] = {}
+    for combination in sweep.combinations:
+        name = sweep.run_name(combination)
+        started = time.perf_counter()
+        print(f"[sweep {sweep.name}] {name}", file=sys.stderr, flush=True)
+        try:
+            outcome = _run_one(sweep_dir, name, sweep.config_values(combination), evaluate)
+            results[name] = {"status": outcome}
+        except (CellaeError, RuntimeError, ValueError, OSError) as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"[sweep {sweep.name}] {name} failed: {message}", file=sys.stderr, flush=True)
+            results[name] = {"status": "failed", "error": message,
+                             "traceback": traceback.format_exc(limit=5)}
+        results[name]["seconds"] = round(time.perf_counter() - started, 1)
+        runs.write_json(sweep_dir / STATUS_FILE, {"name": sweep.name, "runs": results})
+    failed = [n for n, r in results.items() if r["status"] == "failed"]
+    summary = ", ".join(f"{n}: {r['status']}" for n, r in results.items())
+    print(f"[sweep {sweep.name}] {summary}", file=sys.stderr)
+    if failed:
+        raise CellaeError(
+            f"{len(failed)} of {len(results)} runs failed ({', '.join(failed)}); see {sweep_dir / STATUS_FILE}, "
+            f"fix the cause and continue with --resume {sweep_dir}"
+        )
+    return sweep_dir
+
+
+def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
+    """The run folders of a sweep, in the sweep's order where it is known."""
+    order: list[str] = []
+    if (sweep_dir / SWEEP_FILE).is_file():
+        try:
+            sweep = load_sweep(sweep_dir / SWEEP_FILE)
+            order = [sweep.run_name(c) for c in sweep.combinations]
+        except CellaeError:
+            order = []
+    found = {p.name: p for p in sweep_dir.iterdir() if p.is_dir() and runs.is_run_dir(p)}
+    ordered = [found.pop(n) for n in order if n in found]
+    return ordered + [found[n] for n in sorted(found)]

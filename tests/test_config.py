@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cellae.config import Config, load_config
+from cellae.errors import CellaeError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(tmp_path: Path, values: dict) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_defaults_and_overrides_are_typed(tmp_path):
+    path = write(tmp_path, {"name": "x", "model": {"family": "vae"}})
+    config = load_config(path, ["train.epochs=3", "model.latent_dim=50", "train.lr=1e-4",
+                                "model.widths=[16, 32]", "train.devices=2"])
+    assert config.model.family == "vae"
+    assert config.train.epochs == 3 and config.model.latent_dim == 50
+    assert config.train.lr == pytest.approx(1e-4) and isinstance(config.train.lr, float)
+    assert config.model.widths == [16, 32]
+    assert config.train.devices == 2
+    assert config.data.source == "synthetic"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(write(tmp_path, {"name": "rt", "seed": 7}), ["model.beta=4"])
+    again = load_config(write(tmp_path, yaml.safe_load(config.to_yaml())))
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    ("values", "overrides", "message"),
+    [
+        ({"modle": {}}, [], "unknown config key 'modle'"),
+        ({"model": {"latent": 3}}, [], "unknown config key 'model.latent'"),
+        ({"train": {"epochs": "ten"}}, [], "'train.epochs' must be an integer"),
+        ({"train": {"epochs": -1}}, [], "'train.epochs' must be a positive integer"),
+        ({"model": {"latent_dim": 0}}, [], "'model.latent_dim' must be a positive integer"),
+        ({"model": {"family": "gan"}}, [], "'model.family' must be one of 'ae', 'vae'"),
+        ({"data": {"image_size": 50}}, [], "'data.image_size' must be one of (32, 64, 128)"),
+        ({"data": {"test_fraction": 1.5}}, [], "'data.test_fraction' must be between 0 and 1"),
+        ({"train": {"deterministic": "yes"}}, [], "'train.deterministic' must be true or false"),
+        ({"data": {"source": "/no/such/cells"}}, [], "data.source: no such file or folder"),
+        ({"data": {"image_size": 32}, "model": {"widths": [8, 8, 8, 8, 8, 8]}}, [], "'model.widths'"),
+        ({}, ["model.nope=1"], "no config key 'model.nope'"),
+        ({}, ["train.epochs"], "must look like key.subkey=value"),
+        ({}, ["train.epochs=0"], "'train.epochs' must be a positive integer"),
+        ({"data": 3}, [], "'data' must be a section"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path, values, overrides, message):
+    with pytest.raises(CellaeError) as info:
+        load_config(write(tmp_path, values), overrides)
+    assert message in str(info.value)
+
+
+def test_missing_and_non_yaml_files(tmp_path):
+    with pytest.raises(CellaeError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(CellaeError, match="not valid YAML"):
+        load_config(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(CellaeError, match="must hold a mapping"):
+        load_config(scalar)
+
+
+def test_data_path_is_checked_only_when_asked(tmp_path):
+    path = write(tmp_path, {"data": {"source": str(tmp_path / "absent")}})
+    assert load_config(path, check_paths=False).data.source.endswith("absent")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    if "sweeps" in path.parts or path.name == "study.yaml":
+        pytest.skip("sweep files are read by cellae sweep")
+    config = load_config(path, check_paths=False)
+    assert isinstance(config, Config)
