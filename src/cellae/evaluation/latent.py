@@ -1,0 +1,172 @@
+"""How much a latent space knows about the labels: linear probe, kNN, silhouette, PCA baseline, t-SNE.
+
+Every function takes plain arrays of codes (N, D) and integer labels (N,); the caller decides
+which images are train and which are test (for cell images: split by patient, so a probe cannot
+score by recognising the slide).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, roc_auc_score, silhouette_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
+
+from cellae.errors import CellaeError
+
+PROBE_MAX_ITER = 5000
+MIN_TSNE_POINTS = 5
+
+
+def _codes(codes: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(codes, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be shaped (N, D), got {array.shape}")
+    return array
+
+
+def _standardised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scaler = StandardScaler().fit(train)
+    return scaler.transform(train), scaler.transform(test)
+
+
+def _require_two_classes(labels: np.ndarray, what: str) -> None:
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise CellaeError(
+            f"{what} needs at least two classes among the training images, got only class "
+            f"{present.tolist()}; use more images or another split"
+        )
+
+
+def linear_probe(
+    train_codes: np.ndarray,
+    train_labels: np.ndarray,
+    test_codes: np.ndarray,
+    test_labels: np.ndarray,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Logistic regression (C = 1) on standardised codes, fit on train, scored on test.
+
+    Returns ``accuracy``, ``auroc`` (ROC AUC from predicted probabilities; one-vs-rest macro
+    average over the test classes when there are more than two), ``auroc_note`` (why ``auroc``
+    is None, else None), ``majority_accuracy`` (accuracy of always answering the most common
+    test class: the floor to beat), ``n_train``, ``n_test``, ``n_classes``.
+    """
+    train_x, test_x = _standardised(_codes(train_codes, "train codes"), _codes(test_codes, "test codes"))
+    train_y, test_y = np.asarray(train_labels), np.asarray(test_labels)
+    _require_two_classes(train_y, "the linear probe")
+    model = LogisticRegression(C=1.0, max_iter=PROBE_MAX_ITER, random_state=seed).fit(train_x, train_y)
+    proba = model.predict_proba(test_x)
+    test_classes, test_counts = np.unique(test_y, return_counts=True)
+    result: dict[str, Any] = {
+        "accuracy": float(accuracy_score(test_y, model.predict(test_x))),
+        "auroc": None,
+        "auroc_note": None,
+        "majority_accuracy": float(test_counts.max() / len(test_y)),
+        "n_train": int(len(train_y)),
+        "n_test": int(len(test_y)),
+        "n_classes": int(len(model.classes_)),
+    }
+    unseen = np.setdiff1d(test_classes, model.classes_)
+    if len(test_classes) < 2:
+        result["auroc_note"] = f"undefined: the test images hold a single class ({test_classes[0]})"
+    elif len(unseen):
+        result["auroc_note"] = f"undefined: test classes {unseen.tolist()} never occur in training"
+    else:
+        column = {c: i for i, c in enumerate(model.classes_)}
+        # One class against the rest for each class present in test; for two classes the
+        # average of the two equals the usual binary AUC.
+        aucs = [roc_auc_score(test_y == c, proba[:, column[c]]) for c in test_classes]
+        result["auroc"] = float(np.mean(aucs))
+    return result
+
+
+def knn_accuracy(
+    train_codes: np.ndarray,
+    train_labels: np.ndarray,
+    test_codes: np.ndarray,
+    test_labels: np.ndarray,
+    k: int = 15,
+) -> float:
+    """Accuracy of a k-nearest-neighbour vote (Euclidean, on codes standardised with train statistics).
+
+    ``k`` shrinks to the number of training codes when there are fewer.
+    """
+    train_x, test_x = _standardised(_codes(train_codes, "train codes"), _codes(test_codes, "test codes"))
+    model = KNeighborsClassifier(n_neighbors=min(k, len(train_x))).fit(train_x, np.asarray(train_labels))
+    return float(accuracy_score(np.asarray(test_labels), model.predict(test_x)))
+
+
+def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
+    """All indices, or ``max_points`` of them drawn by seed, sorted."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def silhouette_by_class(
+    codes: np.ndarray, labels: np.ndarray, max_points: int = 5000, seed: int = 0
+) -> float:
+    """Mean silhouette of the codes (Euclidean, as they are) with the classes as clusters.
+
+    Near 1: classes form separate tight groups; near 0: they overlap; below 0: mixed. Above
+    ``max_points`` codes a seeded subsample is used (the score costs N^2). NaN when undefined:
+    fewer than two classes, or no class with two members.
+    """
+    codes = _codes(codes, "codes")
+    chosen = _subsample(len(codes), max_points, seed)
+    x, y = codes[chosen], np.asarray(labels)[chosen]
+    n_classes = len(np.unique(y))
+    if n_classes < 2 or n_classes >= len(y):
+        return float("nan")
+    return float(silhouette_score(x, y, metric="euclidean"))
+
+
+def pca_baseline(
+    train_pixels: np.ndarray, test_pixels: np.ndarray, n_components: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of the same size from PCA on raw pixels, fit on train only: the baseline to beat.
+
+    Pixels are flattened images as float in [0, 1], (N, C*H*W) (or (N, C, H, W), flattened here).
+    ``n_components`` is capped at min(n_train, n_features). Randomised SVD, seeded.
+    """
+    train = np.asarray(train_pixels, dtype=np.float32).reshape(len(train_pixels), -1)
+    test = np.asarray(test_pixels, dtype=np.float32).reshape(len(test_pixels), -1)
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(f"train and test pixels differ in size: {train.shape[1]} vs {test.shape[1]}")
+    n = max(1, min(int(n_components), *train.shape))
+    pca = PCA(n_components=n, svd_solver="randomized", random_state=seed).fit(train)
+    return pca.transform(train), pca.transform(test)
+
+
+def tsne_embedding(
+    codes: np.ndarray, max_points: int, perplexity: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """2-D openTSNE embedding (FFT gradients, seeded) of at most ``max_points`` codes.
+
+    Returns the embedding (M, 2) and the indices into ``codes`` it belongs to (sorted; a seeded
+    subsample above ``max_points``). The perplexity shrinks below (M - 1) / 3 for few points.
+    """
+    from openTSNE import TSNE  # slow to import; only evaluation needs it
+
+    codes = _codes(codes, "codes")
+    chosen = _subsample(len(codes), max_points, seed)
+    m = len(chosen)
+    if m < MIN_TSNE_POINTS:
+        raise CellaeError(f"t-SNE needs at least {MIN_TSNE_POINTS} latent codes, got {m}")
+    effective = min(float(perplexity), 0.99 * (m - 1) / 3)
+    tsne = TSNE(
+        n_components=2,
+        perplexity=effective,
+        negative_gradient_method="fft",
+        random_state=seed,
+        n_jobs=1,
+        verbose=False,
+    )
+    embedding = np.asarray(tsne.fit(codes[chosen]), dtype=np.float64)
+    return embedding, chosen

@@ -1,0 +1,127 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from tiny import tiny_config
+
+from cellae import runs
+from cellae.errors import CellaeError
+from cellae.training import NonFiniteLossError, resume, train
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def weights(run_dir: Path, name: str = "last.ckpt") -> dict:
+    return runs.model_state_from_checkpoint(runs.load_checkpoint(run_dir / "checkpoints" / name))
+
+
+class StopAfterEpoch(Callback):
+    """Dies like a killed job once the given epoch's checkpoint is on disk."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 == self.epoch:
+            trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
+            raise RuntimeError("simulated crash")
+
+
+class PoisonWeights(Callback):
+    """Turns the weights to NaN at the start of an epoch, as a diverging run would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch + 1 == self.epoch:
+            with torch.no_grad():
+                for parameter in pl_module.parameters():
+                    parameter.fill_(float("nan"))
+
+
+def test_run_folder_and_metrics(tmp_path):
+    run_dir = train(tiny_config(tmp_path), tmp_path / "runs", evaluate=False)
+    assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("tiny-")
+    for name in ("config.yaml", "run.json", "split.json", "metrics.csv",
+                 "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert (run_dir / name).is_file(), name
+    rows = metric_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["train_loss"]) > 0 and float(r["test_loss"]) > 0 for r in rows)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    info = runs.read_run_info(run_dir)
+    assert info["status"] == "finished" and info["seed"] == 3
+    assert info["data"]["train"]["images"] + info["data"]["test"]["images"] == 96
+    # never overwritten: a second run gets its own folder
+    again = train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "runs", evaluate=False)
+    assert again != run_dir and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_vae_logs_reconstruction_and_kl(tmp_path):
+    config = tiny_config(tmp_path, model={"family": "vae", "kl_warmup_epochs": 2}, train={"epochs": 2})
+    rows = metric_rows(train(config, tmp_path / "runs", evaluate=False))
+    assert all(float(r["train_kl"]) > 0 and float(r["test_recon"]) > 0 for r in rows)
+    # the warm-up starts at 0 and rises linearly, so the mean weight of epoch 1 is below that of epoch 2
+    assert 0 < float(rows[0]["kl_weight"]) < float(rows[1]["kl_weight"]) <= 1
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 4})
+    whole = train(config, tmp_path / "whole", evaluate=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, tmp_path / "broken", evaluate=False, callbacks=[StopAfterEpoch(2)])
+    (broken,) = (tmp_path / "broken").iterdir()
+    assert len(metric_rows(broken)) == 2
+    resumed = resume(broken, evaluate=False)
+    assert [r["epoch"] for r in metric_rows(resumed)] == [r["epoch"] for r in metric_rows(whole)]
+    a, b = weights(whole), weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    for left, right in zip(metric_rows(whole), metric_rows(resumed), strict=True):
+        assert float(left["test_loss"]) == pytest.approx(float(right["test_loss"]), rel=1e-4)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLossError) as info:
+        train(tiny_config(tmp_path, train={"epochs": 4}), tmp_path / "runs", evaluate=False,
+              callbacks=[PoisonWeights(3)])
+    message = str(info.value)
+    assert "train loss became nan in epoch 3" in message and "last good checkpoint" in message
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len(metric_rows(run_dir)) == 2
+    assert all(torch.isfinite(w).all() for w in weights(run_dir).values())
+    assert runs.read_run_info(run_dir)["status"] == "failed"
+
+
+def test_resume_refuses_a_folder_without_checkpoint(tmp_path):
+    run_dir = train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "runs", evaluate=False)
+    (run_dir / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(CellaeError, match="no checkpoints/last.ckpt to resume from"):
+        resume(run_dir)
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 2})
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(config.to_yaml())
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "CELLAE_RUN_DIR")}
+    result = subprocess.run(
+        [sys.executable, "-m", "cellae.cli", "train", str(config_path), "--out", str(tmp_path / "runs"),
+         "--no-eval", "--set", "train.devices=2", "train.strategy=ddp", "train.accelerator=cpu"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    info = runs.read_run_info(run_dir)
+    assert info["devices"] == 2 and info["status"] == "finished"
+    assert [int(r["epoch"]) for r in metric_rows(run_dir)] == [1, 2]
