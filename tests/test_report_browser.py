@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tiny import tiny_config
 
 from cellae.report import write_report
 from cellae.training import train
+from tiny import tiny_config
 
 SCREENSHOT_DIR = Path(__file__).resolve().parent.parent / "runs" / "screenshots"
 CHROMIUM_FLAGS = [

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from tiny import tiny_config
 
 from cellae import runs
 from cellae.errors import CellaeError
 from cellae.training import NonFiniteLossError, resume, train
+from tiny import tiny_config
 
 
 def metric_rows(run_dir: Path) -> list[dict]:

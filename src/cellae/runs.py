@@ -153,10 +153,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise CellaeError(f"checkpoint not found: {path}") from exc
     except Exception as exc:  # noqa: BLE001 - every unpickling failure means the same to the user
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CellaeError(
-            f"refusing to load {path}: not a plain checkpoint of tensors ({first_line[:160]})"
-        ) from exc
+        text = str(exc).strip()
+        first_line = text.splitlines()[0][:160] if text else type(exc).__name__
+        if "weights_only" in text.lower() or "weights only" in text.lower():
+            raise CellaeError(
+                f"refusing to load {path}: it holds objects other than tensors and plain data, "
+                "which could run code; only load checkpoints written by cellae"
+            ) from exc
+        raise CellaeError(f"cannot read checkpoint {path}: damaged or incomplete ({first_line})") from exc
 
 
 def best_checkpoint(run_dir: Path) -> Path:

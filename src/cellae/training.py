@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerStatus
 
 from cellae import __version__, runs
 from cellae.config import Config
@@ -39,6 +40,12 @@ METRIC_COLUMNS = (
 
 class NonFiniteLossError(CellaeError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(CellaeError):
+    """Ctrl-C or SIGTERM stopped training; the run can be resumed."""
+
+    exit_code = 130
 
 
 class CellaeModule(L.LightningModule):
@@ -268,6 +275,11 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
         runs.update_run_info(run_dir, status="failed", error=str(exc))
         where = f"; the last good checkpoint is {kept}" if kept.exists() else ""
         raise NonFiniteLossError(f"{exc}{where}") from exc
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Lightning turns Ctrl-C and SIGTERM into a graceful stop and then exits; say how to go on
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        raise _interrupted(run_dir, trainer) from exc
     if trainer.is_global_zero:
         rows = runs.read_metrics(run_dir)
         epoch_seconds = sum(r.get("seconds", 0.0) for r in rows if math.isfinite(r.get("seconds", 0.0)))
@@ -283,6 +295,22 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
             accelerator=type(trainer.accelerator).__name__,
         )
     return trainer
+
+
+def _interrupted(run_dir: Path, trainer: L.Trainer) -> TrainingInterrupted:
+    last = run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT
+    if trainer.is_global_zero:
+        runs.update_run_info(run_dir, status="interrupted")
+    if not last.exists():
+        return TrainingInterrupted(
+            f"interrupted in epoch {trainer.current_epoch + 1}, before the first checkpoint; "
+            f"nothing to resume, start the run again"
+        )
+    done = int(runs.load_checkpoint(last).get("epoch", -1)) + 1
+    return TrainingInterrupted(
+        f"interrupted in epoch {trainer.current_epoch + 1}; {last} holds epochs 1-{done}; "
+        f"continue with: cellae train --resume {run_dir}"
+    )
 
 
 def _finish(run_dir: Path, trainer: L.Trainer, evaluate: bool) -> Path:

@@ -1,1 +1,2 @@
-"""Evaluation: reconstruction metrics (``metrics``), latent-space quality (``latent``) and the run-level driver (``run``)."""
+"""Evaluation: reconstruction metrics (``metrics``), latent-space quality (``latent``)
+and the run-level driver (``run``)."""

@@ -30,7 +30,9 @@ def _unit_float(images: np.ndarray) -> np.ndarray:
 def _pair(originals: np.ndarray, recons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = _unit_float(originals), _unit_float(recons)
     if a.shape != b.shape or a.ndim != 4:
-        raise ValueError(f"expected two (N, C, H, W) arrays of one shape, got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"expected two (N, C, H, W) arrays of one shape, got {a.shape} and {b.shape}"
+        )
     return a, b
 
 
@@ -67,11 +69,14 @@ def mse_psnr(
         return result
     inside = np.asarray(masks) != 0
     if inside.shape != (a.shape[0], *a.shape[2:]):
-        raise ValueError(f"masks must be shaped (N, H, W) = {(a.shape[0], *a.shape[2:])}, got {inside.shape}")
+        expected = (a.shape[0], *a.shape[2:])
+        raise ValueError(f"masks must be shaped (N, H, W) = {expected}, got {inside.shape}")
     pixels = inside.sum(axis=(1, 2))
     kept = pixels > 0
     if not kept.any():
-        return result | {"mse_interior": None, "psnr_interior": None, "psnr_interior_of_mean_mse": None}
+        return result | dict.fromkeys(
+            ("mse_interior", "psnr_interior", "psnr_interior_of_mean_mse"), None
+        )
     # Every channel of an interior pixel counts, so the denominator is pixels times channels.
     interior_sum = (squared * inside[:, None]).sum(axis=(1, 2, 3))
     interior = interior_sum[kept] / (pixels[kept] * a.shape[1])
@@ -94,10 +99,14 @@ def ssim(originals: np.ndarray, recons: np.ndarray) -> float:
     a, b = _pair(originals, recons)
     radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
     if min(a.shape[2:]) < 2 * radius + 1:
-        raise ValueError(f"SSIM needs images of at least {2 * radius + 1} pixels a side, got {a.shape[2:]}")
+        raise ValueError(
+            f"SSIM needs images of at least {2 * radius + 1} pixels a side, got {a.shape[2:]}"
+        )
 
     def blur(x: np.ndarray) -> np.ndarray:
-        return gaussian_filter(x, sigma=(0, 0, SSIM_SIGMA, SSIM_SIGMA), truncate=SSIM_TRUNCATE, mode="reflect")
+        return gaussian_filter(
+            x, sigma=(0, 0, SSIM_SIGMA, SSIM_SIGMA), truncate=SSIM_TRUNCATE, mode="reflect"
+        )
 
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a * mu_a
@@ -119,7 +128,9 @@ def kl_per_dimension(mu: np.ndarray, log_var: np.ndarray) -> np.ndarray:
     """
     mu, log_var = np.asarray(mu, dtype=np.float64), np.asarray(log_var, dtype=np.float64)
     if mu.shape != log_var.shape or mu.ndim != 2:
-        raise ValueError(f"expected mu and log_var shaped (N, D) alike, got {mu.shape} and {log_var.shape}")
+        raise ValueError(
+            f"expected mu and log_var shaped (N, D) alike, got {mu.shape} and {log_var.shape}"
+        )
     return (0.5 * (np.exp(log_var) + mu**2 - 1.0 - log_var)).mean(axis=0)
 
 

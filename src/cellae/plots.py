@@ -1,0 +1,392 @@
+"""Every figure of a run, one function each; each writes one PNG and keeps nothing open.
+
+Figures are built on ``matplotlib.figure.Figure`` directly (Agg rendering, no pyplot), so
+plotting never touches a display or a global figure list, and nothing needs closing.
+Images come as arrays (N, C, H, W), uint8 or float in [0, 1], with C = 1 (grey) or 3 (RGB).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+DPI = 130
+GRID_COLUMNS = 8
+PATIENT_LEGEND_MAX = 20
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write under a temporary name, then rename, so a half-written PNG never has the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=DPI, format="png", facecolor="white")
+    tmp.replace(path)
+    return path
+
+
+def _uint8(images: np.ndarray) -> np.ndarray:
+    array = np.asarray(images)
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
+    if array.ndim != 4 or array.shape[1] not in (1, 3):
+        raise ValueError(f"expected images shaped (N, C, H, W) with C 1 or 3, got {array.shape}")
+    return array
+
+
+def _show(ax: Axes, image: np.ndarray) -> None:
+    """One (C, H, W) uint8 image, pixels kept sharp, no ticks or frame."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _class_colours(n: int) -> list[Any]:
+    palette = colormaps["tab10"]
+    return [palette(i % 10) for i in range(n)]
+
+
+def _patient_colours(n: int) -> list[Any]:
+    """tab10 for up to 10; beyond, tab20's dark shades first then its light ones, cycling."""
+    if n <= 10:
+        return _class_colours(n)
+    palette = colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return [palette(order[i % 20]) for i in range(n)]
+
+
+def _class_name(class_names: Sequence[str], label: int) -> str:
+    return class_names[label] if 0 <= label < len(class_names) else f"class {label}"
+
+
+def _balanced(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` indices taking turns between classes, drawn by seed, grouped by class."""
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < min(n, len(labels)):
+        for pool in pools:
+            if pool and len(picked) < n:
+                picked.append(int(pool.pop()))
+    picked_array = np.array(picked, dtype=np.int64)
+    return picked_array[np.argsort(labels[picked_array], kind="stable")]
+
+
+def plot_samples(
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    path: Path,
+    n: int = 32,
+    seed: int = 0,
+) -> Path:
+    """A grid of up to ``n`` input images, balanced across classes, each titled with its class."""
+    images, labels = _uint8(images), np.asarray(labels)
+    if len(images) == 0:
+        raise ValueError("no images to plot")
+    picked = _balanced(labels, n, seed)
+    columns = min(GRID_COLUMNS, len(picked))
+    rows = math.ceil(len(picked) / columns)
+    colours = _class_colours(len(class_names))
+    fig = Figure(figsize=(1.35 * columns, 1.5 * rows + 0.7))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, i in zip(axes.flat, picked, strict=False):
+        ax.set_axis_on()
+        _show(ax, images[i])
+        label = int(labels[i])
+        ax.set_title(_class_name(class_names, label), fontsize=9, pad=3,
+                     color=colours[label % len(colours)] if colours else "black")
+    counts = ", ".join(
+        f"{int((labels[picked] == c).sum())} {_class_name(class_names, int(c))}"
+        for c in np.unique(labels[picked])
+    )
+    fig.suptitle(f"Input images drawn at random ({counts})", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _column(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+    """One metric across rows as floats; missing, empty or non-numeric cells become NaN."""
+    values = []
+    for row in rows:
+        try:
+            value = float(row.get(key))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            value = math.nan
+        values.append(value)
+    return np.array(values, dtype=np.float64)
+
+
+def _maybe_log(ax: Axes, *series: np.ndarray) -> bool:
+    """Log scale when the values span more than a factor of 10, so late epochs stay readable."""
+    values = np.concatenate([s[np.isfinite(s)] for s in series])
+    if len(values) and values.min() > 0 and values.max() / values.min() > 10:
+        ax.set_yscale("log")
+        return True
+    return False
+
+
+def _curve_panel(ax: Axes, epochs: np.ndarray, train: np.ndarray, test: np.ndarray,
+                 title: str, ylabel: str) -> None:
+    if np.isfinite(train).any():
+        ax.plot(epochs, train, "o-", color="tab:blue", markersize=4, label="train")
+    if np.isfinite(test).any():
+        ax.plot(epochs, test, "s-", color="tab:orange", markersize=4, label="test")
+    log = _maybe_log(ax, train, test)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    # Half an epoch of margin keeps a single epoch from getting a 0.001-wide axis.
+    ax.set_xlim(np.nanmin(epochs) - 0.5, np.nanmax(epochs) + 0.5)
+    ax.grid(alpha=0.3)
+
+
+def _legend_below(ax: Axes) -> None:
+    """Under the axes: a vertical best-epoch line leaves no free corner inside them."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                  ncol=min(3, len(handles)), fontsize=9, frameon=False)
+
+
+def plot_learning_curves(
+    rows: Sequence[dict[str, Any]], path: Path, best_epoch: int | None
+) -> Path:
+    """Train and test loss per epoch with the best epoch marked; for a VAE also its two parts.
+
+    ``rows`` are ``metrics.csv`` rows (``epoch``, ``train_loss``, ``test_loss`` and, for a VAE,
+    ``train_recon``, ``test_recon``, ``train_kl``, ``test_kl``); missing values are skipped.
+    """
+    if not rows:
+        raise ValueError("no epochs to plot")
+    epochs = _column(rows, "epoch")
+    if not np.isfinite(epochs).all():
+        epochs = np.arange(1, len(rows) + 1, dtype=np.float64)
+    train_kl, test_kl = _column(rows, "train_kl"), _column(rows, "test_kl")
+    is_vae = bool(np.isfinite(train_kl).any() or np.isfinite(test_kl).any())
+    panels = 3 if is_vae else 1
+    fig = Figure(figsize=(5.2 * panels, 4.2))
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+
+    train_loss, test_loss = _column(rows, "train_loss"), _column(rows, "test_loss")
+    _curve_panel(axes[0], epochs, train_loss, test_loss,
+                 "total loss (recon + β·KL)" if is_vae else "loss", "loss per image")
+    if best_epoch is not None:
+        at = np.flatnonzero(epochs == best_epoch)
+        best_value = test_loss[at[0]] if len(at) else math.nan
+        label = f"best epoch {best_epoch}" + (
+            f" (test loss {best_value:.4g})" if np.isfinite(best_value) else ""
+        )
+        axes[0].axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.5)
+        if np.isfinite(best_value):
+            axes[0].plot([best_epoch], [best_value], "*", color="tab:green", markersize=15,
+                         markeredgecolor="black", zorder=5)
+        # One legend entry for line and star together.
+        axes[0].plot([], [], ":*", color="tab:green", markersize=12, label=label)
+    _legend_below(axes[0])
+
+    if is_vae:
+        _curve_panel(axes[1], epochs, _column(rows, "train_recon"), _column(rows, "test_recon"),
+                     "reconstruction part", "reconstruction loss per image")
+        _curve_panel(axes[2], epochs, train_kl, test_kl, "KL part", "KL divergence per image")
+        for ax in axes[1:]:
+            if best_epoch is not None:
+                ax.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.5)
+            _legend_below(ax)
+    fig.suptitle("Learning curves", fontsize=13)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _natural_key(name: str) -> list[Any]:
+    """Sort C9 before C33 before C103."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def plot_latent_tsne(
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    patients: np.ndarray,
+    path: Path,
+    title: str,
+) -> Path:
+    """The 2-D embedding twice: coloured by class, and coloured by patient (slide).
+
+    The second panel shows whether the latent space groups images by the slide they come from
+    rather than by infection. Up to 20 patients get a legend; more share 20 repeating colours.
+    """
+    embedding = np.asarray(embedding, dtype=np.float64)
+    labels = np.asarray(labels)
+    patients = np.asarray(patients).astype(str)
+    if embedding.ndim != 2 or embedding.shape[1] != 2 or not (
+        len(embedding) == len(labels) == len(patients)
+    ):
+        raise ValueError(
+            f"expected an (M, 2) embedding with M labels and patients, got {embedding.shape}, "
+            f"{labels.shape}, {patients.shape}"
+        )
+    m = len(embedding)
+    size = float(np.clip(4000 / max(m, 1), 3, 30))
+    # One shuffled draw order for all points, so no class or patient is painted over the rest.
+    order = np.random.default_rng(0).permutation(m)
+    fig = Figure(figsize=(14, 6.4))
+    by_class, by_patient = fig.subplots(1, 2)
+
+    colours = _class_colours(max(len(class_names), int(labels.max(initial=0)) + 1))
+    by_class.scatter(*embedding[order].T, s=size, c=[colours[int(v)] for v in labels[order]],
+                     alpha=0.75, linewidths=0)
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=colours[int(c)], markersize=8,
+               label=f"{_class_name(class_names, int(c))} ({int((labels == c).sum())})")
+        for c in np.unique(labels)
+    ]
+    by_class.legend(handles=handles, title="class (images)", fontsize=9, loc="best")
+    by_class.set_title("coloured by class", fontsize=11)
+
+    names = sorted(set(patients.tolist()), key=_natural_key)
+    patient_colour = dict(zip(names, _patient_colours(len(names)), strict=True))
+    by_patient.scatter(*embedding[order].T, s=size, c=[patient_colour[p] for p in patients[order]],
+                       alpha=0.75, linewidths=0)
+    if len(names) <= PATIENT_LEGEND_MAX:
+        handles = [
+            Line2D([], [], marker="o", linestyle="", color=patient_colour[name], markersize=7,
+                   label=name)
+            for name in names
+        ]
+        by_patient.legend(handles=handles, title="patient", fontsize=8, loc="center left",
+                          bbox_to_anchor=(1.01, 0.5), ncol=1 if len(names) <= 10 else 2)
+        by_patient.set_title(f"coloured by patient ({len(names)})", fontsize=11)
+    else:
+        by_patient.set_title(
+            f"coloured by patient ({len(names)} patients, colours repeat every 20)", fontsize=11
+        )
+    for ax in (by_class, by_patient):
+        ax.set_xlabel("t-SNE 1")
+        ax.set_ylabel("t-SNE 2")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal", adjustable="datalim")
+    fig.suptitle(title, fontsize=13)
+    fig.text(0.5, 0.01, "Classes apart on the left = the codes know the class. "
+             "Patches of one colour on the right = the codes group by slide.",
+             ha="center", fontsize=9, color="dimgray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return _save(fig, path)
+
+
+def plot_reconstructions(
+    originals: np.ndarray,
+    recons: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    path: Path,
+) -> Path:
+    """Originals with their reconstructions directly below, the class over each column.
+
+    More than 8 images wrap into further original/reconstruction row pairs. Under each
+    reconstruction: its MSE against the original (data range 1).
+    """
+    originals, recons, labels = _uint8(originals), _uint8(recons), np.asarray(labels)
+    if originals.shape != recons.shape or len(originals) == 0:
+        raise ValueError(f"originals and reconstructions must match and be non-empty, got "
+                         f"{originals.shape} and {recons.shape}")
+    n = len(originals)
+    columns = min(GRID_COLUMNS, n)
+    blocks = math.ceil(n / columns)
+    colours = _class_colours(len(class_names))
+    fig = Figure(figsize=(1.45 * columns + 1.0, 3.6 * blocks + 0.4))
+    # An empty spacer row between blocks keeps MSE captions off the next block's titles.
+    heights = ([1.0, 1.0, 0.22] * blocks)[:-1]
+    axes = fig.subplots(
+        len(heights), columns, squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(n):
+        block, column = divmod(i, columns)
+        top, bottom = axes[3 * block, column], axes[3 * block + 1, column]
+        for ax, image in ((top, originals[i]), (bottom, recons[i])):
+            ax.set_axis_on()
+            _show(ax, image)
+        label = int(labels[i])
+        top.set_title(_class_name(class_names, label), fontsize=9, pad=3,
+                      color=colours[label % len(colours)] if colours else "black")
+        error = np.mean((originals[i] / 255.0 - recons[i] / 255.0) ** 2)
+        bottom.set_xlabel(f"MSE {error:.4f}", fontsize=8, labelpad=2)
+        if i % columns == 0:
+            top.set_ylabel("original", fontsize=10)
+            bottom.set_ylabel("reconstruction", fontsize=10)
+    fig.suptitle("Test images (original) and their reconstructions", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_image_grid(images: np.ndarray, path: Path, title: str, nrow: int | None = None) -> Path:
+    """Images tiled on white, ``nrow`` images per row (default: up to 8), under a title."""
+    images = _uint8(images)
+    if len(images) == 0:
+        raise ValueError("no images to plot")
+    n, channels, height, width = images.shape
+    per_row = max(1, min(nrow or GRID_COLUMNS, n))
+    rows = math.ceil(n / per_row)
+    gap = max(1, height // 16)
+    mosaic = np.full((rows * (height + gap) - gap, per_row * (width + gap) - gap, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        y, x = (i // per_row) * (height + gap), (i % per_row) * (width + gap)
+        rgb = np.repeat(image, 3, axis=0) if channels == 1 else image
+        mosaic[y:y + height, x:x + width] = rgb.transpose(1, 2, 0)
+    fig = Figure(figsize=(1.2 * per_row + 0.4, 1.2 * rows * height / width + 0.8))
+    ax = fig.subplots()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_traversals(
+    grid: np.ndarray, dims: Sequence[int], values: Sequence[float], path: Path
+) -> Path:
+    """Latent traversals: row r decodes codes whose dimension ``dims[r]`` takes each of ``values``.
+
+    ``grid`` is (n_dims, n_steps, C, H, W); rows are labelled ``z[d]``, columns with the value.
+    """
+    grid = np.asarray(grid)
+    if grid.ndim != 5 or grid.shape[0] != len(dims) or grid.shape[1] != len(values):
+        raise ValueError(
+            f"expected a grid shaped ({len(dims)}, {len(values)}, C, H, W), got {grid.shape}"
+        )
+    n_dims, n_steps = grid.shape[:2]
+    images = _uint8(grid.reshape(n_dims * n_steps, *grid.shape[2:])).reshape(grid.shape)
+    fig = Figure(figsize=(1.2 * n_steps + 1.0, 1.25 * n_dims + 1.1))
+    axes = fig.subplots(n_dims, n_steps, squeeze=False)
+    for r, dim in enumerate(dims):
+        for c, value in enumerate(values):
+            ax = axes[r, c]
+            _show(ax, images[r, c])
+            if r == 0:
+                ax.set_title(f"{value:+.2f}", fontsize=10)
+        axes[r, 0].set_ylabel(f"z[{dim}]", fontsize=10, rotation=0, ha="right", va="center")
+    fig.suptitle("Latent traversals: each row sets one dimension to the value over the column,\n"
+                 "the other dimensions stay fixed", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)

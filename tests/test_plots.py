@@ -1,0 +1,121 @@
+"""Every figure function writes a PNG that opens, at a size where its images stay readable."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cellae import plots
+
+CLASSES = ["uninfected", "infected"]
+
+
+def cells(
+    n: int, size: int = 32, channels: int = 3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coloured disks on black, infected ones with a dark dot: uint8 (N, C, H, W) and labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.zeros((n, channels, size, size), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    for i in range(n):
+        centre, radius = rng.uniform(0.4, 0.6, 2) * size, rng.uniform(0.3, 0.45) * size
+        disk = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+        images[i][:, disk] = rng.integers(150, 230, (channels, 1))
+        if labels[i]:
+            images[i][:, (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= (radius / 4) ** 2] = 60
+    return images, labels
+
+
+def opened(path: Path) -> tuple[int, int]:
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        size = image.size
+    assert not list(path.parent.glob(".*tmp*")), "temporary file left behind"
+    return size
+
+
+def test_samples_grid_is_balanced_and_readable(tmp_path: Path) -> None:
+    images, labels = cells(100)
+    labels[:90] = 0  # 10 infected among 100: the grid still shows both classes equally
+    width, height = opened(plots.plot_samples(images, labels, CLASSES, tmp_path / "s.png", n=16))
+    assert width >= 8 * 100 and height >= 2 * 100  # 8 columns, 2 rows, >= 100 px per image
+    assert opened(plots.plot_samples(images[:, :1], labels, CLASSES, tmp_path / "g.png", n=3))
+
+
+def test_balanced_pick_alternates_classes() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    picked = plots._balanced(labels, 16, seed=0)
+    assert len(set(picked.tolist())) == 16
+    assert (labels[picked] == 1).sum() == 8
+    few = plots._balanced(labels, 30, seed=0)
+    assert (labels[few] == 1).sum() == 10 and len(few) == 30
+
+
+def test_learning_curves_with_gaps_and_a_vae_panel(tmp_path: Path) -> None:
+    ae_rows = [{"epoch": e, "train_loss": 10 / e, "test_loss": (11 / e) if e % 3 else math.nan}
+               for e in range(1, 9)]
+    ae_width, _ = opened(plots.plot_learning_curves(ae_rows, tmp_path / "ae.png", best_epoch=7))
+    vae_rows = [{"epoch": e, "train_loss": 100 / e, "test_loss": 110 / e, "train_recon": 90 / e,
+                 "test_recon": 100 / e, "train_kl": 10.0, "test_kl": None if e == 2 else 10.0}
+                for e in range(1, 6)]
+    vae_width, _ = opened(plots.plot_learning_curves(vae_rows, tmp_path / "vae.png", best_epoch=5))
+    assert vae_width > 2 * ae_width  # the reconstruction and KL panels are there
+
+
+def test_learning_curves_with_one_epoch_and_no_best(tmp_path: Path) -> None:
+    rows = [{"epoch": 1.0, "train_loss": 3.0, "test_loss": 3.5}]
+    assert opened(plots.plot_learning_curves(rows, tmp_path / "one.png", best_epoch=1))
+    assert opened(plots.plot_learning_curves(rows, tmp_path / "none.png", best_epoch=None))
+    with pytest.raises(ValueError):
+        plots.plot_learning_curves([], tmp_path / "empty.png", best_epoch=None)
+
+
+@pytest.mark.parametrize("n_patients", [1, 30])
+def test_tsne_plot_with_one_and_with_many_patients(tmp_path: Path, n_patients: int) -> None:
+    rng = np.random.default_rng(0)
+    embedding = rng.normal(size=(300, 2))
+    labels = rng.integers(0, 2, 300)
+    patients = np.array([f"C{p}" for p in rng.integers(0, n_patients, 300)])
+    width, height = opened(plots.plot_latent_tsne(
+        embedding, labels, CLASSES, patients, tmp_path / "t.png", title="t-SNE of test codes"
+    ))
+    assert width > 1.5 * height  # two panels side by side
+
+
+def test_tsne_plot_refuses_mismatched_lengths(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="embedding"):
+        plots.plot_latent_tsne(np.zeros((5, 2)), np.zeros(4, dtype=int), CLASSES,
+                               np.array(["C1"] * 5), tmp_path / "t.png", title="x")
+
+
+def test_reconstructions_wrap_and_accept_float_images(tmp_path: Path) -> None:
+    images, labels = cells(12)
+    recons = images.astype(np.float64) / 255.0 * 0.9
+    width, height = opened(plots.plot_reconstructions(images, recons, labels, CLASSES,
+                                                      tmp_path / "r.png"))
+    assert width >= 8 * 100 and height >= 4 * 100  # two original/reconstruction row pairs
+    with pytest.raises(ValueError):
+        plots.plot_reconstructions(images, recons[:3], labels, CLASSES, tmp_path / "bad.png")
+
+
+def test_image_grid_honours_images_per_row(tmp_path: Path) -> None:
+    images, _ = cells(10, channels=1)
+    wide = opened(plots.plot_image_grid(images, tmp_path / "wide.png", title="draws", nrow=10))
+    tall = opened(plots.plot_image_grid(images, tmp_path / "tall.png", title="draws", nrow=2))
+    assert wide[0] > wide[1] and tall[1] > tall[0]
+
+
+def test_traversals(tmp_path: Path) -> None:
+    images, _ = cells(4 * 7)
+    grid = images.reshape(4, 7, 3, 32, 32)
+    values = np.linspace(-3, 3, 7).tolist()
+    width, height = opened(plots.plot_traversals(grid, [5, 0, 2, 9], values, tmp_path / "tr.png"))
+    assert width >= 7 * 100 and height >= 4 * 100
+    with pytest.raises(ValueError, match="grid"):
+        plots.plot_traversals(grid, [5, 0], values, tmp_path / "bad.png")

@@ -1,0 +1,312 @@
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cellae.config import SyntheticConfig
+from cellae.data.sources import (
+    FolderSource,
+    ZipSource,
+    inspect_source,
+    open_source,
+    patient_from_name,
+)
+from cellae.errors import CellaeError
+from conftest import cell_array, cell_name, png_bytes
+
+
+def test_folder_layout_labels_patients_and_samples(tmp_path, make_kaggle_folder):
+    root = make_kaggle_folder(tmp_path, n_per_class=6, n_patients=3)
+    source = open_source(str(root / "cell_images"))
+    assert source.class_names == ["uninfected", "infected"]
+    assert source.label_map == {"Parasitized": 1, "Uninfected": 0}
+    assert len(source) == 12
+    assert sorted(set(source.patients)) == ["C1", "C2", "C3"]
+    assert source.unmatched_patients == 0
+    assert source.skipped == []
+    assert source.ignored  # Thumbs.db and .DS_Store were seen and left out
+    samples = list(source)
+    assert len(samples) == 12
+    for sample in samples:
+        assert sample.image.dtype == np.uint8 and sample.image.ndim == 3
+        assert sample.image.shape[2] == 3
+        folder = sample.file.split("/")[0]
+        assert sample.label == {"Parasitized": 1, "Uninfected": 0}[folder]
+        assert sample.patient == patient_from_name(sample.file)
+
+
+def test_parent_folder_and_class_folder_give_the_same_listing(tmp_path, make_kaggle_folder):
+    root = make_kaggle_folder(tmp_path)
+    from_parent = open_source(str(root))
+    from_classes = open_source(str(root / "cell_images"))
+    assert from_parent.files == from_classes.files
+    assert from_parent.labels == from_classes.labels
+
+
+def test_nested_duplicate_tree_on_disk_is_not_counted_twice(tmp_path, make_kaggle_folder):
+    root = make_kaggle_folder(tmp_path / "a")
+    make_kaggle_folder(tmp_path / "a" / "cell_images")  # cell_images/cell_images/...
+    source = open_source(str(root))
+    assert len(source) == 12
+    assert source.class_names == ["uninfected", "infected"]
+    assert any("nested duplicate" in what for what in source.ignored)
+
+
+def test_generic_class_folders_use_sorted_names(tmp_path):
+    for name in ("zebra", "apple", "mango"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(cell_array(i)).save(tmp_path / name / f"img {i}.png")
+    source = open_source(str(tmp_path))
+    assert source.class_names == ["apple", "mango", "zebra"]
+    assert source.label_map == {"apple": 0, "mango": 1, "zebra": 2}
+    assert source.layout == "class folders"
+    # no patient in these names: each file is its own patient, and that is counted
+    assert source.unmatched_patients == 6
+    assert len(set(source.patients)) == 6
+    assert "6 files have no patient id" in inspect_source(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("name", "patient"),
+    [
+        ("C33P1thinF_IMG_20150619_114756a_cell_179.png", "C33"),
+        ("C103P64ThinF_IMG_20150918_164250_cell_170.png", "C103"),
+        ("c7p12thinf_x.png", "C7"),
+        ("C12NThinF_IMG_20150614_125741_cell_172.png", "C12"),
+        ("C1_thinF_IMG_20150604_104942_cell_72.png", "C1"),
+        ("C3thin_original_IMG_20150608_163029_cell_1.png", "C3"),
+        ("Parasitized/C33P1thinF_IMG_1_cell_1.png", "C33"),
+        ("cell_001.png", None),
+        ("XC33P1thinF.png", None),
+    ],
+)
+def test_patient_from_name(name, patient):
+    assert patient_from_name(name) == patient
+
+
+def test_zip_read_in_place_skips_junk_and_duplicate_tree(tmp_path, make_kaggle_zip):
+    archive = make_kaggle_zip(
+        tmp_path / "cell_images.zip",
+        extra={
+            "../evil.png": png_bytes(cell_array(1)),
+            "/abs/evil.png": png_bytes(cell_array(2)),
+            "cell_images/Parasitized/../../evil2.png": png_bytes(cell_array(3)),
+        },
+    )
+    before = sorted(os.listdir(tmp_path))
+    source = open_source(str(archive))
+    assert isinstance(source, ZipSource)
+    assert len(source) == 12
+    assert source.label_map == {"Parasitized": 1, "Uninfected": 0}
+    assert all(f.split("/")[0] in ("Parasitized", "Uninfected") for f in source.files)
+    unsafe = [file for file, reason in source.skipped if "unsafe" in reason]
+    assert len(unsafe) == 3
+    assert len(source.skipped) == 3
+    assert sum(1 for _ in source) == 12
+    report = inspect_source(str(archive))
+    assert "images: 12" in report and "skipped: 3 files" in report
+    assert "ignored: 12 images in cell_images/cell_images/" in report
+    assert sorted(os.listdir(tmp_path)) == before  # nothing extracted
+
+
+def test_zip_and_folder_give_the_same_images(tmp_path, make_kaggle_zip, make_kaggle_folder):
+    folder = open_source(str(make_kaggle_folder(tmp_path / "f")))
+    archive = open_source(str(make_kaggle_zip(tmp_path / "a.zip")))
+    assert archive.files == folder.files
+    assert archive.patients == folder.patients
+    for a, b in zip(archive, folder, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_truncated_zip_is_an_error_naming_the_file(tmp_path, make_kaggle_zip):
+    archive = make_kaggle_zip(tmp_path / "full.zip")
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(CellaeError, match="broken.zip"):
+        open_source(str(broken))
+
+
+def test_corrupt_zip_member_is_skipped(tmp_path, make_kaggle_zip):
+    archive = make_kaggle_zip(tmp_path / "a.zip", duplicate=False)
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo(f"cell_images/Parasitized/{cell_name(1, 0)}")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 40] ^= 0xFF  # flip a byte of the stored data: CRC check fails
+    archive.write_bytes(bytes(data))
+    source = open_source(str(archive))
+    images = list(source)
+    assert len(images) == 11
+    assert source.skipped[0][0] == f"Parasitized/{cell_name(1, 0)}"
+
+
+def _bad_folder(tmp_path: Path, make_kaggle_folder) -> Path:
+    root = make_kaggle_folder(tmp_path, n_per_class=4, n_patients=2)
+    cls = root / "cell_images" / "Parasitized"
+    (cls / "C1P11thinF_empty_cell_9.png").write_bytes(b"")
+    good = png_bytes(cell_array(5, 30, 30))
+    (cls / "C1P11thinF_trunc_cell_8.png").write_bytes(good[: len(good) // 2])
+    (cls / "C1P11thinF_text_cell_7.png").write_bytes(b"this is not a png at all")
+    (cls / "notes.txt").write_text("hello")
+    return root
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path, make_kaggle_folder):
+    root = _bad_folder(tmp_path, make_kaggle_folder)
+    source = open_source(str(root))
+    images = list(source)
+    assert len(images) == 8
+    reasons = dict(source.skipped)
+    assert set(reasons) == {
+        "Parasitized/C1P11thinF_empty_cell_9.png",
+        "Parasitized/C1P11thinF_trunc_cell_8.png",
+        "Parasitized/C1P11thinF_text_cell_7.png",
+        "Parasitized/notes.txt",
+    }
+    assert "empty" in reasons["Parasitized/C1P11thinF_empty_cell_9.png"]
+    assert "truncated" in reasons["Parasitized/C1P11thinF_trunc_cell_8.png"]
+    assert "not a readable image" in reasons["Parasitized/C1P11thinF_text_cell_7.png"]
+    assert "not an image" in reasons["Parasitized/notes.txt"]
+
+
+def test_strict_raises_on_the_first_bad_file(tmp_path, make_kaggle_folder):
+    root = _bad_folder(tmp_path, make_kaggle_folder)
+    with pytest.raises(CellaeError, match="strict"):
+        list(open_source(str(root), strict=True))
+
+
+def test_no_images_is_an_error_naming_the_path(tmp_path):
+    (tmp_path / "Parasitized").mkdir()
+    (tmp_path / "Uninfected").mkdir()
+    with pytest.raises(CellaeError, match=str(tmp_path)):
+        open_source(str(tmp_path))
+
+
+def test_single_class_is_an_error(tmp_path, make_kaggle_folder):
+    root = make_kaggle_folder(tmp_path)
+    for f in (root / "cell_images" / "Uninfected").iterdir():
+        f.unlink()  # an empty class folder counts as a missing class
+    with pytest.raises(CellaeError, match="only one class.*Parasitized.*empty.*Uninfected"):
+        open_source(str(root))
+
+
+def test_missing_path_and_non_zip_file(tmp_path):
+    with pytest.raises(CellaeError, match="no such file"):
+        open_source(str(tmp_path / "nope"))
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(CellaeError, match="not a zip"):
+        open_source(str(tmp_path / "x.txt"))
+
+
+def test_decompression_bombs_are_refused(tmp_path, make_kaggle_folder, monkeypatch):
+    root = make_kaggle_folder(tmp_path, n_per_class=3)
+    cls = root / "cell_images" / "Uninfected"
+    Image.fromarray(cell_array(1, 40, 40)).save(cls / "C1P11thinF_warn_cell_1.png")  # 1600 px
+    Image.fromarray(cell_array(2, 60, 60)).save(cls / "C1P11thinF_error_cell_2.png")  # 3600 px
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # warn above 1500, error above 3000
+    source = open_source(str(root))
+    list(source)
+    reasons = dict(source.skipped)
+    assert "decompression-bomb" in reasons["Uninfected/C1P11thinF_warn_cell_1.png"]
+    assert "decompression-bomb" in reasons["Uninfected/C1P11thinF_error_cell_2.png"]
+    assert len(source.skipped) == 2
+    report = inspect_source(str(root))
+    assert "decompression-bomb" in report
+    with pytest.raises(CellaeError, match="decompression-bomb"):
+        list(open_source(str(root), strict=True))
+
+
+def _decode_one(tmp_path: Path, make_kaggle_folder, image: Image.Image) -> np.ndarray:
+    root = make_kaggle_folder(tmp_path, n_per_class=2, junk=False)
+    image.save(root / "cell_images" / "Parasitized" / "C9P1thinF_mode_cell_1.png")
+    source = open_source(str(root))
+    return source.load(source.files.index("Parasitized/C9P1thinF_mode_cell_1.png"))
+
+
+def test_grayscale_png_becomes_rgb(tmp_path, make_kaggle_folder):
+    gray = np.array([[0, 100], [200, 255]], dtype=np.uint8)
+    out = _decode_one(tmp_path, make_kaggle_folder, Image.fromarray(gray, mode="L"))
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], gray)
+    np.testing.assert_array_equal(out[..., 2], gray)
+
+
+def test_rgba_png_is_composited_on_black(tmp_path, make_kaggle_folder):
+    rgba = np.array([[[200, 100, 50, 255], [200, 100, 50, 0], [200, 100, 50, 128]]], np.uint8)
+    out = _decode_one(tmp_path, make_kaggle_folder, Image.fromarray(rgba, mode="RGBA"))
+    np.testing.assert_array_equal(out[0, 0], [200, 100, 50])
+    np.testing.assert_array_equal(out[0, 1], [0, 0, 0])
+    np.testing.assert_array_equal(out[0, 2], [100, 50, 25])
+
+
+def test_palette_png_becomes_rgb(tmp_path, make_kaggle_folder):
+    rgb = cell_array(3, 12, 10, colour=(210, 140, 150))
+    palette = Image.fromarray(rgb).quantize(colors=16)
+    assert palette.mode == "P"
+    out = _decode_one(tmp_path, make_kaggle_folder, palette)
+    np.testing.assert_array_equal(out, np.asarray(palette.convert("RGB")))
+
+
+def test_16_bit_png_is_scaled_to_8_bit(tmp_path, make_kaggle_folder):
+    values = np.array([[0, 257 * 128, 65535]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    out = _decode_one(tmp_path, make_kaggle_folder, image)
+    np.testing.assert_array_equal(out[0, :, 0], [0, 128, 255])
+
+
+def test_symlink_loop_does_not_hang(tmp_path, make_kaggle_folder):
+    root = make_kaggle_folder(tmp_path)
+    cls = root / "cell_images" / "Parasitized"
+    (cls / "loop").symlink_to(root, target_is_directory=True)
+    (root / "cell_images" / "cell_images").symlink_to(root / "cell_images")
+    source = open_source(str(root))
+    assert len(source) == 12
+
+
+def test_unicode_and_spaces_in_paths(tmp_path, make_kaggle_folder):
+    root = make_kaggle_folder(tmp_path / "données de test ü 細胞")
+    extra = root / "cell_images" / "Parasitized" / "C5P1thinF cellule été_cell_1.png"
+    Image.fromarray(cell_array(7)).save(extra)
+    source = FolderSource(root)
+    assert "Parasitized/C5P1thinF cellule été_cell_1.png" in source.files
+    assert len(list(source)) == 13
+    assert "13" in inspect_source(str(root))
+
+
+def test_inspect_report(tmp_path, make_kaggle_folder):
+    root = _bad_folder(tmp_path, make_kaggle_folder)
+    report = inspect_source(str(root))
+    assert "Parasitized = infected = 1" in report
+    assert "Uninfected = uninfected = 0" in report
+    assert "images: 8" in report
+    assert "Parasitized: 4" in report and "Uninfected: 4" in report
+    assert "patients: 2" in report
+    assert "images per patient: min 4, median 4, max 4" in report
+    assert "C1 " in report and "C2 " in report  # the per-patient table
+    assert "width 18-21 px, height 20-23 px" in report
+    assert "skipped: 4 files" in report
+    assert "empty file" in report and "not an image file" in report
+    assert "truncated" in report  # found from the header and the missing PNG end chunk
+
+
+def test_inspect_synthetic():
+    report = inspect_source("synthetic", synthetic=SyntheticConfig(n_images=50, n_patients=4))
+    assert "synthetic generator" in report
+    assert "images: 50" in report
+    assert "patients: 4" in report
+    assert "S01" in report
+
+
+def test_inspect_malaria_sample(malaria_sample):
+    report = inspect_source(str(malaria_sample.parent))
+    assert "Parasitized: 1,764" in report
+    assert "Uninfected: 2,740" in report
+    assert "patients: 40" in report
+    assert "skipped: 0 files" in report

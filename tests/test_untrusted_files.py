@@ -1,0 +1,55 @@
+"""Checkpoints and run folders from strangers must not be able to run code."""
+
+import pickle
+
+import pytest
+import torch
+
+from cellae import runs
+from cellae.config import Config
+from cellae.errors import CellaeError
+
+
+class Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def evil_checkpoint(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.ckpt"
+    with path.open("wb") as handle:
+        torch.save({"state_dict": {}, "payload": Payload(marker)}, handle, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    return path, marker
+
+
+def test_a_pickled_payload_is_refused_and_never_runs(tmp_path):
+    path, marker = evil_checkpoint(tmp_path)
+    with pytest.raises(CellaeError, match="refusing to load"):
+        runs.load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_load_run_refuses_an_evil_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    runs.write_atomic(run_dir / runs.CONFIG_FILE, Config().to_yaml())
+    runs.write_json(run_dir / runs.RUN_INFO_FILE, {"status": "finished", "channels": 3})
+    path, marker = evil_checkpoint(tmp_path)
+    path.replace(run_dir / "checkpoints" / "best.ckpt")
+    with pytest.raises(CellaeError, match="refusing to load"):
+        runs.load_run(run_dir)
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "cut.ckpt"
+    torch.save({"state_dict": {"model.w": torch.ones(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CellaeError, match="cannot read checkpoint .* damaged or incomplete"):
+        runs.load_checkpoint(path)
