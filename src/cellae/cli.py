@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("cellae: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (cellae data inspect ... | head): not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -230,6 +230,8 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
         enable_progress_bar=interactive,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        # the datamodule brings its own DistributedSampler, seeded per epoch (see data.datamodule)
+        use_distributed_sampler=False,
         log_every_n_steps=1,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),

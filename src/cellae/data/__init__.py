@@ -1,0 +1,1 @@
+"""Data: sources, synthetic cells, preprocessing, the cache, splits and the datamodule."""

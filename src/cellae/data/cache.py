@@ -1,0 +1,295 @@
+"""The preprocessed cache: every image decoded once into memory-mapped uint8 arrays.
+
+A cache folder, named by the first 16 hex digits of its key, holds::
+
+    images.npy    uint8 (N, C, S, S)
+    masks.npy     uint8 (N, S, S), 1 inside the cell
+    labels.npy    int64 (N,)
+    patients.npy  str (N,)
+    files.npy     str (N,), relative to the source
+    meta.json     key, format version, source, preprocessing, counts, skipped files, timings
+
+The key digests the source's file list (names, sizes, modification times), the preprocessing
+settings and :data:`FORMAT_VERSION`: change any of them and a new cache is built; change
+nothing and the existing one is opened in milliseconds. A build writes into a temporary
+folder that is renamed into place only when complete, so an interrupted build leaves nothing
+that could later be mistaken for a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellae.config import DataConfig
+from cellae.data.preprocess import PreprocessSettings, preprocess
+from cellae.data.sources import BadImage, Source, open_source
+from cellae.errors import CellaeError
+from cellae.files import write_atomic
+
+FORMAT_VERSION = 1
+TEMP_PREFIX = ".building-"
+META_FILE = "meta.json"
+ARRAYS = ("images", "masks", "labels", "patients", "files")
+# below this many images, starting worker processes costs more than it saves
+IN_PROCESS_LIMIT = 256
+CHUNK = 32
+
+
+class CellCache:
+    """An opened cache folder: arrays memory-mapped read-only, metadata parsed."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.images: np.memmap = np.load(path / "images.npy", mmap_mode="r")
+        self.masks: np.memmap = np.load(path / "masks.npy", mmap_mode="r")
+        self.labels: np.ndarray = np.load(path / "labels.npy")
+        self.patients: np.ndarray = np.load(path / "patients.npy")
+        self.files: np.ndarray = np.load(path / "files.npy")
+        self.class_names: list[str] = list(meta["class_names"])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return f"CellCache({self.path}, {len(self)} images, {tuple(self.images.shape[1:])})"
+
+
+def open_cache(path: Path) -> CellCache:
+    """Open a finished cache folder; a missing, incomplete or foreign one is a clear error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CellaeError(f"no cache folder at {path}")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise CellaeError(f"{path} is an incomplete cache folder (no {META_FILE}); delete it")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CellaeError(f"{path} is an incomplete cache folder (unreadable {META_FILE})") from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CellaeError(
+            f"the cache {path} was written by another cellae version (format "
+            f"{meta.get('format_version')}, this one reads {FORMAT_VERSION}); delete it to rebuild"
+        )
+    missing = [name for name in ARRAYS if not (path / f"{name}.npy").is_file()]
+    if missing:
+        raise CellaeError(f"{path} is an incomplete cache folder (missing {', '.join(missing)})")
+    try:
+        return CellCache(path, meta)
+    except (ValueError, OSError) as exc:
+        raise CellaeError(f"{path} is an incomplete cache folder ({exc})") from exc
+
+
+def cache_key(source: Source, settings: PreprocessSettings) -> str:
+    text = json.dumps(
+        {"format": FORMAT_VERSION, "source": source.fingerprint(), "preprocess": settings.to_dict()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prepare_cache(data: DataConfig, progress: bool = True) -> CellCache:
+    """The cache for ``data``: reused when its inputs are unchanged, built (once) otherwise."""
+    settings = PreprocessSettings.from_config(data)
+    source = open_source(data.source, synthetic=data.synthetic, strict=data.strict)
+    key = cache_key(source, settings)
+    cache_dir = Path(data.cache_dir).expanduser()
+    final = cache_dir / key[:16]
+    if final.is_dir():
+        try:
+            cache = open_cache(final)
+        except CellaeError:
+            shutil.rmtree(final, ignore_errors=True)  # damaged: build it again below
+        else:
+            _refuse_skipped_when_strict(cache, data)
+            return cache
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CellaeError(f"cannot create the cache folder {cache_dir}: {exc.strerror}") from exc
+    _remove_abandoned_builds(cache_dir)
+    return _build(source, settings, data, key, final, progress)
+
+
+def _refuse_skipped_when_strict(cache: CellCache, data: DataConfig) -> None:
+    if data.strict and cache.meta["skipped"]:
+        first = cache.meta["skipped"][0]
+        raise CellaeError(
+            f"{data.source}: {first['file']}: {first['reason']} "
+            f"(--strict stops at the first bad file; {len(cache.meta['skipped'])} in all)"
+        )
+
+
+def _remove_abandoned_builds(cache_dir: Path) -> None:
+    """Delete temporary folders of builds whose process is gone (killed, or the machine died)."""
+    for path in cache_dir.glob(f"{TEMP_PREFIX}*"):
+        try:
+            pid = int(path.name[len(TEMP_PREFIX):].split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if not _process_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OverflowError, ValueError):
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _workers(requested: int, n_images: int) -> int:
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = requested or available or 1
+    return 1 if n_images < IN_PROCESS_LIMIT else max(1, workers)
+
+
+# -- the work of one image, in this process or a worker
+
+_WORKER_STATE: tuple[Source, PreprocessSettings] | None = None
+
+
+def _init_worker(source: Source, settings: PreprocessSettings) -> None:
+    global _WORKER_STATE
+    _WORKER_STATE = (source, settings)
+
+
+def _prepare_one(index: int, source: Source | None = None,
+                 settings: PreprocessSettings | None = None) -> tuple[int, Any, Any]:
+    """(index, image, mask) or (index, None, reason)."""
+    if source is None or settings is None:
+        assert _WORKER_STATE is not None
+        source, settings = _WORKER_STATE
+    try:
+        image = source.load(index)
+    except BadImage as exc:
+        return index, None, str(exc)
+    image, mask = preprocess(image, settings)
+    return index, image, mask
+
+
+def _results(source: Source, settings: PreprocessSettings, workers: int) -> Iterator[tuple[int, Any, Any]]:
+    """Results in index order, from a pool of processes or from this one."""
+    if workers == 1:
+        for index in range(len(source)):
+            yield _prepare_one(index, source, settings)
+        return
+    # spawn: the parent may hold torch's threads, which a forked child must not inherit
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(source, settings)) as pool:
+        yield from pool.imap(_prepare_one, range(len(source)), chunksize=CHUNK)
+
+
+def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: str,
+           final: Path, progress: bool) -> CellCache:
+    n = len(source)
+    size = settings.image_size
+    workers = _workers(data.workers, n)
+    temp = final.parent / f"{TEMP_PREFIX}{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
+    temp.mkdir()
+    started = time.perf_counter()
+    try:
+        # arrays are written straight to disk as images arrive, so memory stays flat
+        images = np.lib.format.open_memmap(
+            temp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, settings.channels, size, size)
+        )
+        masks = np.lib.format.open_memmap(temp / "masks.npy", mode="w+", dtype=np.uint8,
+                                          shape=(n, size, size))
+        kept: list[int] = []
+        bar = _progress_bar(n, f"preparing {source.description}", progress)
+        for index, image, mask in _results(source, settings, workers):
+            bar.update(1)
+            if image is None:
+                source.skip(source.files[index], mask)
+                continue
+            images[len(kept)] = image
+            masks[len(kept)] = mask
+            kept.append(index)
+        bar.close()
+        images.flush()
+        masks.flush()
+        del images, masks
+        if len(kept) < n:
+            _compact(temp, len(kept))
+        if not kept:
+            raise CellaeError(f"no image of {source.description} could be read")
+        kept_idx = np.array(kept, dtype=np.int64)
+        labels = np.asarray(source.labels, dtype=np.int64)[kept_idx]
+        np.save(temp / "labels.npy", labels)
+        np.save(temp / "patients.npy", np.array([source.patients[i] for i in kept], dtype=str))
+        np.save(temp / "files.npy", np.array([source.files[i] for i in kept], dtype=str))
+        meta = {
+            "key": key,
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "source": source.info(),
+            "preprocess": settings.to_dict(),
+            "class_names": source.class_names,
+            "label_map": source.label_map,
+            "n_images": len(kept),
+            "counts": {name: int((labels == i).sum()) for i, name in enumerate(source.class_names)},
+            "patients": len(set(source.patients[i] for i in kept)),
+            "unmatched_patients": source.unmatched_patients,
+            "skipped": [{"file": f, "reason": r} for f, r in source.skipped],
+            "ignored": source.ignored,
+            "workers": workers,
+            "build_seconds": round(time.perf_counter() - started, 2),
+        }
+        write_atomic(temp / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+        try:
+            temp.rename(final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(temp)  # another process finished the same cache first: use theirs
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return open_cache(final)
+
+
+def _compact(folder: Path, n: int) -> None:
+    """Shrink images.npy and masks.npy to their first ``n`` rows, streaming, after skips."""
+    for name in ("images", "masks"):
+        full = np.load(folder / f"{name}.npy", mmap_mode="r")
+        small = np.lib.format.open_memmap(folder / f"{name}.small.npy", mode="w+",
+                                          dtype=full.dtype, shape=(n, *full.shape[1:]))
+        for start in range(0, n, 1024):
+            small[start:start + 1024] = full[start:min(start + 1024, n)]
+        small.flush()
+        del small, full
+        os.replace(folder / f"{name}.small.npy", folder / f"{name}.npy")
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, description: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="img", file=sys.stderr, smoothing=0.1)

@@ -1,0 +1,117 @@
+"""Batches for Lightning, cut from the cache: no image is decoded during training.
+
+The dataloaders yield only row numbers of the cache; :meth:`CellDataModule.gather` turns a
+batch of row numbers into image and mask tensors on the training device. Where the device has
+room, the whole uint8 cache is copied there once and batches are cut on the device, so each
+step moves nothing but indices. The shuffle order is a function of (seed, epoch) alone, on one
+device or many, so a resumed run sees the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from cellae.data.cache import CellCache
+
+# share of the GPU's free memory the cache may take when data_on_device is "auto"
+DEVICE_MEMORY_SHARE = 0.5
+
+
+class _Rows(Dataset):
+    """Row numbers of the cache, one per item; batches of them are collated to a LongTensor."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> int:
+        return int(self.rows[item])
+
+
+class CellDataModule(L.LightningDataModule):
+    """Train and test batches of one split of a :class:`CellCache`."""
+
+    def __init__(
+        self,
+        cache: CellCache,
+        train_idx: np.ndarray,
+        test_idx: np.ndarray,
+        batch_size: int,
+        seed: int = 0,
+        num_workers: int = 0,
+        data_on_device: Literal["auto", "always", "never"] = "auto",
+    ) -> None:
+        super().__init__()
+        self.cache = cache
+        self.train_idx = np.asarray(train_idx, dtype=np.int64)
+        self.test_idx = np.asarray(test_idx, dtype=np.int64)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.data_on_device = data_on_device
+        self._resident: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _loader(self, rows: np.ndarray, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        replicas = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        # A DistributedSampler even on one device: its order depends only on (seed, epoch),
+        # and Lightning calls set_epoch on it, so resuming reproduces the shuffle.
+        sampler = DistributedSampler(
+            _Rows(rows), num_replicas=replicas, rank=rank, shuffle=shuffle, seed=self.seed,
+            drop_last=False,
+        )
+        return DataLoader(
+            _Rows(rows), batch_size=self.batch_size, sampler=sampler,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_idx, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.test_idx, shuffle=False)
+
+    def _keep_on_device(self, device: torch.device) -> bool:
+        if self.data_on_device == "never":
+            return False
+        if self.data_on_device == "always":
+            return True
+        if device.type != "cuda":
+            return False  # on the CPU the memory map already is the fastest copy
+        free, _ = torch.cuda.mem_get_info(device)
+        needed = self.cache.images.nbytes + self.cache.masks.nbytes
+        return needed < DEVICE_MEMORY_SHARE * free
+
+    def gather(self, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """uint8 images (B, C, H, W), uint8 masks (B, H, W) and int64 labels (B,) on ``device``."""
+        labels = torch.from_numpy(self.cache.labels[rows.cpu().numpy()]).to(device)
+        if device not in self._resident and self._keep_on_device(device):
+            self._resident[device] = (
+                torch.from_numpy(np.ascontiguousarray(self.cache.images)).to(device),
+                torch.from_numpy(np.ascontiguousarray(self.cache.masks)).to(device),
+            )
+        if device in self._resident:
+            images, masks = self._resident[device]
+            on_device = rows.to(device)
+            return images[on_device], masks[on_device], labels
+        # memory-mapped reads are fastest in file order; the batch's own order is restored after
+        picked = rows.cpu().numpy()
+        order = np.argsort(picked)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        images = torch.from_numpy(np.asarray(self.cache.images[picked[order]])[back])
+        masks = torch.from_numpy(np.asarray(self.cache.masks[picked[order]])[back])
+        pin = device.type == "cuda"
+        return (
+            (images.pin_memory() if pin else images).to(device, non_blocking=pin),
+            (masks.pin_memory() if pin else masks).to(device, non_blocking=pin),
+            labels,
+        )

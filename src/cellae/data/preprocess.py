@@ -1,0 +1,193 @@
+"""Turn one cell crop into model input: a square uint8 image and the mask of the cell in it.
+
+The malaria crops come in many sizes, each cell on black zero padding, and the models want a
+fixed ``image_size``. Four choices matter for what a model can learn, so they are settings:
+
+* ``color``: ``rgb``, or ``gray`` (ITU-R 601 luma) to ask how much the stain's colour carries.
+* ``resize``: ``stretch`` to the square, as the original study did (cells change shape), or
+  ``pad``, which keeps the aspect ratio and centres the cell on black.
+* ``background``: ``keep`` the black padding, or ``fill_mean``: paint the padding and a thin
+  band at the cell's edge with the cell's mean colour, so that a reconstruction loss is not
+  dominated by the sharp black outline and frame shape.
+
+The mask is computed on the original crop, where the padding is exactly black, and resized
+with the same filter and geometry as the image, so both stay aligned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from cellae.config import IMAGE_SIZES, DataConfig
+from cellae.errors import CellaeError
+
+COLORS = ("rgb", "gray")
+RESIZES = ("stretch", "pad")
+BACKGROUNDS = ("keep", "fill_mean")
+MIN_IMAGE_SIZE = 8
+
+# The padding is exactly 0; stained cell pixels never come near this, even dark parasites.
+DARK_THRESHOLD = 10
+# Pillow's BILINEAR widens its support when shrinking, so it averages like an area filter and,
+# unlike LANCZOS, cannot overshoot into a dark or bright halo at the cell's black edge.
+RESAMPLE = Image.Resampling.BILINEAR
+_LUMA = (299, 587, 114)  # ITU-R 601, in thousandths so that rounding stays in integers
+_SQUARE = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """How crops become model input; part of the cache key, so it round-trips via ``to_dict``."""
+
+    image_size: int = 64
+    color: Literal["rgb", "gray"] = "rgb"
+    resize: Literal["stretch", "pad"] = "stretch"
+    background: Literal["keep", "fill_mean"] = "keep"
+
+    def __post_init__(self) -> None:
+        # Any size works here (tests and tools use odd ones); the run config keeps to IMAGE_SIZES,
+        # which the models' halvings are built around.
+        size = self.image_size
+        if type(size) is not int or size < MIN_IMAGE_SIZE:
+            raise CellaeError(
+                f"config key 'data.image_size' must be an integer of at least {MIN_IMAGE_SIZE} "
+                f"(runs use one of {IMAGE_SIZES}), got {size!r}"
+            )
+        allowed = {"color": COLORS, "resize": RESIZES, "background": BACKGROUNDS}
+        for name, values in allowed.items():
+            value = getattr(self, name)
+            if value not in values:
+                choices = ", ".join(repr(v) for v in values)
+                raise CellaeError(f"config key 'data.{name}' must be one of {choices}, got {value!r}")
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> PreprocessSettings:
+        return cls(
+            image_size=data.image_size, color=data.color, resize=data.resize,
+            background=data.background,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    @property
+    def rim(self) -> int:
+        """Pixels of the cell's edge that ``fill_mean`` paints over: 1 at 32, 2 at 64, 4 at 128.
+
+        The resized edge blends cell and black over about a pixel, and real crops have a
+        segmentation seam there; the band scales with the image so it covers both. Below 32
+        it stays 1, since the blended pixel is there at any size.
+        """
+        return max(1, self.image_size // 32)
+
+
+def _check_rgb(image: Any) -> None:
+    if not (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+        and image.shape[0] > 0
+        and image.shape[1] > 0
+    ):
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {shape} and dtype {dtype}")
+
+
+def cell_mask(image: np.ndarray) -> np.ndarray:
+    """The cell's interior as a bool HxW array.
+
+    Pixels brighter than the padding, the largest connected piece only (crops often catch a
+    sliver of a neighbouring cell in a corner), with holes filled (a parasite can be dark
+    enough to read as padding, but it lies inside the cell).
+    """
+    _check_rgb(image)
+    bright = image.max(axis=2) > DARK_THRESHOLD
+    labels, count = ndimage.label(bright)
+    if count == 0:
+        return bright
+    if count > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        bright = labels == int(sizes.argmax())
+    # A hole is any dark region that does not reach the frame's border; labelling the dark
+    # pixels once is faster than binary_fill_holes' repeated dilation on these frame sizes.
+    dark, count = ndimage.label(~bright)
+    if count:
+        border = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
+        is_hole = np.ones(count + 1, dtype=bool)
+        is_hole[border] = False
+        is_hole[0] = False
+        bright = bright | is_hole[dark]
+    return bright
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of an ...x3 uint8 array, rounded half up, as uint8."""
+    weighted = rgb.astype(np.uint32) @ np.array(_LUMA, dtype=np.uint32)
+    return ((weighted + 500) // 1000).astype(np.uint8)
+
+
+def _geometry(height: int, width: int, settings: PreprocessSettings) -> tuple[int, int, int, int]:
+    """(new height, new width, top, left) of the resized crop inside the square."""
+    size = settings.image_size
+    if settings.resize == "stretch":
+        return size, size, 0, 0
+    scale = size / max(height, width)
+    new_h = min(size, max(1, round(height * scale)))
+    new_w = min(size, max(1, round(width * scale)))
+    return new_h, new_w, (size - new_h) // 2, (size - new_w) // 2
+
+
+def preprocess(
+    image: np.ndarray, settings: PreprocessSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (image CxSxS uint8, mask SxS uint8 of 0/1) for one HxWx3 uint8 RGB crop.
+
+    With ``fill_mean`` the returned mask is the interior less the painted rim, so that
+    everything outside it is the one fill colour and everything inside is the cell untouched.
+    """
+    _check_rgb(image)
+    size = settings.image_size
+    mask = cell_mask(image)
+    new_h, new_w, top, left = _geometry(image.shape[0], image.shape[1], settings)
+
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), RESAMPLE))
+    # The mask goes through the same filter and is cut at half, so its edge sits where the
+    # resized image is half cell, half padding.
+    soft = Image.fromarray(mask.astype(np.uint8) * 255).resize((new_w, new_h), RESAMPLE)
+    resized_mask = np.asarray(soft) >= 128
+
+    if (new_h, new_w) == (size, size):
+        rgb, inside = resized, resized_mask
+    else:
+        rgb = np.zeros((size, size, 3), dtype=np.uint8)
+        inside = np.zeros((size, size), dtype=bool)
+        rgb[top : top + new_h, left : left + new_w] = resized
+        inside[top : top + new_h, left : left + new_w] = resized_mask
+
+    out = to_gray(rgb)[None] if settings.color == "gray" else np.ascontiguousarray(
+        rgb.transpose(2, 0, 1)
+    )
+
+    if settings.background == "fill_mean" and inside.any():
+        # border_value=1: a cell cut by the frame has no black edge there to paint over
+        core = ndimage.binary_erosion(
+            inside, structure=_SQUARE, iterations=settings.rim, border_value=1
+        )
+        if core.any():  # a cell smaller than the rim keeps its whole interior
+            inside = core
+        fill = np.rint(out[:, inside].mean(axis=1)).astype(np.uint8)
+        out = np.where(inside[None], out, fill[:, None, None])
+
+    return out, inside.astype(np.uint8)

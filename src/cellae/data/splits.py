@@ -1,0 +1,114 @@
+"""Train/test splits that keep every patient on one side, and the file lists that record them.
+
+Cells of one patient share a slide, a stain and a parasite load; a model tested on cells of
+patients it was trained on looks better than it is. So the default split puts whole patients
+on one side, with about ``test_fraction`` of the images in test and every class on both sides.
+A random split by image (stratified by class) is there for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cellae.errors import CellaeError
+from cellae.files import write_atomic
+
+SPLITS = ("patient", "image")
+# random orders of the patients tried; the one whose test share is closest to the target wins
+PATIENT_SPLIT_TRIES = 256
+
+
+def split_indices(
+    patients: Sequence[str] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    test_fraction: float,
+    seed: int,
+    by: str = "patient",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted int64 indices of the train and test images, deterministic for a given ``seed``."""
+    if by not in SPLITS:
+        raise CellaeError(f"data.split must be one of {', '.join(SPLITS)}, got {by!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise CellaeError(f"data.test_fraction must be between 0 and 1, got {test_fraction!r}")
+    patients = np.asarray(patients).astype(str)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(patients) != len(labels):
+        raise ValueError(f"{len(patients)} patients but {len(labels)} labels")
+    if len(np.unique(labels)) < 2:
+        raise CellaeError("every image has the same label: a split needs at least two classes")
+    rng = np.random.default_rng(seed)
+    if by == "image":
+        test = _image_split(labels, test_fraction, rng)
+    else:
+        test = _patient_split(patients, labels, test_fraction, rng)
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test] = True
+    return np.flatnonzero(~is_test).astype(np.int64), np.flatnonzero(is_test).astype(np.int64)
+
+
+def _image_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    test = []
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        n = int(round(len(members) * fraction))
+        if len(members) >= 2:
+            n = min(max(n, 1), len(members) - 1)  # the class appears on both sides
+        test.append(members[:n])
+    return np.concatenate(test)
+
+
+def _patient_split(
+    patients: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    names, patient_of = np.unique(patients, return_inverse=True)
+    if len(names) < 2:
+        raise CellaeError(
+            f"a split by patient needs at least 2 patients, found {len(names)}; "
+            f"set data.split=image to split by image"
+        )
+    classes = np.unique(labels)
+    # images of each class per patient (P, K)
+    counts = np.zeros((len(names), len(classes)), dtype=np.int64)
+    np.add.at(counts, (patient_of, np.searchsorted(classes, labels)), 1)
+    class_totals = counts.sum(axis=0)
+    target = fraction * len(labels)
+    best, best_gap = None, np.inf
+    for _ in range(PATIENT_SPLIT_TRIES):
+        order = rng.permutation(len(names))
+        taken = np.cumsum(counts[order], axis=0)  # class counts in test after k+1 patients
+        size = taken.sum(axis=1)
+        valid = (taken > 0).all(axis=1) & (taken < class_totals).all(axis=1)
+        if not valid.any():
+            continue
+        gaps = np.where(valid, np.abs(size - target), np.inf)
+        k = int(np.argmin(gaps))
+        if gaps[k] < best_gap:
+            best, best_gap = order[: k + 1], gaps[k]
+    if best is None:
+        single = [
+            f"class {int(c)} occurs only in patient {names[counts[:, i] > 0][0]}"
+            for i, c in enumerate(classes) if (counts[:, i] > 0).sum() < 2
+        ]
+        why = f" ({'; '.join(single)})" if single else ""
+        raise CellaeError(
+            f"cannot split by patient with every class on both sides{why}; "
+            f"set data.split=image or add patients"
+        )
+    return np.flatnonzero(np.isin(patient_of, best))
+
+
+def save_split(path: Path, files: Sequence[str] | np.ndarray, train_idx: np.ndarray,
+               test_idx: np.ndarray) -> None:
+    """Write the file names of each side to ``path`` (JSON), so a split can be checked and reused."""
+    files = np.asarray(files).astype(str)
+    document = {
+        "n_train": int(len(train_idx)),
+        "n_test": int(len(test_idx)),
+        "train": files[np.asarray(train_idx)].tolist(),
+        "test": files[np.asarray(test_idx)].tolist(),
+    }
+    write_atomic(Path(path), json.dumps(document, indent=1, ensure_ascii=False) + "\n")
