@@ -63,7 +63,9 @@ class PreprocessSettings:
             value = getattr(self, name)
             if value not in values:
                 choices = ", ".join(repr(v) for v in values)
-                raise CellaeError(f"config key 'data.{name}' must be one of {choices}, got {value!r}")
+                raise CellaeError(
+                    f"config key 'data.{name}' must be one of {choices}, got {value!r}"
+                )
 
     @classmethod
     def from_config(cls, data: DataConfig) -> PreprocessSettings:

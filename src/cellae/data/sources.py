@@ -21,7 +21,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -454,8 +454,8 @@ class SyntheticSource(Source):
 
     def __init__(self, config: SyntheticConfig, strict: bool = False) -> None:
         super().__init__(SYNTHETIC, strict)
-        self.config = config
-        self.plan = synthetic.plan(config)
+        self.config = replace(config)  # a snapshot: the fingerprint must describe these cells
+        self.plan = synthetic.plan(self.config)
         self.files = list(self.plan.files)
         self.labels = [int(v) for v in self.plan.labels]
         self.patients = list(self.plan.patients)
