@@ -90,6 +90,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
     sweep.add_argument("--out", default="runs", help="parent folder for the sweep folder")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    sweep.add_argument(
+        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config keys of every run, e.g. --set data.source=data/cell_images.zip",
+    )
 
     report = commands.add_parser("report", help="compare runs in one HTML page")
     report.add_argument("runs", nargs="+", help="run or sweep folders")
@@ -133,7 +137,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         from cellae.sweep import run_sweep
 
-        sweep_dir = run_sweep(Path(args.sweep), Path(args.out), resume=args.resume)
+        if args.resume and args.overrides:
+            raise CellaeError("--set cannot change a sweep that is resumed; it keeps its values")
+        sweep_dir = run_sweep(Path(args.sweep), Path(args.out), resume=args.resume,
+                              overrides=args.overrides)
         print(f"sweep folder: {sweep_dir}")
         return 0
     if args.command == "report":

@@ -177,7 +177,8 @@ class LoadedRun:
         return self
 
     def _as_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        # np.array copies: a read-only memory map must not back a tensor torch may write
+        x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
         if x.ndim == 3:
             x = x.unsqueeze(0)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()

@@ -66,8 +66,12 @@ class Sweep:
         return values
 
 
-def load_sweep(path: Path) -> Sweep:
-    """Read and check a sweep file: every combination must make a valid config."""
+def load_sweep(path: Path, overrides: list[str] | None = None) -> Sweep:
+    """Read and check a sweep file: every combination must make a valid config.
+
+    ``overrides`` (``key=value``, as ``--set`` on the command line) apply to every run, after
+    the file's own ``set``.
+    """
     values = read_yaml(path)
     unknown = set(values) - SWEEP_KEYS
     if unknown:
@@ -82,10 +86,10 @@ def load_sweep(path: Path) -> Sweep:
         base = values["config"]
         if not isinstance(base, dict):
             raise CellaeError(f"sweep file {path}: 'config' must be a mapping of config sections")
-    overrides = values.get("set", [])
-    if isinstance(overrides, dict):
-        overrides = [f"{k}={v}" for k, v in overrides.items()]
-    base = apply_overrides(base, [str(o) for o in overrides])
+    in_file = values.get("set", [])
+    if isinstance(in_file, dict):
+        in_file = [f"{k}={v}" for k, v in in_file.items()]
+    base = apply_overrides(base, [str(o) for o in in_file] + list(overrides or []))
     if ("grid" in values) == ("runs" in values):
         raise CellaeError(f"sweep file {path} needs exactly one of 'grid' or 'runs'")
     if "grid" in values:
@@ -132,15 +136,23 @@ def _run_one(sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool)
     return "trained"
 
 
-def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool = True) -> Path:
-    """Run every combination of a sweep file; return the sweep folder."""
+def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool = True,
+              overrides: list[str] | None = None) -> Path:
+    """Run every combination of a sweep file; return the sweep folder.
+
+    ``overrides`` apply to every run of a new sweep; a resumed sweep keeps the values it was
+    started with (they are frozen into its ``sweep.yaml``).
+    """
     if resume:
         sweep_dir = Path(resume)
         if not (sweep_dir / SWEEP_FILE).is_file():
             raise CellaeError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_FILE})")
         sweep = load_sweep(sweep_dir / SWEEP_FILE)
     else:
-        sweep = load_sweep(path)
+        sweep = load_sweep(path, overrides)
+        # a data path that is wrong for one run is wrong for all: say so before starting any
+        for combination in sweep.combinations:
+            config_from_dict(sweep.config_values(combination), check_paths=True)
         sweep_dir = runs.new_run_dir(out, sweep.name)
         # keep the sweep self-contained: the base config is inlined so the folder can move
         frozen = {"name": sweep.name, "config": sweep.base, "runs": sweep.combinations}

@@ -94,9 +94,10 @@ class CellDataModule(L.LightningDataModule):
         """uint8 images (B, C, H, W), uint8 masks (B, H, W) and int64 labels (B,) on ``device``."""
         labels = torch.from_numpy(self.cache.labels[rows.cpu().numpy()]).to(device)
         if device not in self._resident and self._keep_on_device(device):
+            # np.array copies the read-only memory map into memory torch may own
             self._resident[device] = (
-                torch.from_numpy(np.ascontiguousarray(self.cache.images)).to(device),
-                torch.from_numpy(np.ascontiguousarray(self.cache.masks)).to(device),
+                torch.from_numpy(np.array(self.cache.images)).to(device),
+                torch.from_numpy(np.array(self.cache.masks)).to(device),
             )
         if device in self._resident:
             images, masks = self._resident[device]
