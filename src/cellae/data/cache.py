@@ -19,6 +19,7 @@ that could later be mistaken for a cache.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -207,28 +208,24 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
     temp.mkdir()
     started = time.perf_counter()
     try:
-        # arrays are written straight to disk as images arrive, so memory stays flat
-        images = np.lib.format.open_memmap(
-            temp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, settings.channels, size, size)
-        )
-        masks = np.lib.format.open_memmap(temp / "masks.npy", mode="w+", dtype=np.uint8,
-                                          shape=(n, size, size))
+        # rows are appended to the files as images arrive, so memory stays flat at any size
+        images = _RowWriter(temp / "images.npy", (n, settings.channels, size, size))
+        masks = _RowWriter(temp / "masks.npy", (n, size, size))
         kept: list[int] = []
         bar = _progress_bar(n, f"preparing {source.description}", progress)
-        for index, image, mask in _results(source, settings, workers):
-            bar.update(1)
-            if image is None:
-                source.skip(source.files[index], mask)
-                continue
-            images[len(kept)] = image
-            masks[len(kept)] = mask
-            kept.append(index)
-        bar.close()
-        images.flush()
-        masks.flush()
-        del images, masks
-        if len(kept) < n:
-            _compact(temp, len(kept))
+        try:
+            for index, image, mask in _results(source, settings, workers):
+                bar.update(1)
+                if image is None:
+                    source.skip(source.files[index], mask)
+                    continue
+                images.append(image)
+                masks.append(mask)
+                kept.append(index)
+        finally:
+            bar.close()
+            images.close()
+            masks.close()
         if not kept:
             raise CellaeError(f"no image of {source.description} could be read")
         kept_idx = np.array(kept, dtype=np.int64)
@@ -260,23 +257,65 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
             if not final.is_dir():
                 raise
             shutil.rmtree(temp)  # another process finished the same cache first: use theirs
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        # a full disk or a folder gone read-only: the user can act on this, nothing else can
+        raise CellaeError(
+            f"cannot write the cache in {final.parent}: {exc.strerror or exc}; free space there "
+            f"or set data.cache_dir (--cache-dir) to another folder"
+        ) from exc
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return open_cache(final)
 
 
-def _compact(folder: Path, n: int) -> None:
-    """Shrink images.npy and masks.npy to their first ``n`` rows, streaming, after skips."""
-    for name in ("images", "masks"):
-        full = np.load(folder / f"{name}.npy", mmap_mode="r")
-        small = np.lib.format.open_memmap(folder / f"{name}.small.npy", mode="w+",
-                                          dtype=full.dtype, shape=(n, *full.shape[1:]))
-        for start in range(0, n, 1024):
-            small[start:start + 1024] = full[start:min(start + 1024, n)]
-        small.flush()
-        del small, full
-        os.replace(folder / f"{name}.small.npy", folder / f"{name}.npy")
+class _RowWriter:
+    """An .npy file of uint8 rows written one after another, never held in memory.
+
+    The header names the expected row count; :meth:`close` corrects it when fewer rows came
+    (files skipped while decoding), so the file always matches what it holds.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.path, self.shape, self.rows = path, shape, 0
+        self.handle = path.open("wb")
+        self.header_size = self.handle.write(_npy_header(shape))
+
+    def append(self, row: np.ndarray) -> None:
+        self.handle.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
+        self.rows += 1
+
+    def close(self) -> None:
+        if self.handle.closed:
+            return
+        if self.rows != self.shape[0]:
+            header = _npy_header((self.rows, *self.shape[1:]))
+            if len(header) == self.header_size:
+                self.handle.seek(0)
+                self.handle.write(header)
+            else:
+                self.handle.close()
+                self._rewrite(header)
+                return
+        self.handle.close()
+
+    def _rewrite(self, header: bytes) -> None:
+        """Copy the rows under a header of another length (rare: the count lost digits)."""
+        temp = self.path.with_suffix(".rewrite")
+        with self.path.open("rb") as old, temp.open("wb") as new:
+            old.seek(self.header_size)
+            new.write(header)
+            shutil.copyfileobj(old, new, 1 << 20)
+        os.replace(temp, self.path)
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "|u1", "fortran_order": False, "shape": tuple(int(s) for s in shape)}
+    )
+    return buffer.getvalue()
 
 
 class _NoBar:
