@@ -63,3 +63,40 @@ def test_shipped_sweeps_hold_the_studys_eight_runs(name):
     families = {c["model.family"] for c in sweep.combinations}
     backgrounds = {c["data.background"] for c in sweep.combinations}
     assert families == {"ae", "vae"} and backgrounds == {"keep", "fill_mean"}
+
+
+def test_a_failing_run_does_not_stop_the_others_and_resume_trains_only_what_is_left(
+    tmp_path, make_kaggle_folder
+):
+    from cellae.sweep import run_sweep, sweep_run_dirs
+    from tiny import tiny_config
+
+    one_class = make_kaggle_folder(tmp_path / "data", n_per_class=6, n_patients=3)
+    missing = sorted((one_class / "cell_images" / "Uninfected").iterdir())
+    for path in missing:
+        path.unlink()  # a single class: this run fails when its data is prepared
+    base = tiny_config(tmp_path, train={"epochs": 1}).to_dict()
+    sweep_file = write(tmp_path / "s.yaml", {
+        "name": "mixed", "config": base,
+        "grid": {"data.source": ["synthetic", str(one_class / "cell_images")]},
+    })
+    with pytest.raises(CellaeError, match="1 of 2 runs failed"):
+        run_sweep(sweep_file, tmp_path / "runs", evaluate=False, overrides=["train.batch_size=16"])
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    status = yaml.safe_load((sweep_dir / "sweep.json").read_text())["runs"]
+    finished = [n for n, r in status.items() if r["status"] == "trained"]
+    failed = [n for n, r in status.items() if r["status"] == "failed"]
+    assert len(finished) == 1 and len(failed) == 1
+    assert "only one class" in status[failed[0]]["error"]
+    kept_weights = (sweep_dir / finished[0] / "checkpoints" / "last.ckpt").read_bytes()
+    # --set reached every run, and is frozen into the sweep folder for --resume
+    assert yaml.safe_load((sweep_dir / finished[0] / "config.yaml").read_text())["train"]["batch_size"] == 16
+
+    for path in missing:  # the user fixes the data and resumes
+        path.write_bytes((one_class / "cell_images" / "Parasitized").glob("*.png").__next__().read_bytes())
+    run_sweep(sweep_file, tmp_path / "runs", resume=str(sweep_dir), evaluate=False)
+    status = yaml.safe_load((sweep_dir / "sweep.json").read_text())["runs"]
+    assert status[finished[0]]["status"] == "kept"
+    assert status[failed[0]]["status"] == "trained"
+    assert (sweep_dir / finished[0] / "checkpoints" / "last.ckpt").read_bytes() == kept_weights
+    assert len(sweep_run_dirs(sweep_dir)) == 2

@@ -125,3 +125,13 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     info = runs.read_run_info(run_dir)
     assert info["devices"] == 2 and info["status"] == "finished"
     assert [int(r["epoch"]) for r in metric_rows(run_dir)] == [1, 2]
+
+
+def test_batches_cut_from_a_resident_copy_train_exactly_as_from_the_memory_map(tmp_path):
+    mapped = train(tiny_config(tmp_path, train={"epochs": 2, "data_on_device": "never"}),
+                   tmp_path / "mapped", evaluate=False)
+    resident = train(tiny_config(tmp_path, train={"epochs": 2, "data_on_device": "always"}),
+                     tmp_path / "resident", evaluate=False)
+    a, b = weights(mapped), weights(resident)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

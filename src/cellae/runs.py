@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -87,6 +88,15 @@ def safe_folder_name(name: str) -> str:
     """``name`` with anything but letters, digits, '-', '_' and '.' replaced, never hidden or empty."""
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
     return cleaned or "run"
+
+
+def source_name(source: str) -> str:
+    """A folder-safe name for an evaluation source (``eval/<name>/``)."""
+    path = Path(source.rstrip("/"))
+    name = path.stem if path.suffix == ".zip" else path.name
+    if name in ("cell_images", ""):
+        name = f"{path.parent.name}-{name}" if path.parent.name else name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "source"
 
 
 def is_run_dir(path: Path) -> bool:

@@ -53,7 +53,12 @@ class Sweep:
             prefix = NAME_PREFIXES.get(key, "")
             if not prefix and isinstance(value, int | float) and not isinstance(value, bool):
                 prefix = key.rsplit(".", 1)[-1]
-            text = "_".join(map(str, value)) if isinstance(value, list) else str(value)
+            if isinstance(value, list):
+                text = "_".join(map(str, value))
+            elif isinstance(value, str) and "/" in value:
+                text = runs.source_name(value)  # a data path: its folder or zip name
+            else:
+                text = str(value)
             parts.append(f"{prefix}{text}")
         return runs.safe_folder_name("-".join(parts))
 
@@ -192,6 +197,8 @@ def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
             order = [sweep.run_name(c) for c in sweep.combinations]
         except CellaeError:
             order = []
-    found = {p.name: p for p in sweep_dir.iterdir() if p.is_dir() and runs.is_run_dir(p)}
+    # hidden folders are runs set aside by --resume, not part of the sweep
+    found = {p.name: p for p in sweep_dir.iterdir()
+             if p.is_dir() and not p.name.startswith(".") and runs.is_run_dir(p)}
     ordered = [found.pop(n) for n in order if n in found]
     return ordered + [found[n] for n in sorted(found)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -280,15 +279,6 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def source_name(source: str) -> str:
-    """A folder-safe name for an evaluation source (``eval/<name>/``)."""
-    path = Path(source.rstrip("/"))
-    name = path.stem if path.suffix == ".zip" else path.name
-    if name in ("cell_images", ""):
-        name = f"{path.parent.name}-{name}" if path.parent.name else name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "source"
-
-
 def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Write the figures, ``metrics.json`` and ``latents.npz`` of a run; return the numbers.
 
@@ -311,7 +301,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False) ->
         train_idx, test_idx = split_indices(
             cache.patients, cache.labels, config.data.test_fraction, config.seed, by="patient"
         )
-        out_dir = run_dir / runs.EVAL_DIR / source_name(data)
+        out_dir = run_dir / runs.EVAL_DIR / runs.source_name(data)
         rows = []
         source = data
     expected = (config.data.image_size, config.data.image_size)
@@ -370,4 +360,4 @@ def embed_source(run_dir: Path, source: str, out: Path) -> Path:
     return out
 
 
-__all__ = ["embed_source", "evaluate_run", "headline", "source_name"]
+__all__ = ["embed_source", "evaluate_run", "headline"]
