@@ -333,7 +333,9 @@ def embed_source(run_dir: Path, source: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
         tmp = _tmp_npz(out)
-        np.savez_compressed(tmp, codes=codes, class_names=class_names, **columns)
+        # plural keys, as in eval/latents.npz (and "file" would collide with savez's own argument)
+        np.savez_compressed(tmp, codes=codes, class_names=class_names, files=columns["file"],
+                            labels=labels, classes=columns["class"], patients=columns["patient"])
         tmp.replace(out)
         return out
     table = dict(columns) | {f"z{i}": codes[:, i] for i in range(codes.shape[1])}
