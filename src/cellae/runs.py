@@ -60,12 +60,14 @@ def new_run_dir(parent: Path, name: str, timestamped: bool = True) -> Path:
 
     Sweeps name their runs without a timestamp (the sweep folder has one); such a name must be free.
     """
+    if parent.exists() and not parent.is_dir():
+        raise CellaeError(f"the output folder {parent} is a file; give a folder with --out")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CellaeError(f"cannot create the output folder {parent}: {exc.strerror}") from exc
     if not os.access(parent, os.W_OK):
-        raise CellaeError(f"the output folder {parent} is not writable")
+        raise CellaeError(f"the output folder {parent} is not writable; give another with --out")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     safe_name = safe_folder_name(name)
     if not timestamped:

@@ -119,7 +119,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        runs.write_atomic(Path(path), buffer.getvalue())
+        try:
+            runs.write_atomic(Path(path), buffer.getvalue())
+        except OSError as exc:
+            # a full disk or a folder gone read-only: the earlier checkpoint is still whole
+            last = Path(path).parent / runs.LAST_CHECKPOINT
+            then = (f"; {last} is kept: free space and continue with: cellae train --resume "
+                    f"{Path(path).parent.parent}" if last.is_file() else "")
+            raise CellaeError(f"cannot write the checkpoint {path}: {exc.strerror or exc}{then}") from exc
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return runs.load_checkpoint(Path(path))
