@@ -92,7 +92,8 @@ class CellDataModule(L.LightningDataModule):
 
     def gather(self, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
         """uint8 images (B, C, H, W), uint8 masks (B, H, W) and int64 labels (B,) on ``device``."""
-        labels = torch.from_numpy(self.cache.labels[rows.cpu().numpy()]).to(device)
+        picked = rows.cpu().numpy()
+        labels = torch.from_numpy(self.cache.labels[picked]).to(device)
         if device not in self._resident and self._keep_on_device(device):
             # np.array copies the read-only memory map into memory torch may own
             self._resident[device] = (
@@ -104,7 +105,6 @@ class CellDataModule(L.LightningDataModule):
             on_device = rows.to(device)
             return images[on_device], masks[on_device], labels
         # memory-mapped reads are fastest in file order; the batch's own order is restored after
-        picked = rows.cpu().numpy()
         order = np.argsort(picked)
         back = np.empty_like(order)
         back[order] = np.arange(len(order))

@@ -68,22 +68,7 @@ def decode_image(data: bytes) -> np.ndarray:
     Grayscale is repeated into three channels, 16-bit is scaled to 8-bit, and transparency
     is composited on black, the colour of the padding around every cell.
     """
-    _require_complete(data)
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between its limit and twice it; both are refused here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"refused as a decompression-bomb: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise BadImage("not a readable image (unknown format)") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        if "truncated" in str(exc).lower():
-            raise BadImage("truncated (the image data stops early)") from exc
-        raise BadImage(f"not a readable image ({exc})") from exc
-    return _to_rgb(image)
+    return _to_rgb(_open_image(data, decode=True))
 
 
 def _require_complete(data: bytes) -> None:
@@ -119,17 +104,27 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 def _image_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the header alone; raise :class:`BadImage` on what decoding would."""
+    return _open_image(data, decode=False).size
+
+
+def _open_image(data: bytes, decode: bool) -> Image.Image:
+    """Open image bytes (and decode the pixels when ``decode``); raise :class:`BadImage`."""
     _require_complete(data)
     try:
         with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; both are refused here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                return image.size
+            image = Image.open(io.BytesIO(data))
+            if decode:
+                image.load()
+            return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"refused as a decompression-bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise BadImage("not a readable image (unknown format)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if "truncated" in str(exc).lower():
+            raise BadImage("truncated (the image data stops early)") from exc
         raise BadImage(f"not a readable image ({exc})") from exc
 
 
@@ -273,10 +268,17 @@ class Source:
         """What the cache records about where its images came from."""
         return {"kind": self.kind, "path": self.description, "layout": self.layout}
 
-    def _set_listing(self, listing: _Listing, relative: dict[str, str]) -> None:
-        """Fill files, labels and patients from class folders; ``relative`` maps path -> name."""
+    def _set_listing(self, listing: _Listing, sizes: dict[str, int]) -> None:
+        """Fill files, labels and patients from class folders; ``sizes`` maps path -> bytes."""
         self.ignored = list(listing.ignored)
-        with_images = {c: [f for f in fs if _has_image_suffix(f)] for c, fs in listing.class_files.items()}
+        # names are relative to the class root, so a folder and its zip list the same files
+        relative = {path: path[len(listing.root):]
+                    for files in listing.class_files.values() for path in files}
+        for path, name in relative.items():
+            if _has_image_suffix(path) and sizes[path] == 0:
+                self.skip(name, "empty file (0 bytes)")
+        with_images = {c: [f for f in fs if _has_image_suffix(f) and sizes[f] > 0]
+                       for c, fs in listing.class_files.items()}
         for files in listing.class_files.values():
             for path in files:
                 if not _has_image_suffix(path):
@@ -320,23 +322,14 @@ class FolderSource(Source):
         if not root.exists():
             raise CellaeError(f"no such file or folder: {root}")
         self.root = root
-        files, dirs, sizes = self._walk(root)
-        listing = _find_class_folders(files, dirs, str(root))
-        strip = len(listing.root)
-        relative = {path: path[strip:] for fs in listing.class_files.values() for path in fs}
-        for path, name in relative.items():
-            if _has_image_suffix(path) and sizes[path] == 0:
-                self.skip(name, "empty file (0 bytes)")
-        kept = {c: [f for f in fs if sizes[f] > 0 or not _has_image_suffix(f)]
-                for c, fs in listing.class_files.items()}
-        self._set_listing(listing._replace(class_files=kept), relative)
-        self._stats = [sizes[p] for p in self._paths]
-        self._times = {p: self._mtimes[p] for p in self._paths}
+        files, dirs, self._sizes, self._mtimes = self._walk(root)
+        self._set_listing(_find_class_folders(files, dirs, str(root)), self._sizes)
 
-    def _walk(self, root: Path) -> tuple[list[str], set[str], dict[str, int]]:
-        """Every file and folder under ``root``; linked folders are not entered (loops)."""
-        files, dirs, sizes = [], set(), {}
-        self._mtimes: dict[str, int] = {}
+    @staticmethod
+    def _walk(root: Path) -> tuple[list[str], set[str], dict[str, int], dict[str, int]]:
+        """Files, folders, sizes and modification times under ``root``; links to folders are
+        not entered (loops)."""
+        files, dirs, sizes, mtimes = [], set(), {}, {}
         for current, subdirs, names in os.walk(root, followlinks=False):
             base = Path(current).relative_to(root).as_posix()
             base = "" if base == "." else f"{base}/"
@@ -349,8 +342,8 @@ class FolderSource(Source):
                     continue  # a dangling link: nothing to read
                 files.append(f"{base}{name}")
                 sizes[f"{base}{name}"] = stat.st_size
-                self._mtimes[f"{base}{name}"] = stat.st_mtime_ns
-        return files, dirs, sizes
+                mtimes[f"{base}{name}"] = stat.st_mtime_ns
+        return files, dirs, sizes, mtimes
 
     def read_bytes(self, index: int) -> bytes:
         try:
@@ -360,8 +353,8 @@ class FolderSource(Source):
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(f"folder\0{self.root.resolve()}\0".encode())
-        for path, size in zip(self._paths, self._stats, strict=True):
-            digest.update(f"{path}\0{size}\0{self._times[path]}\n".encode())
+        for path in self._paths:
+            digest.update(f"{path}\0{self._sizes[path]}\0{self._mtimes[path]}\n".encode())
         digest.update(repr(sorted(self.label_map.items())).encode())
         return digest.hexdigest()
 
@@ -392,17 +385,10 @@ class ZipSource(Source):
             self._infos[name] = info
             dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
         listing = _find_class_folders(files, dirs, str(path))
-        strip = len(listing.root)
-        relative = {name: name[strip:] for fs in listing.class_files.values() for name in fs}
         for name in unsafe:
             # a member that would land outside any folder it is extracted to is never read
             self.skip(name, "unsafe path (absolute or with '..'), not read")
-        for name, rel in relative.items():
-            if _has_image_suffix(name) and self._infos[name].file_size == 0:
-                self.skip(rel, "empty file (0 bytes)")
-        kept = {c: [f for f in fs if self._infos[f].file_size > 0 or not _has_image_suffix(f)]
-                for c, fs in listing.class_files.items()}
-        self._set_listing(listing._replace(class_files=kept), relative)
+        self._set_listing(listing, {name: info.file_size for name, info in self._infos.items()})
 
     def _open(self) -> zipfile.ZipFile:
         if self._archive is None:
