@@ -21,6 +21,11 @@ from cellae.errors import CellaeError
 
 SYNTHETIC = "synthetic"
 IMAGE_SIZES = (32, 64, 128)
+# each data choice is spelled once, here; the data package reads its allowed values from these
+ColorMode = Literal["rgb", "gray"]
+ResizeMode = Literal["stretch", "pad"]
+BackgroundMode = Literal["keep", "fill_mean"]
+SplitMode = Literal["patient", "image"]
 
 
 @dataclass
@@ -40,10 +45,10 @@ class DataConfig:
     source: str = SYNTHETIC
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     image_size: int = 64
-    color: Literal["rgb", "gray"] = "rgb"
-    resize: Literal["stretch", "pad"] = "stretch"
-    background: Literal["keep", "fill_mean"] = "keep"
-    split: Literal["patient", "image"] = "patient"
+    color: ColorMode = "rgb"
+    resize: ResizeMode = "stretch"
+    background: BackgroundMode = "keep"
+    split: SplitMode = "patient"
     test_fraction: float = 0.2
     cache_dir: str = ".cellae-cache"
     strict: bool = False
