@@ -15,10 +15,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
-from cellae.config import DataConfig
+from cellae.config import BackgroundMode, DataConfig
 from cellae.data.cache import prepare_cache
 from cellae.data.preprocess import PreprocessSettings, preprocess
 from cellae.data.sources import open_source
@@ -35,11 +36,13 @@ def peak_mb() -> tuple[float, float]:
 
 
 def main() -> int:
+    defaults = DataConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", default=str(SAMPLE))
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--background", default="keep", choices=["keep", "fill_mean"])
-    parser.add_argument("--workers", type=int, default=0, help="0: all cores")
+    parser.add_argument("--size", type=int, default=defaults.image_size)
+    parser.add_argument("--background", default=defaults.background,
+                        choices=get_args(BackgroundMode))
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="0: all cores")
     args = parser.parse_args()
     if args.source != "synthetic" and not Path(args.source).exists():
         print(f"skipped: no data at {args.source} (the malaria sample lies beside the project)")
@@ -60,7 +63,7 @@ def main() -> int:
         # one batch cut from the cache against the same batch decoded and preprocessed from files
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(cache), size=min(BATCH, len(cache)), replace=False))
-        source = open_source(args.source)
+        source = open_source(data)
         position = {name: i for i, name in enumerate(source.files)}
         settings = PreprocessSettings.from_config(data)
         started = time.perf_counter()

@@ -28,7 +28,9 @@ def test_defaults_and_overrides_are_typed(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    config = load_config(write(tmp_path, {"name": "rt", "seed": 7}), ["model.beta=4"])
+    config = load_config(write(tmp_path, {"name": "rt", "seed": 7}),
+                         ["model.family=vae", "model.beta=4", "model.loss=masked_mse"])
+    assert config.model.beta == 4 and config.model.loss.background_weight == 0.1
     again = load_config(write(tmp_path, yaml.safe_load(config.to_yaml())))
     assert again == config
 
@@ -37,7 +39,18 @@ def test_resolved_config_round_trips(tmp_path):
     ("values", "overrides", "message"),
     [
         ({"modle": {}}, [], "unknown config key 'modle'"),
-        ({"model": {"latent": 3}}, [], "unknown config key 'model.latent'"),
+        ({"model": {"latent": 3}}, [], "config key 'model.latent' is not taken by the 'ae' family"),
+        ({"model": {"beta": 4}}, [], "config key 'model.beta' is not taken by the 'ae' family"),
+        ({"model": {"family": "vae", "latent_l1": 0.1}}, [],
+         "config key 'model.latent_l1' is not taken by the 'vae' family"),
+        ({"model": {"loss": {"name": "mse", "background_weight": 0.1}}}, [],
+         "config key 'model.loss.background_weight' is not taken by the loss 'mse'"),
+        ({"model": {"loss": "l2"}}, [], "'model.loss.name' must be one of 'bce', 'masked_bce'"),
+        ({"model": {"loss": {"name": "masked_mse", "background_weight": -1}}}, [],
+         "'model.loss.background_weight' must be 0 or more"),
+        ({"model": {"family": "vae", "free_bits": -1}}, [], "'model.free_bits' must be 0 (off)"),
+        ({"model": {"norm": "layer"}}, [], "'model.norm' must be one of 'batch', 'group', 'none'"),
+        ({"eval": {"metrics": ["linear_probe", "nope"]}}, [], "'eval.metrics' must be one of"),
         ({"train": {"epochs": "ten"}}, [], "'train.epochs' must be an integer"),
         ({"train": {"epochs": -1}}, [], "'train.epochs' must be a positive integer"),
         ({"model": {"latent_dim": 0}}, [], "'model.latent_dim' must be a positive integer"),
@@ -47,7 +60,9 @@ def test_resolved_config_round_trips(tmp_path):
         ({"train": {"deterministic": "yes"}}, [], "'train.deterministic' must be true or false"),
         ({"data": {"source": "/no/such/cells"}}, [], "data.source: no such file or folder"),
         ({"data": {"image_size": 32}, "model": {"widths": [8, 8, 8, 8, 8, 8]}}, [], "'model.widths'"),
-        ({}, ["model.nope=1"], "no config key 'model.nope'"),
+        ({}, ["model.nope=1"], "config key 'model.nope' is not taken by the 'ae' family"),
+        ({}, ["nope.x=1"], "no config key 'nope.x'"),
+        ({}, ["model.beta=4"], "config key 'model.beta' is not taken by the 'ae' family"),
         ({}, ["train.epochs"], "must look like key.subkey=value"),
         ({}, ["train.epochs=0"], "'train.epochs' must be a positive integer"),
         ({"data": 3}, [], "'data' must be a section"),
@@ -80,6 +95,12 @@ def test_data_path_is_checked_only_when_asked(tmp_path):
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     if "sweeps" in path.parts or path.name == "study.yaml":
-        pytest.skip("sweep files are read by cellae sweep")
+        from cellae.config import config_from_dict
+        from cellae.sweep import load_sweep
+
+        sweep = load_sweep(path)
+        for combination in sweep.combinations:
+            assert isinstance(config_from_dict(sweep.config_values(combination), check_paths=False), Config)
+        return
     config = load_config(path, check_paths=False)
     assert isinstance(config, Config)

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-
 import pytest
 import torch
 
-from cellae.config import ModelConfig
+from cellae.config import ModelConfig, model_config
 from cellae.errors import CellaeError
-from cellae.models import CellAutoencoder, ModelOutput, build_model, kl_divergence
-from cellae.models.losses import bce, masked_bce, masked_mse, mse, reconstruction_loss
+from cellae.models import FAMILIES, LOSSES, CellAutoencoder, ModelOutput, build_model
+from cellae.models.vae import kl_divergence
 
-TINY = ModelConfig(latent_dim=4, widths=[8, 16], norm="batch", activation="leaky_relu")
+TINY = {"latent_dim": 4, "widths": [8, 16], "norm": "batch", "activation": "leaky_relu"}
 
 
 def tiny(family: str = "ae", image_size: int = 32, channels: int = 3, **changes) -> CellAutoencoder:
     torch.manual_seed(0)
-    return build_model(replace(TINY, family=family, **changes), image_size, channels)
+    return build_model(model_config(**(TINY | {"family": family} | changes)), image_size, channels)
+
+
+def loss(name: str, **parameters):
+    return LOSSES.get(name)(**parameters)
+
+
+def reconstruction_loss(name, logits, target, mask, background_weight):
+    parameters = {"background_weight": background_weight} if name.startswith("masked") else {}
+    return loss(name, **parameters)(logits, target, mask)
 
 
 def images(n: int, image_size: int = 32, channels: int = 3, seed: int = 0) -> torch.Tensor:
@@ -59,9 +66,9 @@ def test_output_shapes_and_range(family: str, image_size: int, channels: int) ->
     assert out.recon.min() >= 0.0 and out.recon.max() <= 1.0
     assert torch.allclose(out.recon, torch.sigmoid(out.logits))
     if family == "vae":
-        assert out.mu.shape == out.log_var.shape == (2, 4)
+        assert out.extras["mu"].shape == out.extras["log_var"].shape == (2, 4)
     else:
-        assert out.mu is None and out.log_var is None
+        assert out.extras == {}
 
 
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
@@ -82,6 +89,8 @@ def test_default_config_fits_64px_rgb() -> None:
     [
         ({"widths": [8, 8, 8, 8, 8, 8]}, 32, 3, "model.widths"),
         ({"norm": "group", "widths": [8, 12]}, 32, 3, "model.widths"),
+        ({"beta": 4.0}, 32, 3, "model.beta"),
+        ({"loss": {"name": "mse", "background_weight": 0.2}}, 32, 3, "model.loss.background_weight"),
         ({}, 32, 2, "channels"),
         ({"family": "gan"}, 32, 3, "model.family"),
         ({"latent_dim": 0}, 32, 3, "model.latent_dim"),
@@ -94,19 +103,19 @@ def test_impossible_combinations_raise(
     changes: dict, image_size: int, channels: int, names: str
 ) -> None:
     with pytest.raises(CellaeError, match=names):
-        build_model(replace(TINY, **changes), image_size, channels)
+        build_model(model_config(**(TINY | changes)), image_size, channels)
 
 
 def test_init_is_deterministic_given_the_seed() -> None:
     first, second = tiny("vae").state_dict(), tiny("vae").state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     torch.manual_seed(1)
-    other = build_model(replace(TINY, family="vae"), 32, 3).state_dict()
+    other = build_model(model_config(**(TINY | {"family": "vae"})), 32, 3).state_dict()
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
 def test_model_keeps_its_own_copy_of_the_config() -> None:
-    config = replace(TINY, widths=[8, 16])
+    config = model_config(**TINY)
     model = build_model(config, 32, 3)
     config.widths.append(32)
     assert model.config.widths == [8, 16]
@@ -118,18 +127,19 @@ def test_model_keeps_its_own_copy_of_the_config() -> None:
 def test_mse_and_bce_match_hand_computed_values() -> None:
     logits = torch.tensor([0.0, math.log(3.0)]).view(1, 1, 1, 2)  # sigmoid: 0.5, 0.75
     target = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2)
-    assert mse(logits, target).item() == pytest.approx(0.25 + 0.0625)
-    assert bce(logits, target).item() == pytest.approx(math.log(2.0) + math.log(4.0 / 3.0))
+    assert loss("mse")(logits, target)[0].item() == pytest.approx(0.25 + 0.0625)
+    assert loss("bce")(logits, target)[0].item() == pytest.approx(math.log(2.0) + math.log(4.0 / 3.0))
     mask = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
-    assert masked_mse(logits, target, mask, 0.5).item() == pytest.approx(0.25 + 0.5 * 0.0625)
-    assert masked_bce(logits, target, mask, 0.5).item() == pytest.approx(
+    half = {"background_weight": 0.5}
+    assert loss("masked_mse", **half)(logits, target, mask)[0].item() == pytest.approx(0.25 + 0.5 * 0.0625)
+    assert loss("masked_bce", **half)(logits, target, mask)[0].item() == pytest.approx(
         math.log(2.0) + 0.5 * math.log(4.0 / 3.0)
     )
 
 
 def test_losses_are_per_image_sums() -> None:
     logits, target = torch.randn(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
-    per_image = mse(logits, target)
+    per_image, _ = loss("mse")(logits, target)
     assert per_image.shape == (3,)
     assert per_image[1].item() == pytest.approx(
         ((torch.sigmoid(logits[1]) - target[1]) ** 2).sum().item()
@@ -166,8 +176,8 @@ def test_masked_loss_equals_plain_loss_at_weight_one(masked: str, plain: str) ->
     assert plain_weight.tolist() == [3 * 8 * 8] * 2
 
 
-def test_masked_loss_without_a_mask_raises() -> None:
-    with pytest.raises(CellaeError, match="mask"):
+def test_masked_loss_without_a_mask_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="mask"):
         reconstruction_loss(
             "masked_mse", torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), None, 0.1
         )
@@ -179,7 +189,7 @@ def test_recon_per_pixel_divides_by_pixels_or_by_total_weight() -> None:
     out = model(x)
     terms = model.loss(x, mask, out)
     assert terms["recon_per_pixel"].item() == pytest.approx(terms["recon"].item() / (3 * 32 * 32))
-    masked_model = tiny("ae", loss="masked_mse", background_weight=0.25)
+    masked_model = tiny("ae", loss={"name": "masked_mse", "background_weight": 0.25})
     terms = masked_model.loss(x, mask, out)
     weights = (mask + 0.25 * (1 - mask)).sum() * 3
     per_image, _ = reconstruction_loss("masked_mse", out.logits, x, mask, 0.25)
@@ -216,7 +226,7 @@ def test_vae_is_deterministic_in_eval_mode_and_stochastic_in_training() -> None:
     with torch.no_grad():
         assert torch.equal(model.encode(x), model.encode(x))
         first, second = model(x), model(x)
-    assert torch.equal(first.z, first.mu) and torch.equal(first.recon, second.recon)
+    assert torch.equal(first.z, first.extras["mu"]) and torch.equal(first.recon, second.recon)
     model.train()
     with torch.no_grad():
         a, b = model(x), model(x)
@@ -227,12 +237,12 @@ def test_vae_loss_weighs_kl_by_beta_and_warmup() -> None:
     x, mask = disks(4)
     model = tiny("vae", beta=4.0)
     out = model(x)
-    terms = model.loss(x, mask, out, kl_weight=0.25)
+    terms = model.loss(x, mask, out, {"kl_weight": 0.25})
     assert set(terms) == {"loss", "recon", "recon_per_pixel", "kl"}
     assert terms["kl"].item() > 0
     expected = terms["recon"] + 4.0 * 0.25 * terms["kl"]
     assert terms["loss"].item() == pytest.approx(expected.item())
-    assert model.loss(x, mask, out, kl_weight=0.0)["loss"].item() == pytest.approx(
+    assert model.loss(x, mask, out, {"kl_weight": 0.0})["loss"].item() == pytest.approx(
         terms["recon"].item()
     )
 
@@ -242,8 +252,8 @@ def test_vae_log_var_is_clamped() -> None:
     with torch.no_grad():
         model.to_log_var.bias.fill_(1e4)
     out = model.eval()(images(2))
-    assert torch.isfinite(kl_divergence(out.mu, out.log_var)).all()
-    assert out.log_var.max().item() <= 10.0
+    assert torch.isfinite(kl_divergence(out.extras["mu"], out.extras["log_var"])).all()
+    assert out.extras["log_var"].max().item() <= 10.0
 
 
 def test_vae_samples_are_images_and_reproducible() -> None:
@@ -310,3 +320,35 @@ def test_tiny_ae_overfits_eight_images() -> None:
     mean_image_loss = ((x - x.mean(0)) ** 2).sum(dim=(1, 2, 3)).mean().item()
     with torch.no_grad():
         assert model.eval().loss(x, mask, model(x))["recon"].item() < mean_image_loss / 4
+
+
+def test_vae_warmup_schedule_and_free_bits() -> None:
+    model = tiny("vae", kl_warmup_epochs=4)
+    assert model.schedule(0.0) == {"kl_weight": 0.0}
+    assert model.schedule(2.0) == {"kl_weight": 0.5}
+    assert model.schedule(9.0) == {"kl_weight": 1.0}
+    assert tiny("vae").schedule(0.0) == {"kl_weight": 1.0}
+    x, mask = disks(4)
+    free = tiny("vae", free_bits=5.0)
+    out = free(x)
+    terms = free.loss(x, mask, out)
+    # every dimension's KL is far below 5 nats at initialisation: the penalty is the floor
+    assert terms["loss"].item() == pytest.approx(terms["recon"].item() + 5.0 * 4, rel=1e-5)
+    assert terms["kl"].item() < 5.0 * 4
+
+
+def test_families_name_their_loss_terms() -> None:
+    x, mask = disks(2)
+    for model in (tiny("ae"), tiny("ae", latent_l1=0.1), tiny("vae")):
+        terms = model.loss(x, mask, model(x))
+        assert set(terms) == {"loss", *model.loss_terms()}
+
+
+def test_registries_list_the_builtins() -> None:
+    assert {"ae", "vae"} <= set(FAMILIES.names())
+    assert {"mse", "bce", "masked_mse", "masked_bce"} <= set(LOSSES.names())
+
+
+def test_a_family_refuses_another_familys_config() -> None:
+    with pytest.raises(TypeError, match="VAEConfig"):
+        FAMILIES.get("vae")(model_config(**TINY), 32, 3)

@@ -5,7 +5,6 @@ import pytest
 
 from cellae.config import DataConfig
 from cellae.data.preprocess import PreprocessSettings, cell_mask, preprocess, to_gray
-from cellae.errors import CellaeError
 from conftest import cell_array
 
 
@@ -26,8 +25,29 @@ def test_settings_from_config_and_validation():
     }
     assert settings.channels == 1 and settings.rim == 1
     assert PreprocessSettings(image_size=128).rim == 4
-    with pytest.raises(CellaeError, match="data.resize"):
-        PreprocessSettings(resize="crop")
+    assert PreprocessSettings() == PreprocessSettings.from_config(DataConfig())
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"resize": "crop"}, ValueError, r"resize must be one of \('stretch', 'pad'\)"),
+        ({"color": "RGB"}, ValueError, "color must be one of"),
+        ({"background": None}, ValueError, "background must be one of"),
+        ({"image_size": 0}, ValueError, "image_size must be positive"),
+        ({"image_size": 64.0}, TypeError, "image_size must be an int"),
+        ({"image_size": True}, TypeError, "image_size must be an int"),
+    ],
+)
+def test_settings_refuse_what_no_config_could_hold(changes, error, message):
+    # a user's config is checked where it is read; these are mistakes in code that builds settings
+    with pytest.raises(error, match=message):
+        PreprocessSettings(**changes)
+
+
+def test_odd_sizes_work_outside_runs():
+    image, mask = preprocess(cell_array(5, 30, 20), PreprocessSettings(image_size=5))
+    assert image.shape == (3, 5, 5) and mask.shape == (5, 5)
 
 
 def test_mask_fills_dark_parasites_and_drops_fragments():

@@ -28,7 +28,9 @@ from cellae.cli import main
 from cellae.config import DataConfig, SyntheticConfig
 from cellae.data import cache as cache_module
 from cellae.data.cache import TEMP_PREFIX, prepare_cache
-from cellae.data.sources import decode_image, inspect_source, open_source
+from cellae.data.decode import decode_image
+from cellae.data.inspection import inspect_source
+from cellae.data.sources import open_source
 from cellae.errors import CellaeError
 from cellae.training import resume, train
 from conftest import cell_array, png_bytes

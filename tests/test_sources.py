@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cellae.config import SyntheticConfig
-from cellae.data.sources import (
-    FolderSource,
-    ZipSource,
-    inspect_source,
-    open_source,
-    patient_from_name,
-)
+from cellae.config import DataConfig, SyntheticConfig
+from cellae.data import sources
+from cellae.data.inspection import inspect_source
+from cellae.data.sources import FileSource, open_source, register_source
+from cellae.data.sources.folder_source import FolderSource
+from cellae.data.sources.labels import patient_from_name
+from cellae.data.sources.zip_source import ZipSource
 from cellae.errors import CellaeError
 from conftest import cell_array, cell_name, png_bytes
 
@@ -178,7 +177,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, make_kaggle_folder):
 def test_strict_raises_on_the_first_bad_file(tmp_path, make_kaggle_folder):
     root = _bad_folder(tmp_path, make_kaggle_folder)
     with pytest.raises(CellaeError, match="strict"):
-        list(open_source(str(root), strict=True))
+        list(open_source(DataConfig(source=str(root), strict=True)))
 
 
 def test_no_images_is_an_error_naming_the_path(tmp_path):
@@ -200,8 +199,11 @@ def test_missing_path_and_non_zip_file(tmp_path):
     with pytest.raises(CellaeError, match="no such file"):
         open_source(str(tmp_path / "nope"))
     (tmp_path / "x.txt").write_text("x")
-    with pytest.raises(CellaeError, match="not a zip"):
+    with pytest.raises(CellaeError, match=r"cannot read .*x\.txt: give 'synthetic', a \.csv"):
         open_source(str(tmp_path / "x.txt"))
+    (tmp_path / "damaged.zip").write_bytes(b"PK not really")
+    with pytest.raises(CellaeError, match="damaged.zip is not a zip file or is truncated"):
+        open_source(str(tmp_path / "damaged.zip"))
 
 
 def test_decompression_bombs_are_refused(tmp_path, make_kaggle_folder, monkeypatch):
@@ -219,7 +221,7 @@ def test_decompression_bombs_are_refused(tmp_path, make_kaggle_folder, monkeypat
     report = inspect_source(str(root))
     assert "decompression-bomb" in report
     with pytest.raises(CellaeError, match="decompression-bomb"):
-        list(open_source(str(root), strict=True))
+        list(open_source(DataConfig(source=str(root), strict=True)))
 
 
 def _decode_one(tmp_path: Path, make_kaggle_folder, image: Image.Image) -> np.ndarray:
@@ -274,7 +276,7 @@ def test_unicode_and_spaces_in_paths(tmp_path, make_kaggle_folder):
     root = make_kaggle_folder(tmp_path / "données de test ü 細胞")
     extra = root / "cell_images" / "Parasitized" / "C5P1thinF cellule été_cell_1.png"
     Image.fromarray(cell_array(7)).save(extra)
-    source = FolderSource(root)
+    source = FolderSource(DataConfig(source=str(root)))
     assert "Parasitized/C5P1thinF cellule été_cell_1.png" in source.files
     assert len(list(source)) == 13
     assert "13" in inspect_source(str(root))
@@ -297,8 +299,9 @@ def test_inspect_report(tmp_path, make_kaggle_folder):
 
 
 def test_inspect_synthetic():
-    report = inspect_source("synthetic", synthetic=SyntheticConfig(n_images=50, n_patients=4))
-    assert "synthetic generator" in report
+    report = inspect_source(DataConfig(synthetic=SyntheticConfig(n_images=50, n_patients=4)))
+    assert "(synthetic, synthetic generator)" in report
+    assert "synthetic: {'n_images': 50, 'n_patients': 4" in report
     assert "images: 50" in report
     assert "patients: 4" in report
     assert "S01" in report
@@ -310,3 +313,71 @@ def test_inspect_malaria_sample(malaria_sample):
     assert "Uninfected: 2,740" in report
     assert "patients: 40" in report
     assert "skipped: 0 files" in report
+
+
+def test_class_folders_are_numbered_in_natural_order(tmp_path):
+    for name in ("stage10", "stage2", "stage1"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(cell_array(len(name))).save(tmp_path / name / "cell.png")
+    assert open_source(str(tmp_path)).class_names == ["stage1", "stage2", "stage10"]
+
+
+class ManifestSource(FileSource):
+    """A plug-in: a folder with a MANIFEST naming one image per line as ``label path``."""
+
+    kind = "manifest"
+    spec_help = "a folder with a MANIFEST"
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        return (Path(spec) / "MANIFEST").is_file()
+
+    def __init__(self, data: DataConfig) -> None:
+        super().__init__(data)
+        self.root = Path(data.source)
+        rows = [line.split(" ", 1) for line in (self.root / "MANIFEST").read_text().splitlines()]
+        self.class_names = sorted({label for label, _ in rows})
+        self.label_map = {name: i for i, name in enumerate(self.class_names)}
+        self.paths = self.files = [path for _, path in rows]
+        self.labels = [self.label_map[label] for label, _ in rows]
+        self.patients = list(self.files)
+        self.layout = "manifest"
+
+    def read_bytes(self, index: int) -> bytes:
+        return (self.root / self.paths[index]).read_bytes()
+
+    def fingerprint(self) -> str:
+        return (self.root / "MANIFEST").read_text()
+
+
+def test_a_registered_plug_in_is_asked_before_the_folder_fallback(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "_SOURCES", list(sources._SOURCES))  # leave no plug-in behind
+    (tmp_path / "a").mkdir()  # a folder the folder source would read as one class folder
+    (tmp_path / "a" / "x.png").write_bytes(png_bytes(cell_array(1)))
+    (tmp_path / "y.png").write_bytes(png_bytes(cell_array(2)))
+    (tmp_path / "MANIFEST").write_text("red a/x.png\nblue y.png")
+    with pytest.raises(CellaeError, match="no class folders|only one class"):
+        open_source(str(tmp_path))
+    assert register_source(ManifestSource) is ManifestSource
+    source = open_source(str(tmp_path))
+    assert isinstance(source, ManifestSource)
+    assert [s.label for s in source] == [1, 0]
+    assert "labels: blue = 0, red = 1" in inspect_source(str(tmp_path))
+    assert "a folder with a MANIFEST" in str(pytest.raises(
+        CellaeError, open_source, str(tmp_path / "MANIFEST")).value)
+
+
+def test_register_source_refuses_what_is_not_a_source(monkeypatch):
+    monkeypatch.setattr(sources, "_SOURCES", list(sources._SOURCES))
+    with pytest.raises(TypeError, match="not a concrete subclass"):
+        register_source(dict)
+    with pytest.raises(TypeError, match="not a concrete subclass"):
+        register_source(FileSource)  # abstract: says nothing about which specs it reads
+
+    class Impostor(ManifestSource):
+        kind = "zip"
+
+    with pytest.raises(ValueError, match="two sources are of kind 'zip'"):
+        register_source(Impostor)
+    register_source(ZipSource)  # registering a class again changes nothing
+    assert sources._SOURCES.count(ZipSource) == 1

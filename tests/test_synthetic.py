@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from cellae.config import SyntheticConfig
+from cellae.config import DataConfig, SyntheticConfig
 from cellae.data import synthetic
 from cellae.data.preprocess import PreprocessSettings, cell_mask, preprocess
 from cellae.data.sources import open_source
@@ -97,22 +97,22 @@ def test_infected_cells_carry_parasites_and_uninfected_do_not(plan, cells):
 
 def test_synthetic_source_matches_the_plan():
     config = SyntheticConfig(n_images=30, n_patients=3, seed=2)
-    source = open_source("synthetic", synthetic=config)
+    source = open_source(DataConfig(synthetic=config))
     assert source.class_names == ["uninfected", "infected"]
     assert len(source) == 30 and source.unmatched_patients == 0
     sample = next(iter(source))
     assert sample.file.startswith(("infected/", "uninfected/"))
     assert source.probe(0) == (sample.image.shape[1], sample.image.shape[0])
-    assert source.fingerprint() == open_source("synthetic", synthetic=config).fingerprint()
+    assert source.fingerprint() == open_source(DataConfig(synthetic=config)).fingerprint()
     config.seed = 3
-    assert source.fingerprint() != open_source("synthetic", synthetic=config).fingerprint()
+    assert source.fingerprint() != open_source(DataConfig(synthetic=config)).fingerprint()
 
 
 def test_generate_and_preprocess_is_fast():
     config = SyntheticConfig(n_images=300, n_patients=5)
     settings = PreprocessSettings()
     started = time.perf_counter()
-    source = open_source("synthetic", synthetic=config)
+    source = open_source(DataConfig(synthetic=config))
     for sample in source:
         preprocess(sample.image, settings)
     per_image = (time.perf_counter() - started) / 300

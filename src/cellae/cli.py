@@ -13,12 +13,22 @@ from cellae.errors import CellaeError
 
 
 def _add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=int, default=64, help="output side in pixels (32, 64, 128)")
-    parser.add_argument("--color", choices=["rgb", "gray"], default="rgb")
-    parser.add_argument("--resize", choices=["stretch", "pad"], default="stretch")
-    parser.add_argument("--background", choices=["keep", "fill_mean"], default="keep")
-    parser.add_argument("--cache-dir", default=".cellae-cache", help="where caches are kept")
-    parser.add_argument("--workers", type=int, default=0, help="processes for decoding (0: all cores)")
+    from typing import get_args
+
+    from cellae.config import IMAGE_SIZES, BackgroundMode, ColorMode, DataConfig, ResizeMode
+
+    # defaults and choices are the data config's, so the command and a YAML run agree
+    defaults = DataConfig()
+    sizes = ", ".join(str(size) for size in IMAGE_SIZES)
+    parser.add_argument("--size", type=int, default=defaults.image_size,
+                        help=f"output side in pixels ({sizes})")
+    parser.add_argument("--color", choices=get_args(ColorMode), default=defaults.color)
+    parser.add_argument("--resize", choices=get_args(ResizeMode), default=defaults.resize)
+    parser.add_argument("--background", choices=get_args(BackgroundMode),
+                        default=defaults.background)
+    parser.add_argument("--cache-dir", default=defaults.cache_dir, help="where caches are kept")
+    parser.add_argument("--workers", type=int, default=defaults.workers,
+                        help="processes for decoding (0: all cores)")
     parser.add_argument("--strict", action="store_true", help="fail on the first bad file")
 
 
@@ -153,13 +163,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    if args.data_command == "inspect":
-        from cellae.data.sources import inspect_source
+    from cellae.config import DataConfig
 
-        print(inspect_source(args.source, strict=args.strict))
+    if args.data_command == "inspect":
+        from cellae.data.inspection import inspect_source
+
+        print(inspect_source(DataConfig(source=args.source, strict=args.strict)))
         return 0
     if args.data_command == "prepare":
-        from cellae.config import DataConfig, validate_data
+        from cellae.config import validate_data
         from cellae.data.cache import prepare_cache
 
         data = validate_data(

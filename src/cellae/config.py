@@ -8,6 +8,7 @@ with a :class:`~cellae.errors.CellaeError` that names the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -56,19 +57,107 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    """The autoencoder family and its shape and loss."""
+class LossConfig:
+    """A reconstruction loss: ``name`` picks a registered loss, which may add parameters of its own.
 
-    family: Literal["ae", "vae"] = "ae"
+    In YAML either a name (``loss: mse``) or a section (``loss: {name: masked_mse,
+    background_weight: 0.2}``).
+    """
+
+    name: str = "mse"
+
+    @classmethod
+    def plugin_class(cls, values: dict[str, Any], key: str) -> tuple[type, str]:
+        from cellae.models.losses import LOSSES
+
+        name = values.get("name", cls.name)
+        if not isinstance(name, str):
+            raise CellaeError(f"config key '{key}.name' must be a string, got {name!r}")
+        return LOSSES.get(name), f"the loss '{name}'"
+
+    def validate(self, key: str) -> None:
+        """Reject impossible parameter values; a loss with parameters extends this."""
+
+    def __post_init__(self) -> None:
+        _upgrade_fields(self)
+
+
+@dataclass
+class ModelConfig:
+    """What every family takes: its name, the latent size, the convolutional body and the loss.
+
+    A family (``model.family``) extends this with keys of its own (an AE's ``latent_l1``, a
+    VAE's ``beta``); a key no part of the chosen family takes is an error.
+    """
+
+    family: str = "ae"
     latent_dim: int = 20
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    norm: Literal["batch", "group", "none"] = "batch"
-    activation: Literal["relu", "leaky_relu", "gelu", "silu"] = "leaky_relu"
-    loss: Literal["mse", "bce", "masked_mse", "masked_bce"] = "mse"
-    background_weight: float = 0.1
-    latent_l1: float = 0.0
-    beta: float = 1.0
-    kl_warmup_epochs: int = 0
+    norm: str = "batch"
+    activation: str = "leaky_relu"
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    @classmethod
+    def plugin_class(cls, values: dict[str, Any], key: str) -> tuple[type, str]:
+        from cellae.models import FAMILIES
+
+        family = values.get("family", cls.family)
+        if not isinstance(family, str):
+            raise CellaeError(f"config key '{key}.family' must be a string, got {family!r}")
+        return FAMILIES.get(family).config_class, f"the '{family}' family"
+
+    def validate(self, key: str = "model") -> None:
+        """Reject impossible values; a family with keys of its own extends this."""
+        from cellae.models.blocks import ACTIVATIONS, NORMS
+
+        check(self.latent_dim >= 1, f"{key}.latent_dim", "a positive integer", self.latent_dim)
+        check(
+            len(self.widths) >= 2 and all(w >= 1 for w in self.widths),
+            f"{key}.widths",
+            "a list of at least two positive channel counts",
+            self.widths,
+        )
+        check(self.norm in NORMS, f"{key}.norm", _one_of(NORMS), self.norm)
+        check(self.activation in ACTIVATIONS, f"{key}.activation", _one_of(ACTIVATIONS),
+              self.activation)
+        if self.norm == "group":
+            check(all(w % 8 == 0 for w in self.widths), f"{key}.widths",
+                  "multiples of 8 when model.norm is 'group'", self.widths)
+        self.loss.validate(f"{key}.loss")
+
+    def __post_init__(self) -> None:
+        _upgrade_fields(self)
+
+
+def _one_of(names: Any) -> str:
+    return "one of " + ", ".join(repr(n) for n in names)
+
+
+def _upgrade_fields(section: Any) -> None:
+    """Give plug-in fields built in code (``ModelConfig(loss="bce")``) their plug-in's own class."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, str) and f.name == "loss":
+            setattr(section, f.name, plugin_section(LossConfig, {"name": value}, f.name))
+        elif type(value) in (LossConfig, ModelConfig):
+            setattr(section, f.name, plugin_section(type(value), _shallow(value), f.name))
+
+
+def _shallow(section: Any) -> dict[str, Any]:
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
+def plugin_section(base: type, values: dict[str, Any], key: str) -> Any:
+    """``values`` built as the class of the plug-in they name (a family's or a loss's config)."""
+    cls, owner = base.plugin_class(values, key)
+    return _build(cls, values, key, owner=owner)
+
+
+def model_config(**values: Any) -> ModelConfig:
+    """A validated model section from keyword values, e.g. ``model_config(family="vae", beta=4)``."""
+    config = plugin_section(ModelConfig, values, "model")
+    config.validate()
+    return config
 
 
 @dataclass
@@ -102,6 +191,8 @@ class EvalConfig:
     n_reconstructions: int = 8
     n_samples: int = 32
     n_traversal_dims: int = 6
+    # latent metrics, by registered name or module:NAME (see cellae.evaluation.latent.METRICS)
+    metrics: list[str] = field(default_factory=lambda: ["linear_probe", "knn", "silhouette"])
 
 
 @dataclass
@@ -114,6 +205,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if type(self.model) is ModelConfig:
+            self.model = plugin_section(ModelConfig, _shallow(self.model), "model")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,8 +236,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise naming ``key`` and what is allowed."""
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and tp is LossConfig:
+            value = {"name": value}
+        if dataclasses.is_dataclass(value) and isinstance(value, tp):
+            value = _shallow(value)
         if not isinstance(value, dict):
             raise CellaeError(f"config key '{key}' must be a section (a mapping), got {value!r}")
+        if hasattr(tp, "plugin_class"):
+            return plugin_section(tp, value, key)
         return _build(tp, value, key)
     if origin is Literal:
         if value in get_args(tp) and type(value) is type(get_args(tp)[0]):
@@ -180,13 +281,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise CellaeError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def _build(cls: type, values: dict[str, Any], prefix: str = "", owner: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
+            if owner:
+                raise CellaeError(
+                    f"config key '{dotted}' is not taken by {owner}; it takes: "
+                    f"{', '.join(sorted(names))}"
+                )
             raise CellaeError(
                 f"unknown config key '{dotted}'; allowed here: {', '.join(sorted(names))}"
             )
@@ -194,20 +300,20 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _check(condition: bool, key: str, allowed: str, value: Any) -> None:
+def check(condition: bool, key: str, allowed: str, value: Any) -> None:
     if not condition:
         raise CellaeError(f"config key '{key}' must be {allowed}, got {value!r}")
 
 
 def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data") -> DataConfig:
     """Reject impossible data settings; shared by the run config and ``cellae data prepare``."""
-    _check(d.image_size in IMAGE_SIZES, f"{prefix}.image_size", f"one of {IMAGE_SIZES}", d.image_size)
-    _check(0.0 < d.test_fraction < 1.0, f"{prefix}.test_fraction", "between 0 and 1", d.test_fraction)
-    _check(d.workers >= 0, f"{prefix}.workers", "0 (all cores) or more", d.workers)
+    check(d.image_size in IMAGE_SIZES, f"{prefix}.image_size", f"one of {IMAGE_SIZES}", d.image_size)
+    check(0.0 < d.test_fraction < 1.0, f"{prefix}.test_fraction", "between 0 and 1", d.test_fraction)
+    check(d.workers >= 0, f"{prefix}.workers", "0 (all cores) or more", d.workers)
     s = d.synthetic
-    _check(s.n_images >= 10, f"{prefix}.synthetic.n_images", "at least 10", s.n_images)
-    _check(s.n_patients >= 2, f"{prefix}.synthetic.n_patients", "at least 2", s.n_patients)
-    _check(
+    check(s.n_images >= 10, f"{prefix}.synthetic.n_images", "at least 10", s.n_images)
+    check(s.n_patients >= 2, f"{prefix}.synthetic.n_patients", "at least 2", s.n_patients)
+    check(
         0.0 < s.infected_fraction < 1.0,
         f"{prefix}.synthetic.infected_fraction",
         "between 0 and 1",
@@ -224,51 +330,39 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
 def validate(config: Config, check_paths: bool = True) -> Config:
     """Reject values that are well typed but impossible; return ``config`` unchanged."""
     d, m, t, e = config.data, config.model, config.train, config.eval
-    _check(bool(config.name.strip()), "name", "a non-empty string", config.name)
-    _check(config.seed >= 0, "seed", "a non-negative integer", config.seed)
+    check(bool(config.name.strip()), "name", "a non-empty string", config.name)
+    check(config.seed >= 0, "seed", "a non-negative integer", config.seed)
     validate_data(d, check_paths=check_paths)
-    _check(m.latent_dim >= 1, "model.latent_dim", "a positive integer", m.latent_dim)
-    _check(
-        len(m.widths) >= 2 and all(w >= 1 for w in m.widths),
-        "model.widths",
-        "a list of at least two positive channel counts",
-        m.widths,
-    )
-    _check(
+    m.validate()
+    check(
         d.image_size // 2 ** len(m.widths) >= 1,
         "model.widths",
         f"short enough that {d.image_size}px halves {len(m.widths)} times",
         m.widths,
     )
-    if m.norm == "group":
-        _check(
-            all(w % 8 == 0 for w in m.widths),
-            "model.widths",
-            "multiples of 8 when model.norm is 'group'",
-            m.widths,
-        )
-    _check(m.background_weight >= 0, "model.background_weight", "0 or more", m.background_weight)
-    _check(m.latent_l1 >= 0, "model.latent_l1", "0 or more", m.latent_l1)
-    _check(m.beta >= 0, "model.beta", "0 or more", m.beta)
-    _check(m.kl_warmup_epochs >= 0, "model.kl_warmup_epochs", "0 or more", m.kl_warmup_epochs)
-    _check(t.epochs >= 1, "train.epochs", "a positive integer", t.epochs)
-    _check(t.batch_size >= 1, "train.batch_size", "a positive integer", t.batch_size)
-    _check(t.lr > 0, "train.lr", "a positive number", t.lr)
-    _check(t.weight_decay >= 0, "train.weight_decay", "0 or more", t.weight_decay)
-    _check(t.grad_clip >= 0, "train.grad_clip", "0 (off) or more", t.grad_clip)
-    _check(t.num_workers >= 0, "train.num_workers", "0 or more", t.num_workers)
-    _check(
+    check(t.epochs >= 1, "train.epochs", "a positive integer", t.epochs)
+    check(t.batch_size >= 1, "train.batch_size", "a positive integer", t.batch_size)
+    check(t.lr > 0, "train.lr", "a positive number", t.lr)
+    check(t.weight_decay >= 0, "train.weight_decay", "0 or more", t.weight_decay)
+    check(t.grad_clip >= 0, "train.grad_clip", "0 (off) or more", t.grad_clip)
+    check(t.num_workers >= 0, "train.num_workers", "0 or more", t.num_workers)
+    check(
         t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1),
         "train.devices",
         "'auto' or a positive integer",
         t.devices,
     )
-    _check(e.tsne_max_points >= 10, "eval.tsne_max_points", "at least 10", e.tsne_max_points)
-    _check(e.tsne_perplexity > 0, "eval.tsne_perplexity", "a positive number", e.tsne_perplexity)
-    _check(e.knn_k >= 1, "eval.knn_k", "a positive integer", e.knn_k)
-    _check(e.n_reconstructions >= 1, "eval.n_reconstructions", "a positive integer", e.n_reconstructions)
-    _check(e.n_samples >= 1, "eval.n_samples", "a positive integer", e.n_samples)
-    _check(e.n_traversal_dims >= 1, "eval.n_traversal_dims", "a positive integer", e.n_traversal_dims)
+    check(e.tsne_max_points >= 10, "eval.tsne_max_points", "at least 10", e.tsne_max_points)
+    check(e.tsne_perplexity > 0, "eval.tsne_perplexity", "a positive number", e.tsne_perplexity)
+    check(e.knn_k >= 1, "eval.knn_k", "a positive integer", e.knn_k)
+    check(e.n_reconstructions >= 1, "eval.n_reconstructions", "a positive integer", e.n_reconstructions)
+    check(e.n_samples >= 1, "eval.n_samples", "a positive integer", e.n_samples)
+    check(e.n_traversal_dims >= 1, "eval.n_traversal_dims", "a positive integer", e.n_traversal_dims)
+    check(len(set(e.metrics)) == len(e.metrics), "eval.metrics", "a list without repeats", e.metrics)
+    from cellae.evaluation.latent import METRICS
+
+    for name in e.metrics:
+        METRICS.get(name)
     return config
 
 
@@ -288,22 +382,43 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _section_keys(cls: type) -> dict[str, Any]:
+    """Key -> sub-keys (a dict) or None for a plain value; a plug-in section is checked when built."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: _section_keys(hints[f.name])
+        if dataclasses.is_dataclass(hints[f.name]) and not hasattr(hints[f.name], "plugin_class")
+        else None
+        for f in dataclasses.fields(cls)
+    }
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted key in a nested dict; a key that the config does not have is an error."""
-    defaults = Config().to_dict()
+    """Set each dotted key in a nested dict; a key that the config does not have is an error.
+
+    Keys inside a plug-in section (``model``, whose keys depend on the family) are checked once,
+    when the section is built, by the plug-in that takes them.
+    """
+    values = copy.deepcopy(values)
     for text in overrides:
         key, value = parse_override(text)
         parts = key.split(".")
-        known, target = defaults, values
+        known: dict[str, Any] | None = _section_keys(Config)
+        target = values
         for i, part in enumerate(parts):
-            if not isinstance(known, dict) or part not in known:
-                where = ".".join(parts[:i]) or "the top level"
-                allowed = ", ".join(sorted(known)) if isinstance(known, dict) else "no sub-keys"
-                raise CellaeError(
-                    f"--set {key}: no config key '{key}' ({where} allows: {allowed})"
-                )
-            known = known[part]
+            if known is not None:
+                if part not in known:
+                    where = ".".join(parts[:i]) or "the top level"
+                    raise CellaeError(
+                        f"--set {key}: no config key '{key}' ({where} allows: {', '.join(sorted(known))})"
+                    )
+                known = known[part]
+                if known is None and i < len(parts) - 1 and part != "model":
+                    raise CellaeError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
             if i < len(parts) - 1:
+                if isinstance(target.get(part), str):
+                    # a plug-in named by a string (loss: mse) becomes its section to take a parameter
+                    target[part] = {"name": target[part]}
                 target = target.setdefault(part, {})
                 if not isinstance(target, dict):
                     raise CellaeError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")

@@ -7,6 +7,7 @@ Images come as arrays (N, C, H, W), uint8 or float in [0, 1], with C = 1 (grey) 
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Sequence
@@ -20,25 +21,24 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from cellae.files import write_atomic
+from cellae.images import to_uint8
+
 DPI = 130
 GRID_COLUMNS = 8
 PATIENT_LEGEND_MAX = 20
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """Write under a temporary name, then rename, so a half-written PNG never has the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, format="png", facecolor="white")
-    tmp.replace(path)
-    return path
+    """Rendered in memory and written atomically, so a half-written PNG never has the real name."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png", facecolor="white")
+    write_atomic(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def _uint8(images: np.ndarray) -> np.ndarray:
-    array = np.asarray(images)
-    if array.dtype != np.uint8:
-        array = (np.clip(array.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
+    array = to_uint8(images)
     if array.ndim != 4 or array.shape[1] not in (1, 3):
         raise ValueError(f"expected images shaped (N, C, H, W) with C 1 or 3, got {array.shape}")
     return array
@@ -74,8 +74,9 @@ def _class_name(class_names: Sequence[str], label: int) -> str:
     return class_names[label] if 0 <= label < len(class_names) else f"class {label}"
 
 
-def _balanced(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Up to ``n`` indices taking turns between classes, drawn by seed, grouped by class."""
+def balanced_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Positions of up to ``n`` items taking turns between classes, drawn by seed."""
+    labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
     picked: list[int] = []
@@ -83,8 +84,7 @@ def _balanced(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         for pool in pools:
             if pool and len(picked) < n:
                 picked.append(int(pool.pop()))
-    picked_array = np.array(picked, dtype=np.int64)
-    return picked_array[np.argsort(labels[picked_array], kind="stable")]
+    return np.array(picked, dtype=np.int64)
 
 
 def plot_samples(
@@ -99,7 +99,8 @@ def plot_samples(
     images, labels = _uint8(images), np.asarray(labels)
     if len(images) == 0:
         raise ValueError("no images to plot")
-    picked = _balanced(labels, n, seed)
+    picked = balanced_pick(labels, n, seed)
+    picked = picked[np.argsort(labels[picked], kind="stable")]
     columns = min(GRID_COLUMNS, len(picked))
     rows = math.ceil(len(picked) / columns)
     colours = _class_colours(len(class_names))
@@ -167,28 +168,44 @@ def _legend_below(ax: Axes) -> None:
                   ncol=min(3, len(handles)), fontsize=9, frameon=False)
 
 
-def plot_learning_curves(
-    rows: Sequence[dict[str, Any]], path: Path, best_epoch: int | None
-) -> Path:
-    """Train and test loss per epoch with the best epoch marked; for a VAE also its two parts.
+# how a loss term reads on its panel; a term not named here shows under its own name
+TERM_TITLES = {"recon": "reconstruction", "kl": "KL divergence", "l1": "latent L1 (sum |z|)"}
 
-    ``rows`` are ``metrics.csv`` rows (``epoch``, ``train_loss``, ``test_loss`` and, for a VAE,
-    ``train_recon``, ``test_recon``, ``train_kl``, ``test_kl``); missing values are skipped.
+
+def loss_terms_of(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The loss terms ``metrics.csv`` carries (its ``train_<term>`` columns), besides the total."""
+    keys = list(rows[0]) if rows else []
+    return [k.removeprefix("train_") for k in keys
+            if k.startswith("train_") and k not in ("train_loss", "train_recon_per_pixel")]
+
+
+def plot_learning_curves(
+    rows: Sequence[dict[str, Any]], path: Path, best_epoch: int | None,
+    terms: Sequence[str] | None = None,
+) -> Path:
+    """Train and test loss per epoch with the best epoch marked, then one panel per loss term.
+
+    ``rows`` are ``metrics.csv`` rows (``epoch``, ``train_loss``, ``test_loss`` and
+    ``train_<term>``, ``test_<term>`` for each of ``terms``, by default every term the rows
+    carry); missing values are skipped. A lone reconstruction term is the loss itself and gets
+    no panel of its own.
     """
     if not rows:
         raise ValueError("no epochs to plot")
+    terms = list(loss_terms_of(rows) if terms is None else terms)
+    if terms == ["recon"]:
+        terms = []
     epochs = _column(rows, "epoch")
     if not np.isfinite(epochs).all():
         epochs = np.arange(1, len(rows) + 1, dtype=np.float64)
-    train_kl, test_kl = _column(rows, "train_kl"), _column(rows, "test_kl")
-    is_vae = bool(np.isfinite(train_kl).any() or np.isfinite(test_kl).any())
-    panels = 3 if is_vae else 1
+    panels = 1 + len(terms)
     fig = Figure(figsize=(5.2 * panels, 4.2))
     axes = fig.subplots(1, panels, squeeze=False)[0]
 
     train_loss, test_loss = _column(rows, "train_loss"), _column(rows, "test_loss")
     _curve_panel(axes[0], epochs, train_loss, test_loss,
-                 "total loss (recon + β·KL)" if is_vae else "loss", "loss per image")
+                 "total loss: " + " + ".join(t if t == "recon" else f"w·{t}" for t in terms)
+                 if terms else "loss", "loss per image")
     if best_epoch is not None:
         at = np.flatnonzero(epochs == best_epoch)
         best_value = test_loss[at[0]] if len(at) else math.nan
@@ -203,14 +220,13 @@ def plot_learning_curves(
         axes[0].plot([], [], ":*", color="tab:green", markersize=12, label=label)
     _legend_below(axes[0])
 
-    if is_vae:
-        _curve_panel(axes[1], epochs, _column(rows, "train_recon"), _column(rows, "test_recon"),
-                     "reconstruction part", "reconstruction loss per image")
-        _curve_panel(axes[2], epochs, train_kl, test_kl, "KL part", "KL divergence per image")
-        for ax in axes[1:]:
-            if best_epoch is not None:
-                ax.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.5)
-            _legend_below(ax)
+    for ax, term in zip(axes[1:], terms, strict=True):
+        title = TERM_TITLES.get(term, term)
+        _curve_panel(ax, epochs, _column(rows, f"train_{term}"), _column(rows, f"test_{term}"),
+                     f"{title} term", f"{title} per image")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.5)
+        _legend_below(ax)
     fig.suptitle("Learning curves", fontsize=13)
     fig.tight_layout()
     return _save(fig, path)

@@ -9,14 +9,20 @@ A run folder is never overwritten. Its layout::
     checkpoints/        last.ckpt and best.ckpt (lowest test loss)
     eval/               metrics.json, latents.npz (and eval/<source>/ for other sources)
     figures/            *.png
+
+Every file name of the folder is spelled here, and every other module reads and writes the
+folder through the functions here. A sweep folder holds run folders and ``sweep.json``, whose
+``order`` lists them in the sweep's order.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +35,7 @@ import yaml
 from cellae.config import Config, config_from_dict
 from cellae.errors import CellaeError
 from cellae.files import write_atomic
+from cellae.images import unit_float
 
 CONFIG_FILE = "config.yaml"
 RUN_INFO_FILE = "run.json"
@@ -39,6 +46,9 @@ LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 EVAL_DIR = "eval"
 FIGURES_DIR = "figures"
+EVAL_METRICS_FILE = "metrics.json"
+LATENTS_FILE = "latents.npz"
+SWEEP_STATUS_FILE = "sweep.json"
 
 
 def write_json(path: Path, values: Any) -> None:
@@ -143,6 +153,126 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     return [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()} for r in rows]
 
 
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    """Add one epoch's row to ``metrics.csv``; the first row's keys become the header."""
+    path = run_dir / METRICS_FILE
+    new_file = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_metrics(run_dir: Path, completed_epochs: int) -> None:
+    """Drop rows past ``completed_epochs``, written by an epoch whose checkpoint never landed."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = [r for r in reader if int(float(r["epoch"])) <= completed_epochs]
+        columns = list(reader.fieldnames or [])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def write_split(run_dir: Path, files: Sequence[str] | np.ndarray, train_idx: np.ndarray,
+                test_idx: np.ndarray) -> None:
+    """Write the file names of each side, so a split can be checked and reused."""
+    files = np.asarray(files).astype(str)
+    document = {
+        "n_train": int(len(train_idx)),
+        "n_test": int(len(test_idx)),
+        "train": files[np.asarray(train_idx)].tolist(),
+        "test": files[np.asarray(test_idx)].tolist(),
+    }
+    write_atomic(run_dir / SPLIT_FILE, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+
+
+def read_split(run_dir: Path) -> dict[str, list[str]]:
+    """The file names of the train and test sides of a run."""
+    try:
+        document = json.loads((run_dir / SPLIT_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CellaeError(f"{run_dir / SPLIT_FILE} is missing or unreadable") from exc
+    if not all(isinstance(document.get(side), list) for side in ("train", "test")):
+        raise CellaeError(f"{run_dir / SPLIT_FILE} has no train and test lists")
+    return {side: [str(name) for name in document[side]] for side in ("train", "test")}
+
+
+def data_summary(labels: np.ndarray, patients: np.ndarray, class_names: Sequence[str],
+                 train_idx: np.ndarray, test_idx: np.ndarray) -> dict[str, Any]:
+    """Images, patients and images per class on each side of a split."""
+
+    def side(idx: np.ndarray) -> dict[str, Any]:
+        picked = np.asarray(labels)[idx]
+        return {
+            "images": int(len(idx)),
+            "patients": int(len(set(np.asarray(patients)[idx].tolist()))),
+            "per_class": {name: int((picked == i).sum()) for i, name in enumerate(class_names)},
+        }
+
+    return {"train": side(train_idx), "test": side(test_idx)}
+
+
+def eval_dir(run_dir: Path, source: str | None = None) -> Path:
+    """Where evaluation on the run's own data (``eval/``) or on another source writes."""
+    return run_dir / EVAL_DIR if source is None else run_dir / EVAL_DIR / source_name(source)
+
+
+def figures_dir(run_dir: Path, source: str | None = None) -> Path:
+    """The run's figures, or those of an evaluation on another source (``eval/<name>/figures``)."""
+    return run_dir / FIGURES_DIR if source is None else eval_dir(run_dir, source) / FIGURES_DIR
+
+
+def write_evaluation(out_dir: Path, metrics: dict[str, Any], latents: dict[str, np.ndarray]) -> None:
+    """``metrics.json`` and ``latents.npz`` of one evaluation, each written atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **latents)
+    write_atomic(out_dir / LATENTS_FILE, buffer.getvalue())
+    write_json(out_dir / EVAL_METRICS_FILE, metrics)
+
+
+def read_evaluation(run_dir: Path) -> dict[str, Any]:
+    """The run's ``eval/metrics.json``, or {} when it was not evaluated (or the file is damaged)."""
+    path = run_dir / EVAL_DIR / EVAL_METRICS_FILE
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def read_latents(run_dir: Path) -> dict[str, np.ndarray]:
+    """The arrays of the run's ``eval/latents.npz`` (codes, labels, patients, files, side)."""
+    with np.load(run_dir / EVAL_DIR / LATENTS_FILE, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def run_dirs_in(folder: Path) -> list[Path]:
+    """The run folders of a sweep folder, in the sweep's order where it is known, then by name;
+    a folder of sweeps gives each sweep's runs in turn."""
+    order: list[str] = []
+    try:
+        status = json.loads((folder / SWEEP_STATUS_FILE).read_text(encoding="utf-8"))
+        order = [str(name) for name in status.get("order", status.get("runs", []))]
+    except (OSError, json.JSONDecodeError, AttributeError):
+        order = []
+    # hidden folders are runs set aside by a resumed sweep, not part of it
+    children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = {p.name: p for p in children if is_run_dir(p)}
+    ordered = [found.pop(name) for name in order if name in found]
+    ordered += [found[name] for name in sorted(found)]
+    for child in children:
+        if not is_run_dir(child) and (child / SWEEP_STATUS_FILE).is_file():
+            ordered += run_dirs_in(child)
+    return ordered
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint without running any code it may carry (``weights_only``)."""
     try:
@@ -193,8 +323,7 @@ class LoadedRun:
         x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
         if x.ndim == 3:
             x = x.unsqueeze(0)
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        return x.to(self.device)
+        return unit_float(x).to(self.device)
 
     @torch.no_grad()
     def encode(self, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:

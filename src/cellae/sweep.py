@@ -10,10 +10,11 @@ A sweep file names a base config and the values to vary::
       data.background: [keep, fill_mean]
       model.latent_dim: [20, 50]
     # runs:                           # ... or an explicit list of combinations
-    #   - {model.family: ae, model.latent_dim: 20}
+    #   - {name: ae-z20, model.family: ae, model.latent_dim: 20, model.latent_l1: 0.0001}
 
 Each combination is an ordinary run folder inside one sweep folder, named by its values
-(``vae-fill_mean-z50``). ``--resume`` keeps finished runs, resumes an unfinished one from its
+(``vae-fill_mean-z50``) or by its own ``name``. A key that only one family takes belongs in the
+combinations of that family (an explicit ``runs`` list), never in the shared base. ``--resume`` keeps finished runs, resumes an unfinished one from its
 checkpoint and trains the rest; a failing run is reported and the others go on.
 """
 
@@ -35,7 +36,6 @@ from cellae.config import apply_overrides, config_from_dict, read_yaml
 from cellae.errors import CellaeError
 
 SWEEP_FILE = "sweep.yaml"
-STATUS_FILE = "sweep.json"
 SWEEP_KEYS = {"name", "base", "config", "set", "grid", "runs"}
 # short prefixes so that names read like the study's (z50, beta4)
 NAME_PREFIXES = {"model.latent_dim": "z", "model.beta": "beta", "train.epochs": "e", "seed": "s"}
@@ -48,6 +48,8 @@ class Sweep:
     combinations: list[dict[str, Any]]
 
     def run_name(self, combination: dict[str, Any]) -> str:
+        if "name" in combination:
+            return runs.safe_folder_name(str(combination["name"]))
         parts = []
         for key, value in combination.items():
             prefix = NAME_PREFIXES.get(key, "")
@@ -66,7 +68,7 @@ class Sweep:
         overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
                      for k, v in combination.items()]
         overrides = [o.removesuffix("\n...").removesuffix(" ...") for o in overrides]
-        values = apply_overrides(yaml.safe_load(yaml.safe_dump(self.base)), overrides)
+        values = apply_overrides(self.base, overrides)
         values["name"] = self.run_name(combination)
         return values
 
@@ -163,6 +165,7 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
         frozen = {"name": sweep.name, "config": sweep.base, "runs": sweep.combinations}
         runs.write_atomic(sweep_dir / SWEEP_FILE, yaml.safe_dump(frozen, sort_keys=False))
     results: dict[str, dict[str, Any]] = {}
+    order = [sweep.run_name(c) for c in sweep.combinations]
     for combination in sweep.combinations:
         name = sweep.run_name(combination)
         started = time.perf_counter()
@@ -176,29 +179,14 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
             results[name] = {"status": "failed", "error": message,
                              "traceback": traceback.format_exc(limit=5)}
         results[name]["seconds"] = round(time.perf_counter() - started, 1)
-        runs.write_json(sweep_dir / STATUS_FILE, {"name": sweep.name, "runs": results})
+        runs.write_json(sweep_dir / runs.SWEEP_STATUS_FILE,
+                        {"name": sweep.name, "order": order, "runs": results})
     failed = [n for n, r in results.items() if r["status"] == "failed"]
     summary = ", ".join(f"{n}: {r['status']}" for n, r in results.items())
     print(f"[sweep {sweep.name}] {summary}", file=sys.stderr)
     if failed:
         raise CellaeError(
-            f"{len(failed)} of {len(results)} runs failed ({', '.join(failed)}); see {sweep_dir / STATUS_FILE}, "
+            f"{len(failed)} of {len(results)} runs failed ({', '.join(failed)}); see {sweep_dir / runs.SWEEP_STATUS_FILE}, "
             f"fix the cause and continue with --resume {sweep_dir}"
         )
     return sweep_dir
-
-
-def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
-    """The run folders of a sweep, in the sweep's order where it is known."""
-    order: list[str] = []
-    if (sweep_dir / SWEEP_FILE).is_file():
-        try:
-            sweep = load_sweep(sweep_dir / SWEEP_FILE)
-            order = [sweep.run_name(c) for c in sweep.combinations]
-        except CellaeError:
-            order = []
-    # hidden folders are runs set aside by --resume, not part of the sweep
-    found = {p.name: p for p in sweep_dir.iterdir()
-             if p.is_dir() and not p.name.startswith(".") and runs.is_run_dir(p)}
-    ordered = [found.pop(n) for n in order if n in found]
-    return ordered + [found[n] for n in sorted(found)]

@@ -6,7 +6,6 @@ run folder; ``resume(run_dir)`` continues an interrupted run from ``checkpoints/
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import math
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -28,16 +26,13 @@ from cellae import __version__, runs
 from cellae.config import Config
 from cellae.data.cache import prepare_cache
 from cellae.data.datamodule import CellDataModule
-from cellae.data.splits import save_split, split_indices
+from cellae.data.splits import split_indices
 from cellae.errors import CellaeError
+from cellae.images import unit_float
 from cellae.models import build_model
 
 # set in the environment by the launching process so that DDP workers join its run folder
 RUN_DIR_ENV = "CELLAE_RUN_DIR"
-METRIC_COLUMNS = (
-    "epoch", "train_loss", "test_loss", "train_recon", "test_recon", "train_recon_per_pixel",
-    "test_recon_per_pixel", "train_kl", "test_kl", "kl_weight", "lr", "seconds", "images_per_second",
-)
 
 
 class NonFiniteLossError(CellaeError):
@@ -51,28 +46,29 @@ class TrainingInterrupted(CellaeError):
 
 
 class CellaeModule(L.LightningModule):
-    """One optimisation step of an AE or VAE on batches gathered from the cache."""
+    """One optimisation step of any family, on batches of (images, masks, ...) from any datamodule.
+
+    Images may be uint8 (0-255) or float in [0, 1]; masks are (B, H, W) or (B, 1, H, W).
+    """
 
     def __init__(self, config: Config, channels: int) -> None:
         super().__init__()
         self.config = config
         self.model = build_model(config.model, config.data.image_size, channels)
 
-    def kl_weight(self) -> float:
-        """The linear KL warm-up factor, 0 at the first step and 1 after ``kl_warmup_epochs``."""
-        warmup = self.config.model.kl_warmup_epochs
-        if warmup == 0 or self.trainer is None:
-            return 1.0
-        steps_per_epoch = max(1, self.trainer.num_training_batches)
-        return min(1.0, self.trainer.global_step / (warmup * steps_per_epoch))
+    def epochs_done(self) -> float:
+        """Training progress in epochs, fractional within an epoch; what loss schedules follow."""
+        if self._trainer is None:
+            return math.inf
+        return self.trainer.global_step / max(1, self.trainer.num_training_batches)
 
-    def _step(self, indices: torch.Tensor, side: str) -> torch.Tensor:
-        images, masks, _ = self.trainer.datamodule.gather(indices, self.device)
-        x = images.float().div_(255.0)
+    def _step(self, batch: Any, side: str) -> torch.Tensor:
+        images, masks = batch[0], batch[1]
+        x = unit_float(images)
         mask = masks.float()
         output = self.model(x)
-        weight = self.kl_weight()
-        losses = self.model.loss(x, mask, output, kl_weight=weight)
+        weights = self.model.schedule(self.epochs_done())
+        losses = self.model.loss(x, mask, output, weights)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             bad = [k for k, v in losses.items() if not torch.isfinite(v)]
@@ -80,20 +76,28 @@ class CellaeModule(L.LightningModule):
                 f"{side} loss became {loss.item()} in epoch {self.current_epoch + 1} "
                 f"(non-finite parts: {', '.join(bad)}); lower train.lr or set train.grad_clip"
             )
-        batch = len(indices)
+        size = len(x)
         for key, value in losses.items():
             name = f"{side}_loss" if key == "loss" else f"{side}_{key}"
-            self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=batch,
+            self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=size,
                      sync_dist=True)
         if side == "train":
-            self.log("kl_weight", weight, on_step=False, on_epoch=True, batch_size=batch)
+            for key, value in weights.items():
+                self.log(key, value, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
-    def training_step(self, indices: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self._step(indices, "train")
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
 
-    def validation_step(self, indices: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self._step(indices, "test")
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def metric_columns(self) -> list[str]:
+        """The columns of ``metrics.csv``: the totals, each loss term, each schedule weight."""
+        terms = self.model.loss_terms()
+        return (["epoch", "train_loss", "test_loss"]
+                + [f"{side}_{t}" for t in terms for side in ("train", "test")]
+                + list(self.model.schedule(0.0)) + ["lr", "seconds", "images_per_second"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         t = self.config.train
@@ -135,52 +139,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class EpochLog(Callback):
     """Appends one row per epoch to ``metrics.csv`` and, off a terminal, prints one plain line."""
 
-    def __init__(self, path: Path, plain_lines: bool) -> None:
-        self.path = path
+    def __init__(self, run_dir: Path, plain_lines: bool) -> None:
+        self.run_dir = run_dir
         self.plain_lines = plain_lines
         self._started = 0.0
-        self._train_images = 0
+        self._images = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
+        self._images = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._images += len(batch[0])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         seconds = time.perf_counter() - self._started
-        n_train = len(trainer.datamodule.train_idx)
-        row = {k: metrics.get(k, "") for k in METRIC_COLUMNS}
+        images = self._images * trainer.world_size
+        row = {k: metrics.get(k, "") for k in pl_module.metric_columns()}
         row.update(
             epoch=trainer.current_epoch + 1,
             lr=trainer.optimizers[0].param_groups[0]["lr"],
             seconds=round(seconds, 3),
-            images_per_second=round(n_train / seconds, 1) if seconds > 0 else "",
+            images_per_second=round(images / seconds, 1) if seconds > 0 else "",
         )
-        new_file = not self.path.exists()
-        with self.path.open("a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        runs.append_metrics(self.run_dir, row)
         if self.plain_lines:
             parts = [f"epoch {row['epoch']}/{trainer.max_epochs}"]
             parts += [f"{k} {metrics[k]:.4g}" for k in ("train_loss", "test_loss", "test_kl") if k in metrics]
             parts.append(f"{row['images_per_second']} img/s")
             print("  ".join(parts), flush=True)
-
-
-def _truncate_metrics(path: Path, completed_epochs: int) -> None:
-    """Drop rows past the checkpoint, written by an epoch whose checkpoint never landed."""
-    if not path.exists():
-        return
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = [r for r in csv.DictReader(handle) if int(float(r["epoch"])) <= completed_epochs]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    runs.write_atomic(path, buffer.getvalue())
 
 
 def _accelerator(config: Config) -> str:
@@ -247,7 +238,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
         gradient_clip_val=t.grad_clip or None,
         # some GPU kernels have no deterministic version; warn there rather than refuse to train
         deterministic=True if (t.deterministic and accelerator == "cpu") else ("warn" if t.deterministic else False),
-        callbacks=[checkpoint, EpochLog(run_dir / runs.METRICS_FILE, plain_lines=not interactive)]
+        callbacks=[checkpoint, EpochLog(run_dir, plain_lines=not interactive)]
         + list(callbacks or []),
         logger=logger,
         enable_progress_bar=interactive,
@@ -261,19 +252,6 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
     )
 
 
-def _data_summary(cache: Any, train_idx: np.ndarray, test_idx: np.ndarray) -> dict[str, Any]:
-    def side(idx: np.ndarray) -> dict[str, Any]:
-        labels = np.asarray(cache.labels)[idx]
-        return {
-            "images": int(len(idx)),
-            "patients": int(len(set(np.asarray(cache.patients)[idx].tolist()))),
-            "per_class": {name: int((labels == i).sum()) for i, name in enumerate(cache.class_names)},
-        }
-
-    return {"cache": str(cache.path), "class_names": list(cache.class_names),
-            "train": side(train_idx), "test": side(test_idx)}
-
-
 def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None) -> L.Trainer:
     L.seed_everything(config.seed, workers=True, verbose=False)
     cache = prepare_cache(config.data, progress=sys.stderr.isatty())
@@ -283,8 +261,10 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
     channels = int(cache.images.shape[1])
     is_launcher = os.environ.get("LOCAL_RANK") is None
     if is_launcher and ckpt_path is None:
-        save_split(run_dir / runs.SPLIT_FILE, cache.files, train_idx, test_idx)
-        runs.update_run_info(run_dir, channels=channels, data=_data_summary(cache, train_idx, test_idx))
+        runs.write_split(run_dir, cache.files, train_idx, test_idx)
+        summary = runs.data_summary(cache.labels, cache.patients, cache.class_names, train_idx, test_idx)
+        runs.update_run_info(run_dir, channels=channels, data={
+            "cache": str(cache.path), "class_names": list(cache.class_names), **summary})
     datamodule = CellDataModule(
         cache, train_idx, test_idx, config.train.batch_size, seed=config.seed,
         num_workers=config.train.num_workers, data_on_device=config.train.data_on_device,
@@ -389,7 +369,7 @@ def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | Non
         print(f"{run_dir} already finished all {config.train.epochs} epochs", file=sys.stderr)
         return run_dir
     if os.environ.get("LOCAL_RANK") is None:
-        _truncate_metrics(run_dir / runs.METRICS_FILE, completed)
+        runs.truncate_metrics(run_dir, completed)
         runs.update_run_info(run_dir, status="running", resumed_from_epoch=completed)
     print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
     trainer = _fit(config, run_dir, last, callbacks)

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from cellae.config import DataConfig
+from cellae.data.decode import BadImage
 from cellae.data.preprocess import PreprocessSettings, preprocess
-from cellae.data.sources import BadImage, Source, open_source
+from cellae.data.sources import Source, open_source
 from cellae.errors import CellaeError
 from cellae.files import write_atomic
 
@@ -105,7 +106,7 @@ def cache_key(source: Source, settings: PreprocessSettings) -> str:
 def prepare_cache(data: DataConfig, progress: bool = True) -> CellCache:
     """The cache for ``data``: reused when its inputs are unchanged, built (once) otherwise."""
     settings = PreprocessSettings.from_config(data)
-    source = open_source(data.source, synthetic=data.synthetic, strict=data.strict)
+    source = open_source(data)
     key = cache_key(source, settings)
     cache_dir = Path(data.cache_dir).expanduser()
     final = cache_dir / key[:16]

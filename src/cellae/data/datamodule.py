@@ -1,7 +1,8 @@
 """Batches for Lightning, cut from the cache: no image is decoded during training.
 
-The dataloaders yield only row numbers of the cache; :meth:`CellDataModule.gather` turns a
-batch of row numbers into image and mask tensors on the training device. Where the device has
+The dataloaders yield only row numbers of the cache; Lightning's ``transfer_batch_to_device``
+hook turns a batch of row numbers into a :class:`CellBatch` of image and mask tensors on the
+training device, so the LightningModule sees images and masks whatever datamodule feeds it. Where the device has
 room, the whole uint8 cache is copied there once and batches are cut on the device, so each
 step moves nothing but indices. The shuffle order is a function of (seed, epoch) alone, on one
 device or many, so a resumed run sees the batches an uninterrupted run would have seen.
@@ -9,7 +10,7 @@ device or many, so a resumed run sees the batches an uninterrupted run would hav
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -20,6 +21,14 @@ from cellae.data.cache import CellCache
 
 # share of the GPU's free memory the cache may take when data_on_device is "auto"
 DEVICE_MEMORY_SHARE = 0.5
+
+
+class CellBatch(NamedTuple):
+    """What a training step receives: uint8 images (B, C, H, W), masks (B, H, W), labels (B,)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    labels: torch.Tensor
 
 
 class _Rows(Dataset):
@@ -90,7 +99,10 @@ class CellDataModule(L.LightningDataModule):
         needed = self.cache.images.nbytes + self.cache.masks.nbytes
         return needed < DEVICE_MEMORY_SHARE * free
 
-    def gather(self, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> CellBatch:
+        return self.gather(batch, device)
+
+    def gather(self, rows: torch.Tensor, device: torch.device) -> CellBatch:
         """uint8 images (B, C, H, W), uint8 masks (B, H, W) and int64 labels (B,) on ``device``."""
         picked = rows.cpu().numpy()
         labels = torch.from_numpy(self.cache.labels[picked]).to(device)
@@ -103,7 +115,7 @@ class CellDataModule(L.LightningDataModule):
         if device in self._resident:
             images, masks = self._resident[device]
             on_device = rows.to(device)
-            return images[on_device], masks[on_device], labels
+            return CellBatch(images[on_device], masks[on_device], labels)
         # memory-mapped reads are fastest in file order; the batch's own order is restored after
         order = np.argsort(picked)
         back = np.empty_like(order)
@@ -111,7 +123,7 @@ class CellDataModule(L.LightningDataModule):
         images = torch.from_numpy(np.asarray(self.cache.images[picked[order]])[back])
         masks = torch.from_numpy(np.asarray(self.cache.masks[picked[order]])[back])
         pin = device.type == "cuda"
-        return (
+        return CellBatch(
             (images.pin_memory() if pin else images).to(device, non_blocking=pin),
             (masks.pin_memory() if pin else masks).to(device, non_blocking=pin),
             labels,

@@ -16,20 +16,14 @@ with the same filter and geometry as the image, so both stay aligned.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from cellae.config import IMAGE_SIZES, DataConfig
-from cellae.errors import CellaeError
-
-COLORS = ("rgb", "gray")
-RESIZES = ("stretch", "pad")
-BACKGROUNDS = ("keep", "fill_mean")
-MIN_IMAGE_SIZE = 8
+from cellae.config import BackgroundMode, ColorMode, DataConfig, ResizeMode
 
 # The padding is exactly 0; stained cell pixels never come near this, even dark parasites.
 DARK_THRESHOLD = 10
@@ -38,41 +32,38 @@ DARK_THRESHOLD = 10
 RESAMPLE = Image.Resampling.BILINEAR
 _LUMA = (299, 587, 114)  # ITU-R 601, in thousandths so that rounding stays in integers
 _SQUARE = np.ones((3, 3), dtype=bool)
+_DATA_DEFAULTS = DataConfig()
 
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """How crops become model input; part of the cache key, so it round-trips via ``to_dict``."""
+    """How crops become model input; part of the cache key, so it round-trips via ``to_dict``.
 
-    image_size: int = 64
-    color: Literal["rgb", "gray"] = "rgb"
-    resize: Literal["stretch", "pad"] = "stretch"
-    background: Literal["keep", "fill_mean"] = "keep"
+    The defaults and allowed values are the data config's. A run's settings come through
+    :meth:`from_config` after the config was validated, so the checks here only stop code
+    that passes something no config could hold.
+    """
+
+    image_size: int = _DATA_DEFAULTS.image_size
+    color: ColorMode = _DATA_DEFAULTS.color
+    resize: ResizeMode = _DATA_DEFAULTS.resize
+    background: BackgroundMode = _DATA_DEFAULTS.background
 
     def __post_init__(self) -> None:
-        # Any size works here (tests and tools use odd ones); the run config keeps to IMAGE_SIZES,
-        # which the models' halvings are built around.
-        size = self.image_size
-        if type(size) is not int or size < MIN_IMAGE_SIZE:
-            raise CellaeError(
-                f"config key 'data.image_size' must be an integer of at least {MIN_IMAGE_SIZE} "
-                f"(runs use one of {IMAGE_SIZES}), got {size!r}"
-            )
-        allowed = {"color": COLORS, "resize": RESIZES, "background": BACKGROUNDS}
-        for name, values in allowed.items():
-            value = getattr(self, name)
-            if value not in values:
-                choices = ", ".join(repr(v) for v in values)
-                raise CellaeError(
-                    f"config key 'data.{name}' must be one of {choices}, got {value!r}"
-                )
+        # Any positive size works here (tests and tools use odd ones); the run config keeps to
+        # IMAGE_SIZES, which the models' halvings are built around.
+        if type(self.image_size) is not int:
+            raise TypeError(f"image_size must be an int, got {self.image_size!r}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_config(cls, data: DataConfig) -> PreprocessSettings:
-        return cls(
-            image_size=data.image_size, color=data.color, resize=data.resize,
-            background=data.background,
-        )
+        """The settings of ``data``; every field is named as the data config's key."""
+        return cls(**{f.name: getattr(data, f.name) for f in fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +81,14 @@ class PreprocessSettings:
         it stays 1, since the blended pixel is there at any size.
         """
         return max(1, self.image_size // 32)
+
+
+# every Literal-typed setting, with the values its config alias allows
+_CHOICES = {
+    name: get_args(hint)
+    for name, hint in get_type_hints(PreprocessSettings).items()
+    if get_origin(hint) is Literal
+}
 
 
 def _check_rgb(image: Any) -> None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
+from cellae.config import SplitMode
 from cellae.errors import CellaeError
 from cellae.files import write_atomic
 
-SPLITS = ("patient", "image")
+SPLITS = get_args(SplitMode)
 # random orders of the patients tried; the one whose test share is closest to the target wins
 PATIENT_SPLIT_TRIES = 256
 
@@ -27,7 +29,7 @@ def split_indices(
     labels: Sequence[int] | np.ndarray,
     test_fraction: float,
     seed: int,
-    by: str = "patient",
+    by: SplitMode = "patient",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted int64 indices of the train and test images, deterministic for a given ``seed``."""
     if by not in SPLITS:

@@ -1,15 +1,20 @@
-"""Evaluate a run folder: figures, reconstruction and latent-space numbers, latent codes.
+"""Evaluate a run folder: compute the numbers, draw the figures, write the files.
 
 Evaluation reads only the run folder (its config, split, checkpoint and metrics) and the
-cache its data summary names, so a run can be moved and evaluated again.
+cache its data summary names, so a run can be moved and evaluated again. It runs in three
+steps: :func:`compute` gives an :class:`Evaluation` (every number, the latent codes and what
+the figures show), :func:`draw` turns it into figures and :func:`write` into ``metrics.json``
+and ``latents.npz``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +22,37 @@ import numpy as np
 import torch
 
 from cellae import plots, runs
+from cellae.columns import Column
 from cellae.config import Config
 from cellae.data.cache import CellCache, open_cache, prepare_cache
 from cellae.data.splits import split_indices
 from cellae.errors import CellaeError
 from cellae.evaluation import latent, metrics
+from cellae.images import to_uint8, unit_float
+from cellae.models import CellAutoencoder, FamilyEvaluation
 
 BATCH = 256
+# the reconstruction numbers every run shows in a report, before its latent metrics
+RECONSTRUCTION_COLUMNS = (
+    Column("reconstruction.psnr_interior", "PSNR interior (dB)", "higher", 2),
+    Column("reconstruction.ssim", "SSIM", "higher", 3),
+)
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation computed. ``metrics`` is ``metrics.json``; the rest feeds the figures
+    and ``latents.npz``."""
+
+    metrics: dict[str, Any]
+    codes: np.ndarray  # train codes then test codes
+    rows: np.ndarray  # the cache rows of ``codes``
+    n_train: int
+    tsne: np.ndarray  # (M, 2), of the test codes at tsne_rows
+    tsne_rows: np.ndarray  # positions within the test side
+    shown_rows: np.ndarray  # cache rows whose reconstructions are drawn
+    reconstructions: np.ndarray  # uint8, of shown_rows
+    family_view: FamilyEvaluation = field(repr=False)
 
 
 def _source_cache(config: Config, source: str | None) -> CellCache:
@@ -47,8 +76,8 @@ def _run_cache(run_dir: Path, config: Config) -> CellCache:
 
 
 def _split_from_run(run_dir: Path, cache: CellCache) -> tuple[np.ndarray, np.ndarray]:
-    """The run's own split, read from ``split.json`` and matched to the cache by file name."""
-    split = json.loads((run_dir / runs.SPLIT_FILE).read_text(encoding="utf-8"))
+    """The run's own split, matched to the cache by file name."""
+    split = runs.read_split(run_dir)
     position = {name: i for i, name in enumerate(np.asarray(cache.files).tolist())}
     sides = []
     for side in ("train", "test"):
@@ -63,35 +92,34 @@ def _split_from_run(run_dir: Path, cache: CellCache) -> tuple[np.ndarray, np.nda
     return sides[0], sides[1]
 
 
-@torch.no_grad()
-def _encode(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> dict[str, np.ndarray]:
-    """Posterior means (and log variances for a VAE) of uint8 images, in batches."""
-    mus, log_vars = [], []
-    for start in range(0, len(images), BATCH):
-        x = torch.from_numpy(np.asarray(images[start:start + BATCH])).to(device).float() / 255.0
-        output = model(x)
-        mus.append((output.mu if output.mu is not None else output.z).cpu())
-        if output.log_var is not None:
-            log_vars.append(output.log_var.cpu())
-    result = {"codes": torch.cat(mus).numpy()}
-    if log_vars:
-        result["log_var"] = torch.cat(log_vars).numpy()
-    return result
+def _batches(images: np.ndarray, rows: np.ndarray, device: torch.device) -> Iterator[torch.Tensor]:
+    """Images of ``rows`` in [0, 1] on ``device``, a batch at a time so memory stays flat."""
+    for start in range(0, len(rows), BATCH):
+        yield unit_float(torch.from_numpy(np.asarray(images[rows[start:start + BATCH]]))).to(device)
 
 
 @torch.no_grad()
-def _reconstruction_numbers(model: Any, cache: CellCache, idx: np.ndarray, device: torch.device) -> dict[str, Any]:
+def encode_images(model: CellAutoencoder, images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Latent codes of uint8 images (of ``rows`` of them, or all), through the model's encode."""
+    device = next(model.parameters()).device
+    rows = np.arange(len(images)) if rows is None else rows
+    parts = [model.encode(x).cpu() for x in _batches(images, rows, device)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, model.latent_dim), np.float32)
+
+
+@torch.no_grad()
+def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache, idx: np.ndarray) -> dict[str, Any]:
     """Losses and image-quality numbers of the test side, accumulated batch by batch."""
+    device = next(model.parameters()).device
     totals: dict[str, float] = {}
     psnr_parts: list[dict[str, Any]] = []
     ssim_values = []
     n = 0
-    for start in range(0, len(idx), BATCH):
+    for start, x in zip(range(0, len(idx), BATCH), _batches(cache.images, idx, device), strict=True):
         rows = idx[start:start + BATCH]
-        x = torch.from_numpy(np.asarray(cache.images[rows])).to(device).float() / 255.0
         mask = torch.from_numpy(np.asarray(cache.masks[rows])).to(device).float().unsqueeze(1)
         output = model(x)
-        losses = model.loss(x, mask, output, kl_weight=1.0)
+        losses = model.loss(x, mask, output)
         for key, value in losses.items():
             totals[key] = totals.get(key, 0.0) + float(value) * len(rows)
         original = x.cpu().numpy()
@@ -111,154 +139,114 @@ def _reconstruction_numbers(model: Any, cache: CellCache, idx: np.ndarray, devic
     return result
 
 
-def _probe_block(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray,
-                 test_labels: np.ndarray, k: int, seed: int) -> dict[str, Any]:
-    probe = latent.linear_probe(train_codes, train_labels, test_codes, test_labels, seed=seed)
-    probe["knn_accuracy"] = latent.knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=k)
-    probe["knn_k"] = k
-    probe["silhouette"] = latent.silhouette_by_class(test_codes, test_labels, seed=seed)
-    return probe
+def _latent_block(config: Config, train_codes: np.ndarray, train_labels: np.ndarray,
+                  test_codes: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
+    split = latent.LatentSplit(train_codes, train_labels, test_codes, test_labels, config.eval,
+                               config.seed)
+    block: dict[str, Any] = {}
+    for name in config.eval.metrics:
+        block.update(latent.METRICS.get(name).compute(split))
+    return block
 
 
 def _pixels(cache: CellCache, idx: np.ndarray) -> np.ndarray:
     return np.asarray(cache.images[np.sort(idx)]).reshape(len(idx), -1).astype(np.float32) / 255.0
 
 
-def _evaluate(loaded: runs.LoadedRun, run_dir: Path, cache: CellCache, train_idx: np.ndarray,
-              test_idx: np.ndarray, out_dir: Path, rows: list[dict[str, float]], source: str) -> dict[str, Any]:
-    config = loaded.config
-    e = config.eval
-    seed = config.seed
-    model, device = loaded.model, loaded.device
-    figures = out_dir / "figures" if out_dir != run_dir / runs.EVAL_DIR else run_dir / runs.FIGURES_DIR
-    figures.mkdir(parents=True, exist_ok=True)
+def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx: np.ndarray,
+            source: str) -> Evaluation:
+    """Every number of one evaluation, with the codes and images its figures need."""
+    config, model = loaded.config, loaded.model
+    e, seed = config.eval, config.seed
     started = time.perf_counter()
     labels = np.asarray(cache.labels)
     patients = np.asarray(cache.patients).astype(str)
-    class_names = list(cache.class_names)
 
     every = np.concatenate([train_idx, test_idx])
-    encoded = _encode(model, _Rows(cache.images, every), device)
-    codes = encoded["codes"]
+    codes = encode_images(model, cache.images, every)
     n_train = len(train_idx)
     train_codes, test_codes = codes[:n_train], codes[n_train:]
-
+    reconstruction = _reconstruction_numbers(model, cache, test_idx)
     result: dict[str, Any] = {
         "source": source,
         "family": model.family,
         "latent_dim": int(model.latent_dim),
-        "data": {
-            side: {
-                "images": int(len(idx)),
-                "patients": int(len(set(patients[idx].tolist()))),
-                "per_class": {n: int((labels[idx] == i).sum()) for i, n in enumerate(class_names)},
-            }
-            for side, idx in (("train", train_idx), ("test", test_idx))
-        },
+        "data": runs.data_summary(labels, patients, cache.class_names, train_idx, test_idx),
+        "reconstruction": reconstruction,
     }
-    result["reconstruction"] = _reconstruction_numbers(model, cache, test_idx, device)
-    if model.family == "vae":
-        test_log_var = encoded["log_var"][n_train:]
-        kl_dims = metrics.kl_per_dimension(test_codes, test_log_var)
-        result["vae"] = {
-            "elbo": -(result["reconstruction"]["recon"] + result["reconstruction"]["kl"]),
-            "recon": result["reconstruction"]["recon"],
-            "kl": result["reconstruction"]["kl"],
-            "kl_per_dimension": kl_dims.tolist(),
-            "active_units": int(metrics.active_units(test_codes)),
-        }
-    probe = _probe_block(train_codes, labels[train_idx], test_codes, labels[test_idx], e.knn_k, seed)
+    probe = _latent_block(config, train_codes, labels[train_idx], test_codes, labels[test_idx])
     probe["test_patients"] = result["data"]["test"]["patients"]
     result["probe"] = probe
     pca_train, pca_test = latent.pca_baseline(
         _pixels(cache, train_idx), _pixels(cache, test_idx), int(model.latent_dim), seed
     )
-    result["pca_baseline"] = _probe_block(
-        pca_train, labels[np.sort(train_idx)], pca_test, labels[np.sort(test_idx)], e.knn_k, seed
+    result["pca_baseline"] = _latent_block(
+        config, pca_train, labels[np.sort(train_idx)], pca_test, labels[np.sort(test_idx)]
+    )
+    view = FamilyEvaluation(
+        test_batches=lambda: _batches(cache.images, test_idx, loaded.device),
+        test_codes=test_codes, test_losses=reconstruction, eval=e, seed=seed, title=config.name,
+    )
+    family_numbers = model.evaluation_numbers(view)
+    if family_numbers:
+        result[model.family] = family_numbers
+    columns = list(RECONSTRUCTION_COLUMNS)
+    columns += [c for name in e.metrics for c in latent.METRICS.get(name).columns]
+    columns += list(model.report_columns)
+    result["columns"] = [c.to_dict() for c in columns]
+
+    tsne, tsne_rows = latent.tsne_embedding(test_codes, e.tsne_max_points, e.tsne_perplexity, seed)
+    shown = test_idx[plots.balanced_pick(labels[test_idx], e.n_reconstructions, seed)]
+    reconstructions = to_uint8(loaded.reconstruct(cache.images[shown]))
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return Evaluation(
+        metrics=result, codes=codes, rows=every, n_train=n_train, tsne=tsne, tsne_rows=tsne_rows,
+        shown_rows=shown, reconstructions=reconstructions, family_view=view,
     )
 
-    embedding, chosen = latent.tsne_embedding(test_codes, e.tsne_max_points, e.tsne_perplexity, seed)
+
+def draw(evaluation: Evaluation, loaded: runs.LoadedRun, cache: CellCache, figures: Path,
+         rows: list[dict[str, float]]) -> list[str]:
+    """Every figure of the evaluation into ``figures``; returns their file names."""
+    config, model = loaded.config, loaded.model
+    seed = config.seed
+    figures.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(cache.labels)
+    patients = np.asarray(cache.patients).astype(str)
+    class_names = list(cache.class_names)
+    test_idx = evaluation.rows[evaluation.n_train:]
+    chosen = test_idx[evaluation.tsne_rows]
     plots.plot_latent_tsne(
-        embedding, labels[test_idx][chosen], class_names, patients[test_idx][chosen],
-        figures / "latent_tsne.png",
+        evaluation.tsne, labels[chosen], class_names, patients[chosen], figures / "latent_tsne.png",
         title=f"{config.name}: t-SNE of test latent codes ({len(chosen)} images)",
     )
     rng = np.random.default_rng(seed)
     sample_idx = np.sort(rng.choice(test_idx, size=min(256, len(test_idx)), replace=False))
     plots.plot_samples(cache.images[sample_idx], labels[sample_idx], class_names,
                        figures / "samples.png", seed=seed)
-    picked = _balanced_pick(labels, test_idx, e.n_reconstructions, seed)
-    plots.plot_reconstructions(
-        np.asarray(cache.images[picked]), (loaded.reconstruct(cache.images[picked]) * 255).round().astype(np.uint8),
-        labels[picked], class_names, figures / "reconstructions.png",
-    )
+    shown = evaluation.shown_rows
+    plots.plot_reconstructions(np.asarray(cache.images[shown]), evaluation.reconstructions,
+                               labels[shown], class_names, figures / "reconstructions.png")
     if rows:
         finite = [r for r in rows if np.isfinite(r.get("test_loss", np.nan))]
         best = int(min(finite, key=lambda r: r["test_loss"])["epoch"]) if finite else None
         plots.plot_learning_curves(rows, figures / "learning_curves.png", best_epoch=best)
-    if model.family == "vae":
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        with torch.no_grad():
-            samples = model.sample(e.n_samples, generator=generator).cpu().numpy()
-        plots.plot_image_grid((samples * 255).round().astype(np.uint8), figures / "prior_samples.png",
-                              title=f"{config.name}: decoded draws from N(0, I)")
-        _traversals(loaded, test_codes, result["vae"]["kl_per_dimension"], e.n_traversal_dims,
-                    figures / "traversals.png")
-
-    np.savez_compressed(
-        _tmp_npz(out_dir / "latents.npz"),
-        codes=codes, labels=labels[every], patients=patients[every],
-        files=np.asarray(cache.files).astype(str)[every],
-        side=np.array(["train"] * n_train + ["test"] * len(test_idx)),
-        class_names=np.array(class_names),
-    )
-    _tmp_npz(out_dir / "latents.npz").replace(out_dir / "latents.npz")
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    result["figures"] = sorted(p.name for p in figures.glob("*.png"))
-    runs.write_json(out_dir / "metrics.json", result)
-    return result
+    model.draw_figures(evaluation.family_view, evaluation.metrics.get(model.family, {}), figures)
+    return sorted(p.name for p in figures.glob("*.png"))
 
 
-class _Rows:
-    """Rows of a memory-mapped array, read a batch at a time so memory stays flat."""
-
-    def __init__(self, array: np.ndarray, rows: np.ndarray) -> None:
-        self.array, self.rows = array, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, part: slice) -> np.ndarray:
-        return np.asarray(self.array[self.rows[part]])
-
-
-def _tmp_npz(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp.npz")
-
-
-def _balanced_pick(labels: np.ndarray, idx: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Up to ``n`` test images, alternating classes, chosen by seed."""
-    rng = np.random.default_rng(seed)
-    pools = [rng.permutation(idx[labels[idx] == c]).tolist() for c in np.unique(labels[idx])]
-    picked: list[int] = []
-    while len(picked) < min(n, len(idx)):
-        for pool in pools:
-            if pool and len(picked) < n:
-                picked.append(pool.pop())
-    return np.array(picked, dtype=np.int64)
-
-
-def _traversals(loaded: runs.LoadedRun, codes: np.ndarray, kl_dims: list[float], n_dims: int, path: Path) -> None:
-    """Sweep the most informative latent dimensions (highest KL) from -3 to 3 around the mean code."""
-    dims = [int(d) for d in np.argsort(kl_dims)[::-1][:min(n_dims, codes.shape[1])]]
-    values = np.linspace(-3.0, 3.0, 9)
-    base = codes.mean(axis=0)
-    grid = []
-    for d in dims:
-        z = np.repeat(base[None], len(values), axis=0)
-        z[:, d] = values
-        grid.append((loaded.decode(z) * 255).round().astype(np.uint8))
-    plots.plot_traversals(np.stack(grid), dims, values.tolist(), path)
+def write(evaluation: Evaluation, cache: CellCache, out_dir: Path) -> None:
+    """``metrics.json`` and ``latents.npz`` into ``out_dir``."""
+    rows, n_train = evaluation.rows, evaluation.n_train
+    latents = {
+        "codes": evaluation.codes,
+        "labels": np.asarray(cache.labels)[rows],
+        "patients": np.asarray(cache.patients).astype(str)[rows],
+        "files": np.asarray(cache.files).astype(str)[rows],
+        "side": np.array(["train"] * n_train + ["test"] * (len(rows) - n_train)),
+        "class_names": np.array(list(cache.class_names)),
+    }
+    runs.write_evaluation(out_dir, evaluation.metrics, latents)
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -267,11 +255,14 @@ def headline(result: dict[str, Any]) -> str:
         f"test loss {rec['loss']:.4g}",
         f"PSNR {rec.get('psnr', float('nan')):.2f} dB (interior {rec.get('psnr_interior', float('nan')):.2f})",
         f"SSIM {rec['ssim']:.3f}",
-        f"probe acc {probe['accuracy']:.3f} AUROC {_fmt(probe.get('auroc'))}",
-        f"PCA acc {pca['accuracy']:.3f} AUROC {_fmt(pca.get('auroc'))}",
     ]
-    if "vae" in result:
-        parts.append(f"active units {result['vae']['active_units']}/{result['latent_dim']}")
+    if "accuracy" in probe:
+        parts.append(f"probe acc {probe['accuracy']:.3f} AUROC {_fmt(probe.get('auroc'))}")
+    if "accuracy" in pca:
+        parts.append(f"PCA acc {pca['accuracy']:.3f} AUROC {_fmt(pca.get('auroc'))}")
+    family = result.get(result.get("family", ""), {})
+    if "active_units" in family:
+        parts.append(f"active units {family['active_units']}/{result['latent_dim']}")
     return "; ".join(parts)
 
 
@@ -293,7 +284,6 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False) ->
     if data is None:
         cache = _run_cache(run_dir, config)
         train_idx, test_idx = _split_from_run(run_dir, cache)
-        out_dir = run_dir / runs.EVAL_DIR
         rows = runs.read_metrics(run_dir)
         source = config.data.source
     else:
@@ -301,14 +291,19 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False) ->
         train_idx, test_idx = split_indices(
             cache.patients, cache.labels, config.data.test_fraction, config.seed, by="patient"
         )
-        out_dir = run_dir / runs.EVAL_DIR / runs.source_name(data)
         rows = []
         source = data
     expected = (config.data.image_size, config.data.image_size)
     if tuple(cache.images.shape[2:]) != expected:
         raise CellaeError(f"cache {cache.path} holds {cache.images.shape[2:]} images, the run expects {expected}")
+    out_dir = runs.eval_dir(run_dir, data)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = _evaluate(loaded, run_dir, cache, train_idx, test_idx, out_dir, rows, source)
+    started = time.perf_counter()
+    evaluation = compute(loaded, cache, train_idx, test_idx, source)
+    evaluation.metrics["figures"] = draw(evaluation, loaded, cache, runs.figures_dir(run_dir, data), rows)
+    evaluation.metrics["seconds"] = round(time.perf_counter() - started, 2)
+    write(evaluation, cache, out_dir)
+    result = evaluation.metrics
     if not quiet:
         print(f"{run_dir.name}: {headline(result)}  [{result['seconds']:.1f} s]")
     return result
@@ -321,7 +316,7 @@ def embed_source(run_dir: Path, source: str, out: Path) -> Path:
         raise CellaeError(f"--out must end in .npz, .csv or .parquet, got '{out.name}'")
     loaded = runs.load_run(runs.require_run_dir(run_dir))
     cache = _source_cache(loaded.config, source)
-    codes = _encode(loaded.model, cache.images, loaded.device)["codes"]
+    codes = encode_images(loaded.model, cache.images)
     class_names = np.asarray(cache.class_names)
     labels = np.asarray(cache.labels)
     columns = {
@@ -332,16 +327,15 @@ def embed_source(run_dir: Path, source: str, out: Path) -> Path:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
-        tmp = _tmp_npz(out)
+        buffer = io.BytesIO()
         # plural keys, as in eval/latents.npz (and "file" would collide with savez's own argument)
-        np.savez_compressed(tmp, codes=codes, class_names=class_names, files=columns["file"],
+        np.savez_compressed(buffer, codes=codes, class_names=class_names, files=columns["file"],
                             labels=labels, classes=columns["class"], patients=columns["patient"])
-        tmp.replace(out)
+        runs.write_atomic(out, buffer.getvalue())
         return out
     table = dict(columns) | {f"z{i}": codes[:, i] for i in range(codes.shape[1])}
     if suffix == ".csv":
         import csv
-        import io
 
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

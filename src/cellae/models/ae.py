@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from cellae.config import ModelConfig
-from cellae.models.base import CellAutoencoder, ModelOutput
+from cellae.config import ModelConfig, check
+from cellae.models.base import FAMILIES, CellAutoencoder, ModelOutput
 
 
+@dataclass
+class AutoencoderConfig(ModelConfig):
+    """``latent_l1``: weight of the mean over the batch of sum |z| (0: off)."""
+
+    latent_l1: float = 0.0
+
+    def validate(self, key: str = "model") -> None:
+        super().validate(key)
+        check(self.latent_l1 >= 0, f"{key}.latent_l1", "0 or more", self.latent_l1)
+
+
+@FAMILIES.register
 class Autoencoder(CellAutoencoder):
     """z = Linear(encoder(x)); loss = recon + latent_l1 * mean over the batch of sum |z|."""
 
     family = "ae"
+    config_class = AutoencoderConfig
+    config: AutoencoderConfig
 
-    def __init__(self, config: ModelConfig, image_size: int, channels: int) -> None:
+    def __init__(self, config: AutoencoderConfig, image_size: int, channels: int) -> None:
         super().__init__(config, image_size, channels)
         self.to_latent = nn.Linear(self.encoder.out_features, config.latent_dim)
 
@@ -26,12 +43,15 @@ class Autoencoder(CellAutoencoder):
         logits = self.decode_logits(z)
         return ModelOutput(recon=torch.sigmoid(logits), logits=logits, z=z)
 
+    def loss_terms(self) -> tuple[str, ...]:
+        return super().loss_terms() + (("l1",) if self.config.latent_l1 > 0 else ())
+
     def loss(
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None,
         output: ModelOutput,
-        kl_weight: float = 1.0,
+        weights: Mapping[str, float] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Terms recon, recon_per_pixel, loss, and l1 (unweighted mean sum |z|) when enabled."""
         terms = self.reconstruction_terms(x, mask, output)

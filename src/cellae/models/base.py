@@ -1,58 +1,79 @@
-"""What every model family offers: encode, decode, forward, loss and sample.
+"""What every model family offers, and the registry that finds families by name.
 
-The trainer and the evaluation code only talk to :class:`CellAutoencoder`; a family adds
-its latent (deterministic or Gaussian) and its regulariser on top of the shared
-convolutional encoder and decoder.
+A family is one module in this package (or anywhere else, see :mod:`cellae.registry`): a
+subclass of :class:`CellAutoencoder` registered with ``@FAMILIES.register``, with a config
+section of its own (``config_class``), the loss terms it reports, and hooks that add its own
+numbers and figures to the evaluation. The trainer and the evaluation code only talk to this
+interface.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
-from cellae.config import ModelConfig
+from cellae.columns import Column
+from cellae.config import EvalConfig, ModelConfig, model_config
 from cellae.errors import CellaeError
 from cellae.models.blocks import ConvDecoder, ConvEncoder
-from cellae.models.losses import check_loss_name, reconstruction_loss
+from cellae.registry import Registry
 
 CHANNELS = (1, 3)
+
+FAMILIES: Registry[type[CellAutoencoder]] = Registry(
+    "families", "cellae.models", "model.family", name_attribute="family"
+)
 
 
 @dataclass
 class ModelOutput:
-    """One forward pass: the reconstruction in [0, 1], its logits and the latent code.
+    """One forward pass: the reconstruction in [0, 1], its logits and the latent code ``z``.
 
-    ``mu`` and ``log_var`` are the Gaussian posterior of a VAE and None for an AE.
+    ``extras`` holds what a family's loss needs beyond these (a VAE's ``mu`` and ``log_var``).
     """
 
     recon: torch.Tensor
     logits: torch.Tensor
     z: torch.Tensor
-    mu: torch.Tensor | None = None
-    log_var: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class FamilyEvaluation:
+    """What a family's evaluation hooks may use: the test images, their codes and losses."""
+
+    test_batches: Callable[[], Iterator[torch.Tensor]]  # float images in [0, 1] on the model's device
+    test_codes: np.ndarray
+    test_losses: Mapping[str, float]  # the loss terms, averaged over the test images, full weights
+    eval: EvalConfig
+    seed: int
+    title: str  # the run's name, for figure titles
 
 
 class CellAutoencoder(nn.Module):
-    """Shared body of both families; subclasses define the latent and the regulariser."""
+    """The shared convolutional body; a family defines the latent, the loss and its own hooks."""
 
-    family: str = ""
+    family: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    # report columns of the numbers evaluation_numbers returns, keyed "<family>.<number>"
+    report_columns: ClassVar[tuple[Column, ...]] = ()
 
     def __init__(self, config: ModelConfig, image_size: int, channels: int) -> None:
         super().__init__()
         if channels not in CHANNELS:
             raise CellaeError(f"image channels must be 1 (gray) or 3 (rgb), got {channels}")
-        if config.latent_dim < 1:
-            raise CellaeError(
-                f"model.latent_dim must be a positive integer, got {config.latent_dim}"
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"the '{self.family}' family needs a {self.config_class.__name__}, "
+                f"got {type(config).__name__}; build it with cellae.config.model_config"
             )
-        if not config.widths or any(w < 1 for w in config.widths):
-            raise CellaeError(
-                f"model.widths must be a list of positive channel counts, got {config.widths}"
-            )
-        check_loss_name(config.loss)
         # A private copy: the caller's config may be edited later, this model's shape may not.
         self.config = dataclasses.replace(config, widths=list(config.widths))
         self.latent_dim = config.latent_dim
@@ -66,7 +87,7 @@ class CellAutoencoder(nn.Module):
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) in [0, 1] -> latent codes (B, latent_dim)."""
+        """Images (B, C, H, W) in [0, 1] -> latent codes (B, latent_dim), the same in any mode."""
         raise NotImplementedError
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -79,30 +100,58 @@ class CellAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         raise NotImplementedError
 
+    # ------------------------------------------------------------ the objective
+
+    def loss_terms(self) -> tuple[str, ...]:
+        """Names of the terms :meth:`loss` returns besides "loss", in the order to show them."""
+        return ("recon", "recon_per_pixel")
+
+    def schedule(self, epochs_done: float) -> dict[str, float]:
+        """Loss weights that change during training (a KL warm-up), by epochs done so far."""
+        return {}
+
     def loss(
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None,
         output: ModelOutput,
-        kl_weight: float = 1.0,
+        weights: Mapping[str, float] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Scalar terms; "loss" is the one to minimise. ``kl_weight`` only matters to a VAE."""
+        """Scalar terms; "loss" is the one to minimise. ``weights`` come from :meth:`schedule`;
+        None means the full objective (evaluation)."""
         raise NotImplementedError
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` images decoded from draws of the prior; only a VAE has one."""
-        raise CellaeError(
-            f"sampling needs model.family 'vae'; this model is '{self.family}', "
-            "which has no prior to draw from"
-        )
 
     def reconstruction_terms(
         self, x: torch.Tensor, mask: torch.Tensor | None, output: ModelOutput
     ) -> dict[str, torch.Tensor]:
         """The "recon" (per image, mean over batch) and "recon_per_pixel" (per unit weight) terms."""
-        per_image, weight = reconstruction_loss(
-            self.config.loss, output.logits, x, mask, self.config.background_weight
-        )
+        per_image, weight = self.config.loss(output.logits, x, mask)
         # Guards a batch whose every pixel has weight 0 (empty masks with background_weight 0).
         per_pixel = per_image.sum() / weight.sum().clamp_min(1e-12)
         return {"recon": per_image.mean(), "recon_per_pixel": per_pixel}
+
+    # ------------------------------------------------------------ evaluation hooks
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images decoded from draws of the prior; only a family with a prior has them."""
+        raise CellaeError(
+            f"sampling needs a family with a prior, such as 'vae'; this model is "
+            f"'{self.family}', which has none to draw from"
+        )
+
+    def evaluation_numbers(self, view: FamilyEvaluation) -> dict[str, Any]:
+        """The family's own numbers for ``metrics.json`` (under its name); none by default."""
+        return {}
+
+    def draw_figures(self, view: FamilyEvaluation, numbers: dict[str, Any], figures: Path) -> None:
+        """The family's own figures, written into ``figures``; none by default."""
+
+
+def build_model(config: ModelConfig, image_size: int, channels: int) -> CellAutoencoder:
+    """The model ``config.family`` names, for square images of ``image_size`` px.
+
+    A bare :class:`ModelConfig` (the keys every family shares) gets the family's defaults.
+    """
+    if type(config) is ModelConfig:
+        config = model_config(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+    return FAMILIES.get(config.family)(config, image_size, channels)

@@ -6,45 +6,30 @@ the decoder mirrors it, doubling back up to the input size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from cellae.errors import CellaeError
 
-NORMS = ("batch", "group", "none")
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu")
 GROUPS = 8
 # A steeper negative slope than PyTorch's 0.01 keeps dark (near-zero) background pixels from
 # starving the early layers of gradient, the usual choice for image autoencoders.
 LEAKY_SLOPE = 0.2
 
-
-def make_norm(kind: str, channels: int) -> nn.Module:
-    """A 2-d normalisation layer for ``channels`` feature maps."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        if channels % GROUPS:
-            raise CellaeError(
-                f"model.widths must be multiples of {GROUPS} when model.norm is 'group', "
-                f"got a stage with {channels} channels"
-            )
-        return nn.GroupNorm(GROUPS, channels)
-    if kind == "none":
-        return nn.Identity()
-    raise CellaeError(f"model.norm must be one of {', '.join(NORMS)}, got {kind!r}")
-
-
-def make_activation(kind: str) -> nn.Module:
-    if kind == "relu":
-        return nn.ReLU()
-    if kind == "leaky_relu":
-        return nn.LeakyReLU(LEAKY_SLOPE)
-    if kind == "gelu":
-        return nn.GELU()
-    if kind == "silu":
-        return nn.SiLU()
-    raise CellaeError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {kind!r}")
+# The allowed values of model.norm and model.activation are the keys here (checked in config).
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "batch": nn.BatchNorm2d,
+    "group": lambda channels: nn.GroupNorm(GROUPS, channels),
+    "none": lambda channels: nn.Identity(),
+}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
 
 
 def bottleneck_size(image_size: int, n_stages: int) -> int:
@@ -73,8 +58,8 @@ class ConvEncoder(nn.Module):
         for width in widths:
             layers += [
                 nn.Conv2d(in_channels, width, kernel_size=4, stride=2, padding=1, bias=bias),
-                make_norm(norm, width),
-                make_activation(activation),
+                NORMS[norm](width),
+                ACTIVATIONS[activation](),
             ]
             in_channels = width
         layers.append(nn.Flatten())
@@ -103,7 +88,7 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = [
             nn.Linear(latent_dim, widths[-1] * side * side),
             nn.Unflatten(1, (widths[-1], side, side)),
-            make_activation(activation),
+            ACTIVATIONS[activation](),
         ]
         reversed_widths = list(reversed(widths))
         # Each stage doubles the side; the last one stays at widths[0] so that a final 3x3
@@ -115,8 +100,8 @@ class ConvDecoder(nn.Module):
                 nn.ConvTranspose2d(
                     in_width, out_width, kernel_size=4, stride=2, padding=1, bias=bias
                 ),
-                make_norm(norm, out_width),
-                make_activation(activation),
+                NORMS[norm](out_width),
+                ACTIVATIONS[activation](),
             ]
         layers.append(nn.Conv2d(widths[0], channels, kernel_size=3, padding=1))
         self.net = nn.Sequential(*layers)

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
-from cellae.config import ModelConfig
+from cellae import plots
+from cellae.columns import Column
+from cellae.config import ModelConfig, check
 from cellae.errors import CellaeError
-from cellae.models.base import CellAutoencoder, ModelOutput
+from cellae.models.base import FAMILIES, CellAutoencoder, FamilyEvaluation, ModelOutput
 
 # exp(-10) ~ 5e-5 and exp(10) ~ 2e4 as variances: far outside what a trained posterior needs,
 # yet early in training this keeps exp(log_var) from overflowing and the KL from exploding.
 LOG_VAR_MIN = -10.0
 LOG_VAR_MAX = 10.0
+# Var over images of a dimension's posterior mean above which the unit counts as active
+ACTIVE_UNIT_THRESHOLD = 0.01
+TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 9)
 
 
 def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
@@ -24,12 +35,65 @@ def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return 0.5 * (log_var.exp() + mu.pow(2) - 1.0 - log_var).sum(dim=1)
 
 
+def kl_per_dimension(mu: np.ndarray, log_var: np.ndarray) -> np.ndarray:
+    """KL(q(z_d | x) || N(0, 1)) of each latent dimension d, averaged over images -> (D,).
+
+    Summed over d it is the KL term of the loss. A dimension with KL near zero carries no
+    information about the image.
+    """
+    mu, log_var = np.asarray(mu, dtype=np.float64), np.asarray(log_var, dtype=np.float64)
+    if mu.shape != log_var.shape or mu.ndim != 2:
+        raise ValueError(
+            f"expected mu and log_var shaped (N, D) alike, got {mu.shape} and {log_var.shape}"
+        )
+    return (0.5 * (np.exp(log_var) + mu**2 - 1.0 - log_var)).mean(axis=0)
+
+
+def active_units(mu: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+    """Latent dimensions whose posterior mean varies across images: Var_x(E[z_d | x]) > threshold.
+
+    The definition of Burda, Grosse and Salakhutdinov (2015), with the variance over images
+    (population variance) of the posterior means ``mu`` (N, D).
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.ndim != 2:
+        raise ValueError(f"expected mu shaped (N, D), got {mu.shape}")
+    return int((mu.var(axis=0) > threshold).sum())
+
+
+@dataclass
+class VAEConfig(ModelConfig):
+    """``beta`` weighs the KL term; it rises linearly from 0 over ``kl_warmup_epochs``.
+
+    ``free_bits`` (nats): each latent dimension's KL, averaged over the batch, is not pushed
+    below this (Kingma et al. 2016), which keeps units from collapsing to the prior early on.
+    """
+
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
+    free_bits: float = 0.0
+
+    def validate(self, key: str = "model") -> None:
+        super().validate(key)
+        check(self.beta >= 0, f"{key}.beta", "0 or more", self.beta)
+        check(self.kl_warmup_epochs >= 0, f"{key}.kl_warmup_epochs", "0 or more",
+              self.kl_warmup_epochs)
+        check(self.free_bits >= 0, f"{key}.free_bits", "0 (off) or more nats", self.free_bits)
+
+
+@FAMILIES.register
 class VariationalAutoencoder(CellAutoencoder):
     """loss = recon + beta * kl_weight * KL, with KL averaged over the batch."""
 
     family = "vae"
+    config_class = VAEConfig
+    config: VAEConfig
+    report_columns = (
+        Column("vae.elbo", "ELBO (VAE)", "higher", 2),
+        Column("vae.active_units", "active units (VAE)", "", 0),
+    )
 
-    def __init__(self, config: ModelConfig, image_size: int, channels: int) -> None:
+    def __init__(self, config: VAEConfig, image_size: int, channels: int) -> None:
         super().__init__(config, image_size, channels)
         self.to_mu = nn.Linear(self.encoder.out_features, config.latent_dim)
         self.to_log_var = nn.Linear(self.encoder.out_features, config.latent_dim)
@@ -49,24 +113,38 @@ class VariationalAutoencoder(CellAutoencoder):
         mu, log_var = self.posterior(x)
         z = mu + torch.randn_like(mu) * (0.5 * log_var).exp() if self.training else mu
         logits = self.decode_logits(z)
-        return ModelOutput(recon=torch.sigmoid(logits), logits=logits, z=z, mu=mu, log_var=log_var)
+        return ModelOutput(recon=torch.sigmoid(logits), logits=logits, z=z,
+                           extras={"mu": mu, "log_var": log_var})
+
+    def loss_terms(self) -> tuple[str, ...]:
+        return super().loss_terms() + ("kl",)
+
+    def schedule(self, epochs_done: float) -> dict[str, float]:
+        warmup = self.config.kl_warmup_epochs
+        return {"kl_weight": 1.0 if warmup == 0 else min(1.0, epochs_done / warmup)}
 
     def loss(
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None,
         output: ModelOutput,
-        kl_weight: float = 1.0,
+        weights: Mapping[str, float] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Terms recon, recon_per_pixel, kl (per image, unweighted) and loss.
 
-        ``kl_weight`` is the warm-up factor in [0, 1]; it multiplies ``beta``.
+        ``weights["kl_weight"]`` is the warm-up factor in [0, 1]; it multiplies ``beta``.
         """
-        if output.mu is None or output.log_var is None:
-            raise CellaeError("a VAE loss needs the output of a VAE forward pass (mu and log_var)")
+        if "mu" not in output.extras or "log_var" not in output.extras:
+            raise ValueError("a VAE loss needs the output of a VAE forward pass (mu and log_var)")
+        mu, log_var = output.extras["mu"], output.extras["log_var"]
         terms = self.reconstruction_terms(x, mask, output)
-        terms["kl"] = kl_divergence(output.mu, output.log_var).mean()
-        terms["loss"] = terms["recon"] + self.config.beta * kl_weight * terms["kl"]
+        terms["kl"] = kl_divergence(mu, log_var).mean()
+        penalised = terms["kl"]
+        if self.config.free_bits > 0:
+            per_dimension = (0.5 * (log_var.exp() + mu.pow(2) - 1.0 - log_var)).mean(dim=0)
+            penalised = per_dimension.clamp_min(self.config.free_bits).sum()
+        kl_weight = (weights or {}).get("kl_weight", 1.0)
+        terms["loss"] = terms["recon"] + self.config.beta * kl_weight * penalised
         return terms
 
     @torch.no_grad()
@@ -79,3 +157,40 @@ class VariationalAutoencoder(CellAutoencoder):
         draw_device = generator.device if generator is not None else device
         z = torch.randn(n, self.latent_dim, generator=generator, device=draw_device)
         return self.decode(z.to(device))
+
+    # ------------------------------------------------------------ evaluation hooks
+
+    @torch.no_grad()
+    def evaluation_numbers(self, view: FamilyEvaluation) -> dict[str, Any]:
+        """ELBO, KL per latent dimension and active units of the test images."""
+        log_vars = [self.posterior(x)[1].cpu() for x in view.test_batches()]
+        log_var = torch.cat(log_vars).numpy()
+        recon, kl = view.test_losses["recon"], view.test_losses["kl"]
+        return {
+            "elbo": -(recon + kl),
+            "recon": recon,
+            "kl": kl,
+            "kl_per_dimension": kl_per_dimension(view.test_codes, log_var).tolist(),
+            "active_units": active_units(view.test_codes),
+        }
+
+    @torch.no_grad()
+    def draw_figures(self, view: FamilyEvaluation, numbers: dict[str, Any], figures: Path) -> None:
+        """Decoded draws of the prior, and traversals of the dimensions with the highest KL."""
+        generator = torch.Generator(device="cpu").manual_seed(view.seed)
+        samples = self.sample(view.eval.n_samples, generator=generator).cpu().numpy()
+        plots.plot_image_grid(plots.to_uint8(samples), figures / "prior_samples.png",
+                              title=f"{view.title}: decoded draws from N(0, I)")
+        codes = view.test_codes
+        kl_dims = numbers["kl_per_dimension"]
+        dims = [int(d) for d in np.argsort(kl_dims)[::-1][:min(view.eval.n_traversal_dims, codes.shape[1])]]
+        base = codes.mean(axis=0)
+        device = next(self.parameters()).device
+        grid = []
+        for d in dims:
+            z = np.repeat(base[None], len(TRAVERSAL_VALUES), axis=0)
+            z[:, d] = TRAVERSAL_VALUES
+            decoded = self.decode(torch.as_tensor(z, dtype=torch.float32, device=device))
+            grid.append(plots.to_uint8(decoded.cpu().numpy()))
+        plots.plot_traversals(np.stack(grid), dims, TRAVERSAL_VALUES.tolist(),
+                              figures / "traversals.png")

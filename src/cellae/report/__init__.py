@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from cellae import __version__, runs
+from cellae.columns import Column
 from cellae.report.collect import (
-    COLUMNS,
     RunSummary,
     best_values,
     differing_keys,
     expand_run_dirs,
     flatten_config,
+    report_columns,
     summarise_run,
 )
 
@@ -100,17 +101,18 @@ def _data_line(summary: RunSummary) -> str:
     return "; ".join(parts)
 
 
-def _html(summaries: list[RunSummary], keys: list[str], best: dict[str, float], title: str) -> str:
+def _html(summaries: list[RunSummary], columns: list[Column], keys: list[str],
+          best: dict[str, float], title: str) -> str:
     flats = [flatten_config(s.config) for s in summaries]
     head = ['<th class="name">run</th>'] + [f"<th>{_e(k)}</th>" for k in keys]
-    head += [f"<th>{_e(c.title)}</th>" for c in COLUMNS]
+    head += [f"<th>{_e(c.title)}</th>" for c in columns]
     body = []
     for summary, flat in zip(summaries, flats, strict=True):
         cells = [f'<td class="name" data-value="{_e(summary.name)}">{_e(summary.name)}</td>']
         for key in keys:
             value = json.dumps(flat.get(key)) if isinstance(flat.get(key), list) else flat.get(key)
             cells.append(f'<td data-value="{_e(value)}">{_e(value)}</td>')
-        for column in COLUMNS:
+        for column in columns:
             value = summary.numbers.get(column.key)
             marked = ' class="best"' if column.key in best and value == best[column.key] else ""
             raw = "" if value is None else value
@@ -146,16 +148,16 @@ def _html(summaries: list[RunSummary], keys: list[str], best: dict[str, float], 
     )
 
 
-def _markdown(summaries: list[RunSummary], keys: list[str], best: dict[str, float], title: str,
-              files_dir: Path, out: Path) -> str:
+def _markdown(summaries: list[RunSummary], columns: list[Column], keys: list[str],
+              best: dict[str, float], title: str, files_dir: Path, out: Path) -> str:
     flats = [flatten_config(s.config) for s in summaries]
-    header = ["run", *keys, *(c.title for c in COLUMNS)]
+    header = ["run", *keys, *(c.title for c in columns)]
     lines = [f"# {_md_escape(title)}", "", f"{len(summaries)} runs. Best value per column in **bold**.", "",
              "| " + " | ".join(_md_escape(h) for h in header) + " |",
              "|" + "|".join(["---"] * len(header)) + "|"]
     for summary, flat in zip(summaries, flats, strict=True):
         cells = [_md_escape(summary.name)] + [_md_escape(flat.get(k)) for k in keys]
-        for column in COLUMNS:
+        for column in columns:
             value = summary.numbers.get(column.key)
             text = _format(value, column.digits)
             cells.append(f"**{text}**" if column.key in best and value == best[column.key] else text)
@@ -177,12 +179,13 @@ def write_report(paths: list[Path], out: Path, title: str | None = None) -> Path
     """Write ``out`` (HTML) and the same content as Markdown beside it; return the HTML path."""
     summaries = [summarise_run(p) for p in expand_run_dirs(paths)]
     keys = differing_keys(summaries)
-    best = best_values(summaries)
+    columns = report_columns(summaries)
+    best = best_values(summaries, columns)
     title = title or ("cellae report: " + ", ".join(p.name for p in paths))
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_atomic(out, _html(summaries, keys, best, title))
+    runs.write_atomic(out, _html(summaries, columns, keys, best, title))
     files_dir = out.with_name(f"{out.stem}_files")
     if files_dir.exists():
         shutil.rmtree(files_dir)
-    runs.write_atomic(out.with_suffix(".md"), _markdown(summaries, keys, best, title, files_dir, out))
+    runs.write_atomic(out.with_suffix(".md"), _markdown(summaries, columns, keys, best, title, files_dir, out))
     return out

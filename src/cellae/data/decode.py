@@ -1,0 +1,110 @@
+"""Image files to pixels, refusing what would cost far more than a cell crop to read.
+
+Every file-backed source reads images through here, so one set of guards covers them all:
+empty and cut-off files are caught from their ends, images whose header claims more pixels
+than Pillow's limit are refused before decoding, and a zip member that would inflate a
+hundredfold into megabytes is refused before it is read.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+JPEG_END = b"\xff\xd9"
+ZIP_BOMB_RATIO = 100
+ZIP_BOMB_BYTES = 1 << 20
+
+
+class BadImage(Exception):
+    """A file that cannot be used as an image; the message is the reason shown to the user."""
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has one of the image suffixes cellae reads."""
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode image bytes to uint8 RGB (H, W, 3); raise :class:`BadImage` with the reason.
+
+    Grayscale is repeated into three channels, 16-bit is scaled to 8-bit, and transparency
+    is composited on black, the colour of the padding around every cell.
+    """
+    return _to_rgb(_open_image(data, decode=True))
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone; raise :class:`BadImage` where decoding would.
+
+    This is what lets ``cellae data inspect`` check every file of a large set quickly.
+    """
+    return _open_image(data, decode=False).size
+
+
+def check_expansion(expanded: int, compressed: int) -> None:
+    """Refuse a zip member that would inflate ``compressed`` bytes into a zip bomb.
+
+    PNG and JPEG barely compress further, so a member that grows a hundredfold into megabytes
+    is not a cell crop; this is decided from the zip's directory, before anything is inflated.
+    """
+    ratio = expanded / max(compressed, 1)
+    if ratio > ZIP_BOMB_RATIO and expanded > ZIP_BOMB_BYTES:
+        raise BadImage(f"refused as a zip bomb: expands {ratio:.0f}-fold to {expanded:,} bytes")
+
+
+def _require_complete(data: bytes) -> None:
+    """Catch empty and cut-off files from their ends, without decoding any pixels."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    # a few writers pad after the end marker, so look near the end rather than at it
+    tail = data[-64:]
+    if data.startswith(b"\x89PNG") and PNG_END not in tail:
+        raise BadImage("truncated (the PNG end chunk is missing)")
+    if data.startswith(b"\xff\xd8") and JPEG_END not in tail:
+        raise BadImage("truncated (the JPEG end marker is missing)")
+
+
+def _open_image(data: bytes, decode: bool) -> Image.Image:
+    """Open image bytes (and decode the pixels when ``decode``); raise :class:`BadImage`."""
+    _require_complete(data)
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; both are refused here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if decode:
+                image.load()
+            return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"refused as a decompression-bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImage("not a readable image (unknown format)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if "truncated" in str(exc).lower():
+            raise BadImage("truncated (the image data stops early)") from exc
+        raise BadImage(f"not a readable image ({exc})") from exc
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        # PNG's 16-bit grayscale opens as I;16 (older Pillow: I); 65535 / 257 = 255
+        values = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float64)
+        alpha = rgba[..., 3:] / 255.0
+        return np.round(rgba[..., :3] * alpha).astype(np.uint8)
+    if mode == "L":
+        gray = np.asarray(image, dtype=np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)

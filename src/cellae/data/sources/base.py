@@ -1,0 +1,118 @@
+"""What a source is: everything the cache, ``cellae data inspect`` and a plug-in rely on.
+
+A source lists its images once, when it is opened (names, labels, patients; nothing
+decoded), then hands out each image as uint8 RGB, height x width x 3. A file it cannot use
+is skipped with a reason, or with ``strict`` stops everything at the first one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+
+from cellae.config import DataConfig
+from cellae.data.decode import BadImage, decode_image, image_size
+from cellae.errors import CellaeError
+
+
+class Sample(NamedTuple):
+    image: np.ndarray
+    label: int
+    patient: str
+    file: str
+
+
+class Source(ABC):
+    """The images of one source.
+
+    A subclass says which specs it reads (:meth:`accepts`), is built from the whole
+    :class:`~cellae.config.DataConfig` and fills the listing below in its constructor;
+    :func:`cellae.data.sources.register_source` makes :func:`~cellae.data.sources.open_source`
+    use it. The listing is parallel: ``files[i]``, ``labels[i]`` and ``patients[i]`` describe
+    image ``i``, and the cache stores them beside its pixels.
+    """
+
+    kind: ClassVar[str]  # recorded in the cache's meta.json; unique among registered sources
+    spec_help: ClassVar[str]  # how a user names it, for errors: "a .zip of class folders"
+    # a fallback is asked after every other source, so that a plug-in may claim specs it also takes
+    fallback: ClassVar[bool] = False
+
+    def __init__(self, data: DataConfig) -> None:
+        self.description = str(data.source)  # where the images are, as the user reads it
+        self.strict = data.strict
+        self.files: list[str] = []  # one unique name per image, relative to the source
+        self.labels: list[int] = []  # indices into class_names
+        self.patients: list[str] = []
+        self.class_names: list[str] = []  # by label
+        self.label_map: dict[str, int] = {}  # the class as the source names it -> label
+        self.layout = ""  # how the source is organised, in words
+        self.ignored: list[str] = []  # what was left out on purpose (junk files), in words
+        self.unmatched_patients = 0  # images whose patient is unknown, each its own patient
+        self._skipped: dict[str, str] = {}
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, spec: str) -> bool:
+        """Whether ``spec`` (the ``data.source`` text) names a source of this kind."""
+
+    @abstractmethod
+    def load(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 RGB (H, W, 3); raise :class:`BadImage` when unusable."""
+
+    @abstractmethod
+    def probe(self, index: int) -> tuple[int, int]:
+        """(width, height) of image ``index``, as cheaply as the source allows."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the images and labels; the cache is keyed by it."""
+
+    def info(self) -> dict[str, object]:
+        """What the cache records about where its images came from; inspect shows extra keys."""
+        return {"kind": self.kind, "path": self.description, "layout": self.layout}
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(file, reason) of every file left out, in the order they were found."""
+        return list(self._skipped.items())
+
+    def skip(self, file: str, reason: str) -> None:
+        """Record a file that cannot be used, or stop at it when strict."""
+        if self.strict:
+            raise CellaeError(
+                f"{self.description}: {file}: {reason} (--strict stops at the first bad file)"
+            )
+        self._skipped.setdefault(file, reason)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index, file in enumerate(self.files):
+            try:
+                image = self.load(index)
+            except BadImage as exc:
+                self.skip(file, str(exc))
+                continue
+            yield Sample(image, int(self.labels[index]), self.patients[index], file)
+
+
+class FileSource(Source):
+    """A source of encoded image files (PNG, JPEG, ...), all read through :mod:`cellae.data.decode`."""
+
+    def __init__(self, data: DataConfig) -> None:
+        super().__init__(data)
+        self.paths: list[str] = []  # where image i is read from, inside the source
+
+    @abstractmethod
+    def read_bytes(self, index: int) -> bytes:
+        """The file of image ``index``; raise :class:`BadImage` when it cannot be read."""
+
+    def load(self, index: int) -> np.ndarray:
+        return decode_image(self.read_bytes(index))
+
+    def probe(self, index: int) -> tuple[int, int]:
+        return image_size(self.read_bytes(index))

@@ -1,0 +1,61 @@
+"""How sources turn names into labels and patients, the same way for every layout.
+
+The malaria set's two classes always get the same labels, uninfected 0 and infected 1,
+whether they come from folders, a CSV or the generator, so that runs on any copy compare.
+Other class names are numbered in natural order. A patient is read from the NIH file name
+(``C33P1thinF_...`` is patient C33); a file without one is its own patient.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from cellae.naming import natural_key
+
+MALARIA_LABELS = {"parasitized": 1, "uninfected": 0}
+MALARIA_CLASSES = ["uninfected", "infected"]
+
+# NIH names start with the patient: C33P1thinF_, C176P137NThinF_, C64P25N_ThinF_, C1_thinF_, ...
+_PATIENT = re.compile(r"^c(\d+)(?:p\d+)?n?_?thin", re.IGNORECASE)
+
+
+class Classes(NamedTuple):
+    label_map: dict[str, int]  # the class as the source names it -> label
+    names: list[str]  # class names by label
+    malaria: bool  # the malaria set's two classes, labelled by its convention
+
+
+def classes_from_names(names: Iterable[str]) -> Classes:
+    """Labels for the classes a source names (folder names, CSV labels)."""
+    unique = sorted(set(names), key=natural_key)
+    if len(unique) == 2 and {name.lower() for name in unique} == set(MALARIA_LABELS):
+        label_map = {name: MALARIA_LABELS[name.lower()] for name in unique}
+        return Classes(label_map, list(MALARIA_CLASSES), True)
+    return Classes({name: i for i, name in enumerate(unique)}, unique, False)
+
+
+def patient_from_name(name: str) -> str | None:
+    """The patient id in an NIH file name (``C33P1thinF_...`` -> ``C33``), or None."""
+    match = _PATIENT.match(posixpath.basename(name))
+    return f"C{match.group(1)}" if match else None
+
+
+def patients_from_names(
+    files: Sequence[str], given: Sequence[str] | None = None
+) -> tuple[list[str], int]:
+    """The patient of each file, and how many had to fall back to the file itself.
+
+    A non-empty ``given`` patient (a CSV's column) wins, then the id in the file name; a file
+    with neither is its own patient, so that a patient split is then a split by image.
+    """
+    patients, unmatched = [], 0
+    for i, file in enumerate(files):
+        patient = (given[i] if given is not None else "") or patient_from_name(file)
+        if patient is None:
+            unmatched += 1
+            patient = file
+        patients.append(patient)
+    return patients, unmatched

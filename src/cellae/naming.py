@@ -1,0 +1,17 @@
+"""How names of patients, classes and files sort for people: C9 before C33 before C103."""
+
+from __future__ import annotations
+
+import re
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[str | int, ...]:
+    """A sort key that compares runs of digits as numbers and everything else as text.
+
+    Splitting on a captured group puts the digit runs at the odd positions, so two keys always
+    hold text against text and numbers against numbers and never fail to compare.
+    """
+    parts = _DIGITS.split(text)
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
