@@ -7,13 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from cellae.evaluation.metrics import (
-    PSNR_CAP_DB,
-    active_units,
-    kl_per_dimension,
-    mse_psnr,
-    ssim,
-)
+from cellae.evaluation.metrics import PSNR_CAP_DB, mse_psnr, ssim
+from cellae.models.vae import active_units, kl_per_dimension
 
 
 def constant(value: float, n: int = 2, channels: int = 3, size: int = 16) -> np.ndarray:

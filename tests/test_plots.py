@@ -50,10 +50,10 @@ def test_samples_grid_is_balanced_and_readable(tmp_path: Path) -> None:
 
 def test_balanced_pick_alternates_classes() -> None:
     labels = np.array([0] * 90 + [1] * 10)
-    picked = plots._balanced(labels, 16, seed=0)
+    picked = plots.balanced_pick(labels, 16, seed=0)
     assert len(set(picked.tolist())) == 16
     assert (labels[picked] == 1).sum() == 8
-    few = plots._balanced(labels, 30, seed=0)
+    few = plots.balanced_pick(labels, 30, seed=0)
     assert (labels[few] == 1).sum() == 10 and len(few) == 30
 
 
@@ -66,6 +66,10 @@ def test_learning_curves_with_gaps_and_a_vae_panel(tmp_path: Path) -> None:
                 for e in range(1, 6)]
     vae_width, _ = opened(plots.plot_learning_curves(vae_rows, tmp_path / "vae.png", best_epoch=5))
     assert vae_width > 2 * ae_width  # the reconstruction and KL panels are there
+    l1_rows = [dict(r, train_l1=1.0, test_l1=2.0) for r in ae_rows]
+    assert plots.loss_terms_of(l1_rows) == ["l1"]
+    l1_width, _ = opened(plots.plot_learning_curves(l1_rows, tmp_path / "l1.png", best_epoch=7))
+    assert l1_width > 1.5 * ae_width  # a panel for the L1 term
 
 
 def test_learning_curves_with_one_epoch_and_no_best(tmp_path: Path) -> None:

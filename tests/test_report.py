@@ -24,6 +24,10 @@ def fake_run(parent: Path, name: str, latent_dim: int, accuracy: float, colour: 
         "probe": {"accuracy": accuracy, "auroc": accuracy + 0.05, "knn_accuracy": 0.6},
         "pca_baseline": {"accuracy": 0.55, "auroc": 0.6},
         "data": {"train": {"images": 80, "patients": 8}, "test": {"images": 20, "patients": 2}},
+        "columns": [{"key": "reconstruction.psnr_interior", "title": "PSNR interior (dB)",
+                     "better": "higher", "digits": 2},
+                    {"key": "probe.accuracy", "title": "probe accuracy", "better": "higher"},
+                    {"key": "pca_baseline.accuracy", "title": "PCA accuracy", "better": "higher"}],
     })
     for figure in ("latent_tsne", "reconstructions", "learning_curves"):
         Image.fromarray(np.full((8, 8, 3), colour, np.uint8)).save(run_dir / "figures" / f"{figure}.png")

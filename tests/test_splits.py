@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from cellae.data.splits import save_split, split_indices
+from cellae import runs
+from cellae.data.splits import split_indices
 from cellae.errors import CellaeError
 
 
@@ -84,11 +85,12 @@ def test_per_file_patients_behave_like_an_image_split():
     assert len(test) == 20 and set(labels[test]) == {0, 1}
 
 
-def test_save_split_writes_files_per_side(tmp_path):
+def test_write_split_writes_files_per_side(tmp_path):
     files = np.array(["a.png", "b.png", "c.png", "d.png"])
     path = tmp_path / "split.json"
-    save_split(path, files, np.array([0, 2]), np.array([1, 3]))
+    runs.write_split(tmp_path, files, np.array([0, 2]), np.array([1, 3]))
     document = json.loads(path.read_text())
+    assert runs.read_split(tmp_path) == {"train": ["a.png", "c.png"], "test": ["b.png", "d.png"]}
     assert document["train"] == ["a.png", "c.png"]
     assert document["test"] == ["b.png", "d.png"]
     assert document["n_train"] == 2 and document["n_test"] == 2

@@ -39,10 +39,27 @@ def test_explicit_list_of_runs(tmp_path):
     assert [sweep.run_name(c) for c in sweep.combinations] == ["ae", "vae-beta4.0"]
 
 
+def test_runs_may_name_themselves_and_carry_their_familys_own_keys(tmp_path):
+    sweep = load_sweep(write(tmp_path / "s.yaml", {
+        "config": {"name": "inline"},
+        "runs": [{"name": "sparse-ae", "model.family": "ae", "model.latent_l1": 0.01},
+                 {"name": "warm-vae", "model.family": "vae", "model.kl_warmup_epochs": 2}],
+    }))
+    assert [sweep.run_name(c) for c in sweep.combinations] == ["sparse-ae", "warm-vae"]
+    assert sweep.config_values(sweep.combinations[0])["name"] == "sparse-ae"
+
+
+def test_a_key_of_the_other_family_in_a_grid_is_refused(tmp_path):
+    with pytest.raises(CellaeError, match="'model.beta' is not taken by the 'ae' family"):
+        load_sweep(write(tmp_path / "s.yaml", {
+            "config": {"model": {"beta": 2.0}}, "grid": {"model.family": ["ae", "vae"]},
+        }))
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"config": {}, "grid": {"model.nope": [1]}}, "no config key 'model.nope'"),
+        ({"config": {}, "grid": {"model.nope": [1]}}, "'model.nope' is not taken by the 'ae' family"),
         ({"config": {}, "grid": {"model.latent_dim": [0, 5]}}, "'model.latent_dim' must be a positive"),
         ({"config": {}}, "exactly one of 'grid' or 'runs'"),
         ({"grid": {"seed": [1]}}, "exactly one of 'base'"),
@@ -68,7 +85,8 @@ def test_shipped_sweeps_hold_the_studys_eight_runs(name):
 def test_a_failing_run_does_not_stop_the_others_and_resume_trains_only_what_is_left(
     tmp_path, make_kaggle_folder
 ):
-    from cellae.sweep import run_sweep, sweep_run_dirs
+    from cellae import runs
+    from cellae.sweep import run_sweep
     from tiny import tiny_config
 
     one_class = make_kaggle_folder(tmp_path / "data", n_per_class=6, n_patients=3)
@@ -99,4 +117,4 @@ def test_a_failing_run_does_not_stop_the_others_and_resume_trains_only_what_is_l
     assert status[finished[0]]["status"] == "kept"
     assert status[failed[0]]["status"] == "trained"
     assert (sweep_dir / finished[0] / "checkpoints" / "last.ckpt").read_bytes() == kept_weights
-    assert len(sweep_run_dirs(sweep_dir)) == 2
+    assert len(runs.run_dirs_in(sweep_dir)) == 2

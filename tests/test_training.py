@@ -4,13 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
 
 from cellae import runs
 from cellae.errors import CellaeError
-from cellae.training import NonFiniteLossError, resume, train
+from cellae.training import CellaeModule, NonFiniteLossError, resume, train
 from tiny import tiny_config
 
 
@@ -135,3 +137,34 @@ def test_batches_cut_from_a_resident_copy_train_exactly_as_from_the_memory_map(t
     a, b = weights(mapped), weights(resident)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_every_loss_term_of_the_family_reaches_metrics_csv(tmp_path):
+    config = tiny_config(tmp_path, model={"family": "ae", "latent_l1": 0.01}, train={"epochs": 1})
+    (row,) = metric_rows(train(config, tmp_path / "runs", evaluate=False))
+    assert float(row["train_l1"]) > 0 and float(row["test_l1"]) > 0
+    assert "kl_weight" not in row and "train_kl" not in row  # an AE has neither
+
+
+class FloatImages(L.LightningDataModule):
+    """Not cellae's datamodule: plain float images in [0, 1] and masks, as tuples."""
+
+    def _loader(self, seed: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.rand(16, 3, 32, 32, generator=generator)
+        masks = (images.mean(1) > 0.5).float()
+        return DataLoader(TensorDataset(images, masks), batch_size=8)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(1)
+
+
+def test_any_datamodule_of_images_and_masks_feeds_the_module(tmp_path):
+    module = CellaeModule(tiny_config(tmp_path), channels=3)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=FloatImages())
+    assert trainer.callback_metrics["train_loss"] > 0 and trainer.callback_metrics["test_recon"] > 0

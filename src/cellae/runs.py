@@ -125,10 +125,21 @@ def require_run_dir(path: Path) -> Path:
     return path
 
 
+def read_config_values(run_dir: Path) -> dict[str, Any]:
+    """The run's config as plain YAML values: nothing built, no plug-in imported."""
+    try:
+        values = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CellaeError(f"{run_dir / CONFIG_FILE} is unreadable: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(values, dict):
+        raise CellaeError(f"{run_dir / CONFIG_FILE} does not hold a config")
+    return values
+
+
 def read_config(run_dir: Path) -> Config:
-    values = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    """The run's config, built and checked; a plug-in it names (family, loss, metric) is imported."""
     # the data may have moved since training; evaluation says so when it needs the images
-    return config_from_dict(values, check_paths=False)
+    return config_from_dict(read_config_values(run_dir), check_paths=False)
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:

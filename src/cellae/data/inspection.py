@@ -59,7 +59,8 @@ def inspect_source(spec: str | Path | DataConfig) -> str:
             f"(not like C33P1thinF_...): each counts as its own patient"
         )
     else:
-        lines += _patient_table(patients, labels, [named[i] for i in range(len(source.class_names))])
+        classes = [named[label] for label in range(len(source.class_names))]
+        lines += _patient_table(patients, labels, classes)
     if sizes:
         widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
         lines.append(
@@ -80,7 +81,8 @@ def _patient_table(patients: list[str], labels: np.ndarray, classes: list[str]) 
         by_class[patient][label] += 1
     header = ["patient", "images", *classes]
     rows = [header] + [
-        [patient, sum(by_class[patient].values()), *(by_class[patient][i] for i in range(len(classes)))]
-        for patient in sorted(by_class, key=natural_key)
+        [patient, sum(counts.values()), *(counts[label] for label in range(len(classes)))]
+        for patient, counts in sorted(by_class.items(), key=lambda item: natural_key(item[0]))
     ]
-    return ["  " + "  ".join(f"{v:>11}" if i else f"{v:<8}" for i, v in enumerate(row)) for row in rows]
+    return ["  " + "  ".join(f"{v:>11}" if i else f"{v:<8}" for i, v in enumerate(row))
+            for row in rows]

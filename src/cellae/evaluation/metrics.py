@@ -118,29 +118,3 @@ def ssim(originals: np.ndarray, recons: np.ndarray) -> float:
     )
     inner = ssim_map[:, :, radius:-radius, radius:-radius]
     return float(inner.mean(axis=(2, 3)).mean())
-
-
-def kl_per_dimension(mu: np.ndarray, log_var: np.ndarray) -> np.ndarray:
-    """KL(q(z_d | x) || N(0, 1)) of each latent dimension d, averaged over images -> (D,).
-
-    Closed form 0.5 * (exp(log_var) + mu^2 - 1 - log_var); summed over d it is the KL term of
-    the VAE loss. A dimension with KL near zero carries no information about the image.
-    """
-    mu, log_var = np.asarray(mu, dtype=np.float64), np.asarray(log_var, dtype=np.float64)
-    if mu.shape != log_var.shape or mu.ndim != 2:
-        raise ValueError(
-            f"expected mu and log_var shaped (N, D) alike, got {mu.shape} and {log_var.shape}"
-        )
-    return (0.5 * (np.exp(log_var) + mu**2 - 1.0 - log_var)).mean(axis=0)
-
-
-def active_units(mu: np.ndarray, threshold: float = 0.01) -> int:
-    """Latent dimensions whose posterior mean varies across images: Var_x(E[z_d | x]) > threshold.
-
-    The definition of Burda, Grosse and Salakhutdinov (2015), with the variance over images
-    (population variance) of the posterior means ``mu`` (N, D).
-    """
-    mu = np.asarray(mu, dtype=np.float64)
-    if mu.ndim != 2:
-        raise ValueError(f"expected mu shaped (N, D), got {mu.shape}")
-    return int((mu.var(axis=0) > threshold).sum())

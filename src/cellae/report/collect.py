@@ -53,7 +53,8 @@ def _lookup(values: dict[str, Any], dotted: str) -> float | None:
 
 def summarise_run(run_dir: Path) -> RunSummary:
     runs.require_run_dir(run_dir)
-    config = runs.read_config(run_dir).to_dict()
+    # plain values: a report never imports the plug-ins a run names
+    config = runs.read_config_values(run_dir)
     metrics = runs.read_evaluation(run_dir)
     info = runs.read_run_info(run_dir)
     columns = [Column.from_dict(c) for c in metrics.get("columns", []) if isinstance(c, dict)]
@@ -64,7 +65,7 @@ def summarise_run(run_dir: Path) -> RunSummary:
     figures = [figures_dir / n for n in FIGURE_ORDER if (figures_dir / n).is_file()]
     figures += sorted(p for p in figures_dir.glob("*.png") if p.name not in FIGURE_ORDER)
     data = dict(metrics.get("data") or info.get("data") or {})
-    data["source"] = config["data"]["source"]
+    data["source"] = (config.get("data") or {}).get("source", "synthetic")
     return RunSummary(
         name=run_dir.name, path=run_dir, config=config, numbers=numbers, data=data,
         figures=figures, evaluated=bool(metrics), columns=[TEST_LOSS, *columns],

@@ -21,12 +21,12 @@ from cellae.errors import CellaeError
 
 __all__ = ["FileSource", "Sample", "Source", "open_source", "register_source"]
 
-S = TypeVar("S", bound=type[Source])
+_SourceClass = TypeVar("_SourceClass", bound=type[Source])
 
 _SOURCES: list[type[Source]] = []
 
 
-def register_source(source: S) -> S:
+def register_source(source: _SourceClass) -> _SourceClass:
     """Make :func:`open_source` use ``source`` for the specs it accepts; usable as a decorator.
 
     Sources are asked in the order they were registered, fallbacks (the folder source) after

@@ -101,7 +101,7 @@ class Source(ABC):
 
 
 class FileSource(Source):
-    """A source of encoded image files (PNG, JPEG, ...), all read through :mod:`cellae.data.decode`."""
+    """A source of encoded image files (PNG, JPEG, ...), read through :mod:`cellae.data.decode`."""
 
     def __init__(self, data: DataConfig) -> None:
         super().__init__(data)

@@ -23,7 +23,7 @@ from cellae.data.sources.labels import classes_from_names, patients_from_names
 from cellae.errors import CellaeError
 
 # a CSV of a million images is about 100 MB; anything larger is not a label table
-MAX_CSV_BYTES = 100 * 1024 * 1024
+MAX_CSV_BYTES = 100_000_000
 FILE, LABEL, PATIENT = "file", "label", "patient"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -127,7 +127,9 @@ class CsvSource(FileSource):
                 labels.append(label)
                 patients.append(row[column[PATIENT]].strip() if PATIENT in column else "")
         except csv.Error as exc:
-            raise CellaeError(f"{self.path}: line {reader.line_num}: not a readable CSV ({exc})") from exc
+            raise CellaeError(
+                f"{self.path}: line {reader.line_num}: not a readable CSV ({exc})"
+            ) from exc
         self.files = list(self.paths)
         return labels, patients if PATIENT in column else None
 

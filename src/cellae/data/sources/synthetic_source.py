@@ -25,7 +25,8 @@ class SyntheticSource(Source):
 
     def __init__(self, data: DataConfig) -> None:
         super().__init__(data)
-        self.config = replace(data.synthetic)  # a snapshot: the fingerprint must describe these cells
+        # a snapshot: the fingerprint must describe these cells, whatever the config becomes
+        self.config = replace(data.synthetic)
         self.plan = synthetic.plan(self.config)
         self.files = list(self.plan.files)
         self.labels = [int(v) for v in self.plan.labels]
