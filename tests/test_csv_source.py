@@ -273,3 +273,11 @@ def test_a_csv_over_the_malaria_sample(tmp_path, malaria_sample):
     assert source.class_names == ["uninfected", "infected"]
     assert source.unmatched_patients == 0
     assert all(sample.image.ndim == 3 for sample in source)
+
+
+def test_csv_labels_infected_and_uninfected_follow_the_malaria_convention():
+    from cellae.data.sources.labels import classes_from_names
+
+    classes = classes_from_names(["infected", "uninfected", "infected"])
+    assert classes.names == ["uninfected", "infected"] and classes.malaria
+    assert classes.label_map == {"infected": 1, "uninfected": 0}

@@ -204,7 +204,7 @@ def write_config(tmp_path: Path, text: str) -> Path:
         ("data:\n  test_fraction: 1.5\n", [], "'data.test_fraction' must be between 0 and 1"),
         ("model: [unclosed\n", [], "not valid YAML"),
         ("\x00\x01 binary \xff", [], "not valid YAML"),
-        ("name: x\n", ["--set", "model.nope=1"], "no config key 'model.nope'"),
+        ("name: x\n", ["--set", "model.nope=1"], "config key 'model.nope' is not taken by the 'ae' family"),
         (None, [], "config file not found"),
     ],
     ids=["unknown-key", "wrong-type", "zero-latent", "fraction-above-1", "not-yaml", "binary",

@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 
 from cellae.config import DataConfig, SyntheticConfig
-from cellae.data import sources
 from cellae.data.inspection import inspect_source
-from cellae.data.sources import FileSource, open_source, register_source
+from cellae.data.sources import SOURCES, FileSource, open_source, register_source
 from cellae.data.sources.folder_source import FolderSource
 from cellae.data.sources.labels import patient_from_name
 from cellae.data.sources.zip_source import ZipSource
@@ -199,7 +198,7 @@ def test_missing_path_and_non_zip_file(tmp_path):
     with pytest.raises(CellaeError, match="no such file"):
         open_source(str(tmp_path / "nope"))
     (tmp_path / "x.txt").write_text("x")
-    with pytest.raises(CellaeError, match=r"cannot read .*x\.txt: give 'synthetic', a \.csv"):
+    with pytest.raises(CellaeError, match=r"cannot read .*x\.txt: give .*'synthetic', a \.zip"):
         open_source(str(tmp_path / "x.txt"))
     (tmp_path / "damaged.zip").write_bytes(b"PK not really")
     with pytest.raises(CellaeError, match="damaged.zip is not a zip file or is truncated"):
@@ -350,8 +349,13 @@ class ManifestSource(FileSource):
         return (self.root / "MANIFEST").read_text()
 
 
-def test_a_registered_plug_in_is_asked_before_the_folder_fallback(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "_SOURCES", list(sources._SOURCES))  # leave no plug-in behind
+@pytest.fixture
+def isolated_sources(monkeypatch):
+    """Plug-ins registered by a test are gone after it."""
+    monkeypatch.setattr(SOURCES, "_items", {name: SOURCES.get(name) for name in SOURCES.names()})
+
+
+def test_a_registered_plug_in_is_asked_before_the_folder_fallback(tmp_path, isolated_sources):
     (tmp_path / "a").mkdir()  # a folder the folder source would read as one class folder
     (tmp_path / "a" / "x.png").write_bytes(png_bytes(cell_array(1)))
     (tmp_path / "y.png").write_bytes(png_bytes(cell_array(2)))
@@ -367,8 +371,7 @@ def test_a_registered_plug_in_is_asked_before_the_folder_fallback(tmp_path, monk
         CellaeError, open_source, str(tmp_path / "MANIFEST")).value)
 
 
-def test_register_source_refuses_what_is_not_a_source(monkeypatch):
-    monkeypatch.setattr(sources, "_SOURCES", list(sources._SOURCES))
+def test_register_source_refuses_what_is_not_a_source(isolated_sources):
     with pytest.raises(TypeError, match="not a concrete subclass"):
         register_source(dict)
     with pytest.raises(TypeError, match="not a concrete subclass"):
@@ -377,7 +380,8 @@ def test_register_source_refuses_what_is_not_a_source(monkeypatch):
     class Impostor(ManifestSource):
         kind = "zip"
 
-    with pytest.raises(ValueError, match="two sources are of kind 'zip'"):
+    with pytest.raises(ValueError, match="named 'zip'"):
         register_source(Impostor)
+    before = SOURCES.names()
     register_source(ZipSource)  # registering a class again changes nothing
-    assert sources._SOURCES.count(ZipSource) == 1
+    assert SOURCES.names() == before and SOURCES.get("zip") is ZipSource

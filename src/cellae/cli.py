@@ -66,10 +66,10 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect = data_commands.add_parser(
         "inspect", help="counts per class and patient, image sizes, skipped files"
     )
-    inspect.add_argument("source", help="class folder, zip, or 'synthetic'")
+    inspect.add_argument("source", help="class folder, zip, CSV (file,label[,patient]) or 'synthetic'")
     inspect.add_argument("--strict", action="store_true", help="fail on the first bad file")
     prepare = data_commands.add_parser("prepare", help="build (or reuse) the preprocessed cache")
-    prepare.add_argument("source", help="class folder, zip, or 'synthetic'")
+    prepare.add_argument("source", help="class folder, zip, CSV (file,label[,patient]) or 'synthetic'")
     _add_preprocessing_options(prepare)
     download = data_commands.add_parser("download", help="fetch the NIH malaria cell_images.zip")
     download.add_argument("--to", default="data", help="folder to save the zip in (default: data)")
@@ -93,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", help="write the latent codes of any source")
     embed.add_argument("run_dir", help="a run folder written by 'cellae train'")
-    embed.add_argument("source", help="class folder, zip, or 'synthetic'")
+    embed.add_argument("source", help="class folder, zip, CSV (file,label[,patient]) or 'synthetic'")
     embed.add_argument("--out", required=True, help="output file: .npz, .csv or .parquet")
 
     sweep = commands.add_parser("sweep", help="train a grid of runs from one sweep file")

@@ -322,7 +322,7 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
     if check_paths and d.source != SYNTHETIC and not Path(d.source).expanduser().exists():
         raise CellaeError(
             f"{prefix}.source: no such file or folder: {d.source} "
-            f"(give a class folder, a zip, or '{SYNTHETIC}')"
+            f"(give a class folder, a zip, a CSV of files and labels, or '{SYNTHETIC}')"
         )
     return d
 

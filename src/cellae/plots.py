@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cellae.files import write_atomic
 from cellae.images import to_uint8
+from cellae.naming import natural_key
 
 DPI = 130
 GRID_COLUMNS = 8
@@ -232,11 +232,6 @@ def plot_learning_curves(
     return _save(fig, path)
 
 
-def _natural_key(name: str) -> list[Any]:
-    """Sort C9 before C33 before C103."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def plot_latent_tsne(
     embedding: np.ndarray,
     labels: np.ndarray,
@@ -278,7 +273,7 @@ def plot_latent_tsne(
     by_class.legend(handles=handles, title="class (images)", fontsize=9, loc="best")
     by_class.set_title("coloured by class", fontsize=11)
 
-    names = sorted(set(patients.tolist()), key=_natural_key)
+    names = sorted(set(patients.tolist()), key=natural_key)
     patient_colour = dict(zip(names, _patient_colours(len(names)), strict=True))
     by_patient.scatter(*embedding[order].T, s=size, c=[patient_colour[p] for p in patients[order]],
                        alpha=0.75, linewidths=0)

@@ -8,16 +8,13 @@ A random split by image (stratified by class) is there for comparison.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import get_args
 
 import numpy as np
 
 from cellae.config import SplitMode
 from cellae.errors import CellaeError
-from cellae.files import write_atomic
 
 SPLITS = get_args(SplitMode)
 # random orders of the patients tried; the one whose test share is closest to the target wins
@@ -101,16 +98,3 @@ def _patient_split(
             f"set data.split=image or add patients"
         )
     return np.flatnonzero(np.isin(patient_of, best))
-
-
-def save_split(path: Path, files: Sequence[str] | np.ndarray, train_idx: np.ndarray,
-               test_idx: np.ndarray) -> None:
-    """Write the file names of each side to ``path`` (JSON), so a split can be checked and reused."""
-    files = np.asarray(files).astype(str)
-    document = {
-        "n_train": int(len(train_idx)),
-        "n_test": int(len(test_idx)),
-        "train": files[np.asarray(train_idx)].tolist(),
-        "test": files[np.asarray(test_idx)].tolist(),
-    }
-    write_atomic(Path(path), json.dumps(document, indent=1, ensure_ascii=False) + "\n")

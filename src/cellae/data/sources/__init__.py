@@ -2,7 +2,8 @@
 
 Built in: ``'synthetic'``, a ``.csv`` listing files and labels, a ``.zip`` of class folders,
 and a folder of class folders. A new kind is a :class:`Source` subclass in a module of its
-own plus one :func:`register_source` call, here for a built-in or anywhere for a plug-in.
+own, registered with :func:`register_source`: a module of this package is found on its own,
+one outside it once imported or named by an entry point in the group ``cellae.sources``.
 """
 
 from __future__ import annotations
@@ -13,33 +14,26 @@ from typing import TypeVar
 
 from cellae.config import DataConfig
 from cellae.data.sources.base import FileSource, Sample, Source
-from cellae.data.sources.csv_source import CsvSource
-from cellae.data.sources.folder_source import FolderSource
-from cellae.data.sources.synthetic_source import SyntheticSource
-from cellae.data.sources.zip_source import ZipSource
 from cellae.errors import CellaeError
+from cellae.registry import Registry
 
-__all__ = ["FileSource", "Sample", "Source", "open_source", "register_source"]
+__all__ = ["SOURCES", "FileSource", "Sample", "Source", "open_source", "register_source"]
+
+SOURCES: Registry[type[Source]] = Registry("sources", __name__, "data.source", "kind")
 
 _SourceClass = TypeVar("_SourceClass", bound=type[Source])
 
-_SOURCES: list[type[Source]] = []
-
 
 def register_source(source: _SourceClass) -> _SourceClass:
-    """Make :func:`open_source` use ``source`` for the specs it accepts; usable as a decorator.
+    """Decorator: let :func:`open_source` use ``source`` for the specs it accepts.
 
-    Sources are asked in the order they were registered, fallbacks (the folder source) after
-    all others. Registering a class again changes nothing; two kinds of one name are a bug.
+    Sources are asked by name, a fallback (the folder source) after all others, so a
+    source's ``accepts`` must claim only specs no other source claims. Registering a class again changes
+    nothing; two kinds of one name are a bug.
     """
     if not (isinstance(source, type) and issubclass(source, Source)) or inspect.isabstract(source):
         raise TypeError(f"{source!r} is not a concrete subclass of cellae.data.sources.Source")
-    for known in _SOURCES:
-        if known.kind == source.kind and known is not source:
-            raise ValueError(f"two sources are of kind {source.kind!r}: {known} and {source}")
-    if source not in _SOURCES:
-        _SOURCES.append(source)
-    return source
+    return SOURCES.register(source)
 
 
 def open_source(spec: str | Path | DataConfig) -> Source:
@@ -50,7 +44,8 @@ def open_source(spec: str | Path | DataConfig) -> Source:
     the synthetic generator's settings).
     """
     data = spec if isinstance(spec, DataConfig) else DataConfig(source=str(spec))
-    ordered = sorted(_SOURCES, key=lambda source: source.fallback)
+    ordered = sorted((SOURCES.get(name) for name in SOURCES.names()),
+                     key=lambda source: source.fallback)
     for source in ordered:
         if source.accepts(data.source):
             return source(data)
@@ -61,7 +56,3 @@ def open_source(spec: str | Path | DataConfig) -> Source:
     raise CellaeError(
         f"cellae cannot read {path}: give {', '.join(choices[:-1])} or {choices[-1]}"
     )
-
-
-for _builtin in (SyntheticSource, CsvSource, ZipSource, FolderSource):
-    register_source(_builtin)

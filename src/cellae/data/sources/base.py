@@ -7,8 +7,10 @@ is skipped with a reason, or with ``strict`` stops everything at the first one.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -116,3 +118,27 @@ class FileSource(Source):
 
     def probe(self, index: int) -> tuple[int, int]:
         return image_size(self.read_bytes(index))
+
+
+class OnDiskFiles:
+    """For a :class:`FileSource` whose files lie under ``root``: read in place, and
+    fingerprinted by name, size and modification time, so that a changed file rebuilds the cache."""
+
+    root: Path
+    paths: list[str]
+    label_map: dict[str, int]
+    _sizes: dict[str, int]
+    _mtimes: dict[str, int]
+
+    def read_bytes(self, index: int) -> bytes:
+        try:
+            return (self.root / self.paths[index]).read_bytes()
+        except OSError as exc:
+            raise BadImage(f"cannot be read ({exc.strerror})") from exc
+
+    def _fingerprint(self, *identity: str) -> str:
+        digest = hashlib.sha256("".join(f"{part}\0" for part in identity).encode())
+        for path in self.paths:
+            digest.update(f"{path}\0{self._sizes[path]}\0{self._mtimes[path]}\n".encode())
+        digest.update(repr(sorted(self.label_map.items())).encode())
+        return digest.hexdigest()

@@ -17,8 +17,9 @@ from pathlib import Path, PurePosixPath
 from stat import S_ISREG
 
 from cellae.config import DataConfig
-from cellae.data.decode import BadImage, is_image_name
-from cellae.data.sources.base import FileSource
+from cellae.data.decode import is_image_name
+from cellae.data.sources import register_source
+from cellae.data.sources.base import FileSource, OnDiskFiles
 from cellae.data.sources.labels import classes_from_names, patients_from_names
 from cellae.errors import CellaeError
 
@@ -28,7 +29,8 @@ FILE, LABEL, PATIENT = "file", "label", "patient"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-class CsvSource(FileSource):
+@register_source
+class CsvSource(OnDiskFiles, FileSource):
     """Images listed in a CSV file, read from the folder the CSV is in."""
 
     kind = "csv"
@@ -148,18 +150,8 @@ class CsvSource(FileSource):
         self._sizes[name], self._mtimes[name] = stat.st_size, stat.st_mtime_ns
         return ""
 
-    def read_bytes(self, index: int) -> bytes:
-        try:
-            return (self.root / self.paths[index]).read_bytes()
-        except OSError as exc:
-            raise BadImage(f"cannot be read ({exc.strerror})") from exc
-
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(f"csv\0{self.path.resolve()}\0{self._digest}\0".encode())
-        for path in self.paths:
-            digest.update(f"{path}\0{self._sizes[path]}\0{self._mtimes[path]}\n".encode())
-        digest.update(repr(sorted(self.label_map.items())).encode())
-        return digest.hexdigest()
+        return self._fingerprint("csv", str(self.path.resolve()), self._digest)
 
 
 def _row_problem(file: str, label: str) -> str:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from cellae.config import DataConfig
-from cellae.data.decode import BadImage
+from cellae.data.sources import register_source
+from cellae.data.sources.base import OnDiskFiles
 from cellae.data.sources.class_folders import ClassFolderSource, find_class_folders
 from cellae.errors import CellaeError
 
 
-class FolderSource(ClassFolderSource):
+@register_source
+class FolderSource(OnDiskFiles, ClassFolderSource):
     """Class folders on disk, found below any chain of single wrapper folders."""
 
     kind = "folder"
@@ -34,18 +35,8 @@ class FolderSource(ClassFolderSource):
         files, dirs, self._sizes, self._mtimes = _walk(root)
         self._set_listing(find_class_folders(files, dirs, str(root)), self._sizes)
 
-    def read_bytes(self, index: int) -> bytes:
-        try:
-            return (self.root / self.paths[index]).read_bytes()
-        except OSError as exc:
-            raise BadImage(f"cannot be read ({exc.strerror})") from exc
-
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(f"folder\0{self.root.resolve()}\0".encode())
-        for path in self.paths:
-            digest.update(f"{path}\0{self._sizes[path]}\0{self._mtimes[path]}\n".encode())
-        digest.update(repr(sorted(self.label_map.items())).encode())
-        return digest.hexdigest()
+        return self._fingerprint("folder", str(self.root.resolve()))
 
 
 def _walk(root: Path) -> tuple[list[str], set[str], dict[str, int], dict[str, int]]:

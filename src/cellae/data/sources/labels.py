@@ -15,8 +15,9 @@ from typing import NamedTuple
 
 from cellae.naming import natural_key
 
-MALARIA_LABELS = {"parasitized": 1, "uninfected": 0}
 MALARIA_CLASSES = ["uninfected", "infected"]
+# the same two classes as people often write them in a CSV
+_MALARIA_SPELLINGS = ({"parasitized", "uninfected"}, {"infected", "uninfected"})
 
 # NIH names start with the patient: C33P1thinF_, C176P137NThinF_, C64P25N_ThinF_, C1_thinF_, ...
 _PATIENT = re.compile(r"^c(\d+)(?:p\d+)?n?_?thin", re.IGNORECASE)
@@ -31,8 +32,8 @@ class Classes(NamedTuple):
 def classes_from_names(names: Iterable[str]) -> Classes:
     """Labels for the classes a source names (folder names, CSV labels)."""
     unique = sorted(set(names), key=natural_key)
-    if len(unique) == 2 and {name.lower() for name in unique} == set(MALARIA_LABELS):
-        label_map = {name: MALARIA_LABELS[name.lower()] for name in unique}
+    if len(unique) == 2 and {name.lower() for name in unique} in _MALARIA_SPELLINGS:
+        label_map = {name: int(name.lower() != "uninfected") for name in unique}
         return Classes(label_map, list(MALARIA_CLASSES), True)
     return Classes({name: i for i, name in enumerate(unique)}, unique, False)
 

@@ -9,10 +9,12 @@ import numpy as np
 
 from cellae.config import SYNTHETIC, DataConfig
 from cellae.data import synthetic
+from cellae.data.sources import register_source
 from cellae.data.sources.base import Source
 from cellae.data.sources.labels import MALARIA_CLASSES
 
 
+@register_source
 class SyntheticSource(Source):
     """The generator's cells, labelled like the malaria set (uninfected 0, infected 1)."""
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from cellae.config import DataConfig
 from cellae.data.decode import BadImage, check_expansion
+from cellae.data.sources import register_source
 from cellae.data.sources.class_folders import ClassFolderSource, find_class_folders
 from cellae.errors import CellaeError
 
 
+@register_source
 class ZipSource(ClassFolderSource):
     """A zip of class folders; members that would land outside the zip's folder are never read."""
 
