@@ -104,3 +104,37 @@ def test_shipped_configs_are_valid(path):
         return
     config = load_config(path, check_paths=False)
     assert isinstance(config, Config)
+
+
+def test_a_config_of_cellae_0_1_0_reads_as_it_was_meant():
+    from cellae.config import config_from_dict, from_older_cellae
+
+    flat = {"family": "vae", "latent_dim": 8, "widths": [8, 16], "norm": "batch",
+            "activation": "relu", "loss": "masked_mse", "background_weight": 0.3,
+            "latent_l1": 0.0001, "beta": 2.0, "kl_warmup_epochs": 3}
+    config = config_from_dict(from_older_cellae({"model": flat}), check_paths=False)
+    assert config.model.beta == 2.0 and config.model.kl_warmup_epochs == 3
+    assert config.model.loss.background_weight == 0.3 and not hasattr(config.model, "latent_l1")
+    ae = config_from_dict(from_older_cellae({"model": {**flat, "family": "ae", "loss": "mse"}}),
+                          check_paths=False)
+    assert ae.model.latent_l1 == 0.0001 and not hasattr(ae.model, "beta")
+    # today's configs pass unchanged
+    assert from_older_cellae({"model": {"family": "ae", "beta": 1}}) == {"model": {"family": "ae", "beta": 1}}
+
+
+def test_a_relative_file_spec_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    config = load_config(write(tmp_path, {"model": {
+        "family": "docs/examples/denoising_family.py:DenoisingAutoencoder"}}))
+    assert config.model.family == f"{root}/docs/examples/denoising_family.py:DenoisingAutoencoder"
+    monkeypatch.chdir(tmp_path)
+    again = load_config(write(tmp_path, yaml.safe_load(config.to_yaml())))
+    assert again == config
+
+
+@pytest.mark.parametrize("key", ["model.family", "model.loss", "eval.metrics"])
+def test_a_spec_that_points_at_something_else_is_refused(tmp_path, key):
+    value = "[cellae.config:Config]" if key == "eval.metrics" else "cellae.config:Config"
+    with pytest.raises(CellaeError, match="is not a cellae .* plug-in"):
+        load_config(write(tmp_path, {}), [f"{key}={value}"])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cellae.columns import Column
-from cellae.evaluation.latent import LatentMetric
+from cellae.evaluation.latent_metrics import LatentMetric
 from cellae.models.losses import ReconstructionLoss
 
 

@@ -168,3 +168,16 @@ def test_any_datamodule_of_images_and_masks_feeds_the_module(tmp_path):
                         enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(module, datamodule=FloatImages())
     assert trainer.callback_metrics["train_loss"] > 0 and trainer.callback_metrics["test_recon"] > 0
+
+
+def test_resuming_a_run_whose_metrics_csv_has_other_columns_keeps_every_value(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    old = "epoch,train_loss,test_loss,train_kl,test_kl,kl_weight,lr,seconds\n1,5.0,6.0,,,1.0,0.001,2.0\n"
+    (run_dir / "metrics.csv").write_text(old)
+    runs.append_metrics(run_dir, {"epoch": 2, "train_loss": 4.0, "test_loss": 5.0, "train_l1": 0.5,
+                                  "lr": 0.001, "seconds": 1.5})
+    rows = runs.read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1.0, 2.0]
+    assert rows[1]["lr"] == 0.001 and rows[1]["seconds"] == 1.5 and rows[1]["train_l1"] == 0.5
+    assert rows[0]["kl_weight"] == 1.0 and rows[0]["train_l1"] != rows[0]["train_l1"]  # NaN: empty

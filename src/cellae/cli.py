@@ -89,7 +89,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="figures and metrics for a trained run")
     evaluate.add_argument("run_dir", help="a run folder written by 'cellae train'")
-    evaluate.add_argument("--data", default=None, help="evaluate on another source (folder or zip)")
+    evaluate.add_argument("--data", default=None, help="evaluate on another source (folder, zip or CSV)")
 
     embed = commands.add_parser("embed", help="write the latent codes of any source")
     embed.add_argument("run_dir", help="a run folder written by 'cellae train'")

@@ -14,11 +14,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 
 from cellae.errors import CellaeError
+from cellae.registry import absolute_spec
 
 SYNTHETIC = "synthetic"
 IMAGE_SIZES = (32, 64, 128)
@@ -65,6 +66,7 @@ class LossConfig:
     """
 
     name: str = "mse"
+    name_key: ClassVar[str] = "name"
 
     @classmethod
     def plugin_class(cls, values: dict[str, Any], key: str) -> tuple[type, str]:
@@ -135,12 +137,18 @@ def _one_of(names: Any) -> str:
 
 def _upgrade_fields(section: Any) -> None:
     """Give plug-in fields built in code (``ModelConfig(loss="bce")``) their plug-in's own class."""
+    hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        if isinstance(value, str) and f.name == "loss":
-            setattr(section, f.name, plugin_section(LossConfig, {"name": value}, f.name))
-        elif type(value) in (LossConfig, ModelConfig):
-            setattr(section, f.name, plugin_section(type(value), _shallow(value), f.name))
+        value, base = getattr(section, f.name), hints[f.name]
+        if hasattr(base, "plugin_class") and (isinstance(value, str) or type(value) is base):
+            setattr(section, f.name, _coerce(value, base, f.name))
+
+
+def _as_section(value: Any, base: type) -> Any:
+    """A plug-in named by a string (``loss: mse``) as the section it stands for."""
+    if isinstance(value, str) and getattr(base, "name_key", None):
+        return {base.name_key: value}
+    return value
 
 
 def _shallow(section: Any) -> dict[str, Any]:
@@ -148,8 +156,15 @@ def _shallow(section: Any) -> dict[str, Any]:
 
 
 def plugin_section(base: type, values: dict[str, Any], key: str) -> Any:
-    """``values`` built as the class of the plug-in they name (a family's or a loss's config)."""
+    """``values`` built as the class of the plug-in they name (a family's or a loss's config).
+
+    A plug-in named by a relative ``file.py:Name`` is recorded by its absolute path, so that a
+    run folder finds it again from any working directory.
+    """
     cls, owner = base.plugin_class(values, key)
+    spec_key = getattr(base, "name_key", None) or "family"
+    if isinstance(values.get(spec_key), str):
+        values = {**values, spec_key: absolute_spec(values[spec_key])}
     return _build(cls, values, key, owner=owner)
 
 
@@ -191,7 +206,7 @@ class EvalConfig:
     n_reconstructions: int = 8
     n_samples: int = 32
     n_traversal_dims: int = 6
-    # latent metrics, by registered name or module:NAME (see cellae.evaluation.latent.METRICS)
+    # latent metrics, by registered name or module:NAME (see cellae.evaluation.latent_metrics)
     metrics: list[str] = field(default_factory=lambda: ["linear_probe", "knn", "silhouette"])
 
 
@@ -236,8 +251,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise naming ``key`` and what is allowed."""
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, str) and tp is LossConfig:
-            value = {"name": value}
+        value = _as_section(value, tp)
         if dataclasses.is_dataclass(value) and isinstance(value, tp):
             value = _shallow(value)
         if not isinstance(value, dict):
@@ -359,7 +373,7 @@ def validate(config: Config, check_paths: bool = True) -> Config:
     check(e.n_samples >= 1, "eval.n_samples", "a positive integer", e.n_samples)
     check(e.n_traversal_dims >= 1, "eval.n_traversal_dims", "a positive integer", e.n_traversal_dims)
     check(len(set(e.metrics)) == len(e.metrics), "eval.metrics", "a list without repeats", e.metrics)
-    from cellae.evaluation.latent import METRICS
+    from cellae.evaluation.latent_metrics import METRICS
 
     for name in e.metrics:
         METRICS.get(name)
@@ -382,15 +396,22 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+_PLUGIN_SECTION = "plug-in section"
+
+
 def _section_keys(cls: type) -> dict[str, Any]:
-    """Key -> sub-keys (a dict) or None for a plain value; a plug-in section is checked when built."""
+    """Key -> sub-keys (a dict), ``_PLUGIN_SECTION`` (checked by its plug-in when built) or None."""
     hints = typing.get_type_hints(cls)
-    return {
-        f.name: _section_keys(hints[f.name])
-        if dataclasses.is_dataclass(hints[f.name]) and not hasattr(hints[f.name], "plugin_class")
-        else None
-        for f in dataclasses.fields(cls)
-    }
+    keys: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if hasattr(tp, "plugin_class"):
+            keys[f.name] = _PLUGIN_SECTION
+        elif dataclasses.is_dataclass(tp):
+            keys[f.name] = _section_keys(tp)
+        else:
+            keys[f.name] = None
+    return keys
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -403,27 +424,60 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     for text in overrides:
         key, value = parse_override(text)
         parts = key.split(".")
-        known: dict[str, Any] | None = _section_keys(Config)
+        known: Any = _section_keys(Config)
         target = values
         for i, part in enumerate(parts):
-            if known is not None:
+            if isinstance(known, dict):
                 if part not in known:
                     where = ".".join(parts[:i]) or "the top level"
                     raise CellaeError(
                         f"--set {key}: no config key '{key}' ({where} allows: {', '.join(sorted(known))})"
                     )
                 known = known[part]
-                if known is None and i < len(parts) - 1 and part != "model":
+                if known is None and i < len(parts) - 1:
                     raise CellaeError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
             if i < len(parts) - 1:
                 if isinstance(target.get(part), str):
                     # a plug-in named by a string (loss: mse) becomes its section to take a parameter
-                    target[part] = {"name": target[part]}
+                    target[part] = _as_section(target[part], LossConfig)
                 target = target.setdefault(part, {})
                 if not isinstance(target, dict):
                     raise CellaeError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
         target[parts[-1]] = value
     return values
+
+
+# cellae 0.1.0 wrote one flat model section: every family's keys (each family ignored the others')
+# and the masked losses' background_weight
+_FLAT_MODEL_KEYS = ("latent_l1", "beta", "kl_warmup_epochs")
+
+
+def from_older_cellae(values: dict[str, Any], flat_model: bool | None = None) -> dict[str, Any]:
+    """A config written by cellae 0.1.0 in today's form, meaning what it meant then.
+
+    Its model section is recognised by ``background_weight`` (or named flat by ``flat_model``,
+    for a sweep of that version being resumed): keys its family ignored are dropped, and
+    ``background_weight`` moves into the loss that used it.
+    """
+    model = values.get("model")
+    if not isinstance(model, dict):
+        return values
+    if flat_model is None:
+        flat_model = "background_weight" in model
+    if not flat_model:
+        return values
+    from cellae.models import FAMILIES
+
+    model = dict(model)
+    weight = model.pop("background_weight", None)
+    if isinstance(model.get("loss"), str) and model["loss"].startswith("masked_") and weight is not None:
+        model["loss"] = {"name": model["loss"], "background_weight": weight}
+    family = model.get("family", ModelConfig.family)
+    taken = {f.name for f in dataclasses.fields(FAMILIES.get(str(family)).config_class)}
+    for key in _FLAT_MODEL_KEYS:
+        if key not in taken:
+            model.pop(key, None)
+    return {**values, "model": model}
 
 
 def config_from_dict(

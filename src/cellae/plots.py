@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,27 +168,25 @@ def _legend_below(ax: Axes) -> None:
                   ncol=min(3, len(handles)), fontsize=9, frameon=False)
 
 
-# how a loss term reads on its panel; a term not named here shows under its own name
-TERM_TITLES = {"recon": "reconstruction", "kl": "KL divergence", "l1": "latent L1 (sum |z|)"}
-
-
 def loss_terms_of(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The loss terms ``metrics.csv`` carries (its ``train_<term>`` columns), besides the total."""
+    """The loss terms ``metrics.csv`` carries (its ``train_<term>`` columns with a value),
+    besides the total and the per-pixel figure."""
     keys = list(rows[0]) if rows else []
     return [k.removeprefix("train_") for k in keys
-            if k.startswith("train_") and k not in ("train_loss", "train_recon_per_pixel")]
+            if k.startswith("train_") and k not in ("train_loss", "train_recon_per_pixel")
+            and np.isfinite(_column(rows, k)).any()]
 
 
 def plot_learning_curves(
     rows: Sequence[dict[str, Any]], path: Path, best_epoch: int | None,
-    terms: Sequence[str] | None = None,
+    terms: Sequence[str] | None = None, titles: Mapping[str, str] | None = None,
 ) -> Path:
     """Train and test loss per epoch with the best epoch marked, then one panel per loss term.
 
     ``rows`` are ``metrics.csv`` rows (``epoch``, ``train_loss``, ``test_loss`` and
     ``train_<term>``, ``test_<term>`` for each of ``terms``, by default every term the rows
-    carry); missing values are skipped. A lone reconstruction term is the loss itself and gets
-    no panel of its own.
+    carry), each titled by ``titles`` (the family's words) or its own name; missing values are
+    skipped. A lone reconstruction term is the loss itself and gets no panel of its own.
     """
     if not rows:
         raise ValueError("no epochs to plot")
@@ -221,7 +219,7 @@ def plot_learning_curves(
     _legend_below(axes[0])
 
     for ax, term in zip(axes[1:], terms, strict=True):
-        title = TERM_TITLES.get(term, term)
+        title = (titles or {}).get(term, term)
         _curve_panel(ax, epochs, _column(rows, f"train_{term}"), _column(rows, f"test_{term}"),
                      f"{title} term", f"{title} per image")
         if best_epoch is not None:

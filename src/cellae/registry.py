@@ -6,19 +6,21 @@ is one new file in that package. From outside cellae a plug-in is found three wa
 
 - a registered name, once the user's module is imported;
 - an installed package's entry point in the group ``cellae.<kind>`` (``cellae.families``, ...);
-- a spec ``module.path:Name`` or ``path/to/file.py:Name``, imported on demand (a relative file
-  path, or a module beside it, is read from the working directory, as the user typed it).
+- a spec ``module.path:Name`` or ``path/to/file.py:Name``, imported on demand. A module is
+  looked up from the working directory too; a relative file path is read from it and recorded
+  as an absolute one (:func:`absolute_spec`), so that a run finds its plug-in from anywhere.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import importlib.util
 import pkgutil
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cellae.errors import CellaeError
 
@@ -28,11 +30,14 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Name -> plug-in, with the built-ins of ``package`` loaded on first use."""
 
-    def __init__(self, kind: str, package: str, config_key: str, name_attribute: str) -> None:
+    def __init__(self, kind: str, package: str, config_key: str, name_attribute: str,
+                 is_plugin: Callable[[Any], bool]) -> None:
         self.kind = kind
         self.package = package
         self.config_key = config_key
         self.name_attribute = name_attribute
+        # what a spec must point at: a name pointing at anything else is the user's mistake
+        self.is_plugin = is_plugin
         self._items: dict[str, T] = {}
         self._loaded = False
 
@@ -53,7 +58,11 @@ class Registry(Generic[T]):
         for module in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{self.package}.{module.name}")
         for entry in importlib.metadata.entry_points(group=f"cellae.{self.kind}"):
-            self._items.setdefault(entry.name, entry.load())
+            try:
+                self._items.setdefault(entry.name, entry.load())
+            except Exception as exc:  # noqa: BLE001 - one broken package must not stop the rest
+                warnings.warn(f"cellae: skipping the {self.kind} plug-in {entry.name!r} of an "
+                              f"installed package: {exc}", stacklevel=2)
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""
@@ -66,33 +75,43 @@ class Registry(Generic[T]):
         if spec in self._items:
             return self._items[spec]
         if ":" in spec:
-            return _import_spec(spec, self.config_key)
+            item = _import_spec(spec, self.config_key)
+            if not self.is_plugin(item):
+                raise CellaeError(
+                    f"config key '{self.config_key}': {spec} is not a cellae {self.kind} plug-in "
+                    "(see docs/extending.md)"
+                )
+            return item
         raise CellaeError(
             f"config key '{self.config_key}' must be one of {', '.join(map(repr, self.names()))} "
             f"(or module:Name for your own), got {spec!r}"
         )
 
 
+def absolute_spec(spec: str) -> str:
+    """``file.py:Name`` with the file's absolute path; any other spec as it is."""
+    where, colon, attribute = spec.rpartition(":")
+    if not colon or not where.endswith(".py") or Path(where).is_absolute():
+        return spec
+    return f"{Path(where).expanduser().resolve()}:{attribute}"
+
+
 def _import_spec(spec: str, config_key: str) -> object:
     where, _, attribute = spec.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise CellaeError(f"config key '{config_key}': no such file {where}")
+        # imported by its stem from its folder, so that worker processes (which inherit
+        # sys.path) can import it again to unpickle what it defines
+        folder, where = str(path.parent), path.stem
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    elif "" not in sys.path and str(Path.cwd()) not in sys.path:
+        # the console script does not put the working directory on sys.path; `python -m` does
+        sys.path.insert(0, str(Path.cwd()))
     try:
-        if where.endswith(".py"):
-            path = Path(where).expanduser().resolve()
-            if not path.is_file():
-                raise CellaeError(f"config key '{config_key}': no such file {where}")
-            module_name = f"cellae_user_{path.stem}_{abs(hash(str(path))):x}"
-            module = sys.modules.get(module_name)
-            if module is None:
-                loaded = importlib.util.spec_from_file_location(module_name, path)
-                assert loaded is not None and loaded.loader is not None
-                module = importlib.util.module_from_spec(loaded)
-                sys.modules[module_name] = module
-                loaded.loader.exec_module(module)
-        else:
-            # the console script does not put the working directory on sys.path; `python -m` does
-            if "" not in sys.path and str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))
-            module = importlib.import_module(where)
+        module = importlib.import_module(where)
     except ModuleNotFoundError as exc:
         raise CellaeError(f"config key '{config_key}': cannot import {where!r} ({exc})") from exc
     try:

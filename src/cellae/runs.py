@@ -10,8 +10,8 @@ A run folder is never overwritten. Its layout::
     eval/               metrics.json, latents.npz (and eval/<source>/ for other sources)
     figures/            *.png
 
-Every file name of the folder is spelled here, and every other module reads and writes the
-folder through the functions here. A sweep folder holds run folders and ``sweep.json``, whose
+The names of these files are spelled here, and every other module reads and writes them
+through the functions here (figures are named by what draws them). A sweep folder holds run folders and ``sweep.json``, whose
 ``order`` lists them in the sweep's order.
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from cellae.config import Config, config_from_dict
+from cellae.config import Config, config_from_dict, from_older_cellae
 from cellae.errors import CellaeError
 from cellae.files import write_atomic
 from cellae.images import unit_float
@@ -137,9 +137,12 @@ def read_config_values(run_dir: Path) -> dict[str, Any]:
 
 
 def read_config(run_dir: Path) -> Config:
-    """The run's config, built and checked; a plug-in it names (family, loss, metric) is imported."""
+    """The run's config, built and checked; a plug-in it names (family, loss, metric) is imported.
+
+    A run of cellae 0.1.0 (one flat model section) is read as it was meant.
+    """
     # the data may have moved since training; evaluation says so when it needs the images
-    return config_from_dict(read_config_values(run_dir), check_paths=False)
+    return config_from_dict(from_older_cellae(read_config_values(run_dir)), check_paths=False)
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
@@ -165,14 +168,34 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    """Add one epoch's row to ``metrics.csv``; the first row's keys become the header."""
+    """Add one epoch's row to ``metrics.csv``; the first row's keys become the header.
+
+    A later row is written under the file's own header (a resumed run of an older cellae may
+    have other columns): a column the row lacks stays empty, and a column the file lacks is
+    added to it, its earlier rows left empty there.
+    """
     path = run_dir / METRICS_FILE
-    new_file = not path.exists()
+    rows: list[dict[str, Any]] = []
+    columns = list(row)
+    if path.exists():
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = list(reader.fieldnames or columns)
+    missing = [key for key in row if key not in columns]
+    if missing or not path.exists():
+        _write_metrics(path, columns + missing, rows + [row])
+        return
     with path.open("a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new_file:
-            writer.writeheader()
-        writer.writerow(row)
+        csv.DictWriter(handle, fieldnames=columns, restval="", lineterminator="\n").writerow(row)
+
+
+def _write_metrics(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
 
 
 def truncate_metrics(run_dir: Path, completed_epochs: int) -> None:
@@ -184,11 +207,7 @@ def truncate_metrics(run_dir: Path, completed_epochs: int) -> None:
         reader = csv.DictReader(handle)
         rows = [r for r in reader if int(float(r["epoch"])) <= completed_epochs]
         columns = list(reader.fieldnames or [])
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue())
+    _write_metrics(path, columns, rows)
 
 
 def write_split(run_dir: Path, files: Sequence[str] | np.ndarray, train_idx: np.ndarray,

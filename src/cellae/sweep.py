@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from cellae import runs
-from cellae.config import apply_overrides, config_from_dict, read_yaml
+from cellae.config import apply_overrides, config_from_dict, from_older_cellae, read_yaml
 from cellae.errors import CellaeError
 
 SWEEP_FILE = "sweep.yaml"
@@ -46,6 +46,8 @@ class Sweep:
     name: str
     base: dict[str, Any]
     combinations: list[dict[str, Any]]
+    # a sweep being resumed may come from cellae 0.1.0, whose runs ignored another family's keys
+    resumed: bool = False
 
     def run_name(self, combination: dict[str, Any]) -> str:
         if "name" in combination:
@@ -70,10 +72,10 @@ class Sweep:
         overrides = [o.removesuffix("\n...").removesuffix(" ...") for o in overrides]
         values = apply_overrides(self.base, overrides)
         values["name"] = self.run_name(combination)
-        return values
+        return from_older_cellae(values, flat_model=True) if self.resumed else values
 
 
-def load_sweep(path: Path, overrides: list[str] | None = None) -> Sweep:
+def load_sweep(path: Path, overrides: list[str] | None = None, resumed: bool = False) -> Sweep:
     """Read and check a sweep file: every combination must make a valid config.
 
     ``overrides`` (``key=value``, as ``--set`` on the command line) apply to every run, after
@@ -112,7 +114,8 @@ def load_sweep(path: Path, overrides: list[str] | None = None) -> Sweep:
         combinations = values["runs"]
         if not isinstance(combinations, list) or not all(isinstance(c, dict) and c for c in combinations):
             raise CellaeError(f"sweep file {path}: 'runs' must be a list of non-empty mappings")
-    sweep = Sweep(name=str(values.get("name", path.stem)), base=base, combinations=combinations)
+    sweep = Sweep(name=str(values.get("name", path.stem)), base=base, combinations=combinations,
+                  resumed=resumed)
     names = [sweep.run_name(c) for c in combinations]
     duplicated = {n for n in names if names.count(n) > 1}
     if duplicated:
@@ -154,7 +157,7 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
         sweep_dir = Path(resume)
         if not (sweep_dir / SWEEP_FILE).is_file():
             raise CellaeError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_FILE})")
-        sweep = load_sweep(sweep_dir / SWEEP_FILE)
+        sweep = load_sweep(sweep_dir / SWEEP_FILE, resumed=True)
     else:
         sweep = load_sweep(path, overrides)
         # a data path that is wrong for one run is wrong for all: say so before starting any
@@ -166,6 +169,8 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
         runs.write_atomic(sweep_dir / SWEEP_FILE, yaml.safe_dump(frozen, sort_keys=False))
     results: dict[str, dict[str, Any]] = {}
     order = [sweep.run_name(c) for c in sweep.combinations]
+    # the order first, so that a report of a sweep stopped in its first run lists it right
+    runs.write_json(sweep_dir / runs.SWEEP_STATUS_FILE, {"name": sweep.name, "order": order, "runs": {}})
     for combination in sweep.combinations:
         name = sweep.run_name(combination)
         started = time.perf_counter()

@@ -169,7 +169,9 @@ class EpochLog(Callback):
         runs.append_metrics(self.run_dir, row)
         if self.plain_lines:
             parts = [f"epoch {row['epoch']}/{trainer.max_epochs}"]
-            parts += [f"{k} {metrics[k]:.4g}" for k in ("train_loss", "test_loss", "test_kl") if k in metrics]
+            shown = ["train_loss", "test_loss"] + [f"test_{t}" for t in pl_module.model.loss_terms()
+                                                   if t not in ("recon", "recon_per_pixel")]
+            parts += [f"{k} {metrics[k]:.4g}" for k in shown if k in metrics]
             parts.append(f"{row['images_per_second']} img/s")
             print("  ".join(parts), flush=True)
 

@@ -1,8 +1,7 @@
 """How much a latent space knows about the labels: probe, kNN, silhouette, PCA baseline, t-SNE.
 
-The latent metrics that evaluation computes are plug-ins (:data:`METRICS`, chosen by
-``eval.metrics``): a new one is a :class:`LatentMetric` registered in a new module of this
-package, or in the user's own module named as ``module:NAME``.
+Evaluation computes them through the latent-metric plug-ins of
+:mod:`cellae.evaluation.latent_metrics`.
 
 Every function takes plain arrays of codes (N, D) and integer labels (N,); the caller decides
 which images are train and which are test (for cell images: split by patient, so a probe cannot
@@ -11,8 +10,6 @@ score by recognising the slide).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,10 +19,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score, silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from cellae.columns import Column
-from cellae.config import EvalConfig
 from cellae.errors import CellaeError
-from cellae.registry import Registry
 
 PROBE_MAX_ITER = 5000
 MIN_TSNE_POINTS = 5
@@ -191,62 +185,3 @@ def tsne_embedding(
     )
     embedding = np.asarray(tsne.fit(codes[chosen]), dtype=np.float64)
     return embedding, chosen
-
-
-# ---------------------------------------------------------------- latent metrics as plug-ins
-
-
-@dataclass
-class LatentSplit:
-    """Codes and labels of both sides of a split: what every latent metric is computed from."""
-
-    train_codes: np.ndarray
-    train_labels: np.ndarray
-    test_codes: np.ndarray
-    test_labels: np.ndarray
-    eval: EvalConfig
-    seed: int
-
-
-@dataclass(frozen=True)
-class LatentMetric:
-    """A number (or a few) about a latent space, computed on the codes and again on the PCA
-    baseline. ``compute`` returns keys of the ``probe`` block of ``metrics.json`` (and of the
-    ``pca_baseline`` block); ``columns`` name the ones the comparison report shows, by their
-    dotted path (``probe.accuracy``, ``pca_baseline.accuracy``)."""
-
-    name: str
-    compute: Callable[[LatentSplit], dict[str, Any]]
-    columns: tuple[Column, ...] = ()
-
-
-METRICS: Registry[LatentMetric] = Registry(
-    "metrics", "cellae.evaluation", "eval.metrics", name_attribute="name"
-)
-
-
-def _probe_metric(split: LatentSplit) -> dict[str, Any]:
-    return linear_probe(split.train_codes, split.train_labels, split.test_codes,
-                        split.test_labels, seed=split.seed)
-
-
-def _knn_metric(split: LatentSplit) -> dict[str, Any]:
-    k = split.eval.knn_k
-    return {"knn_accuracy": knn_accuracy(split.train_codes, split.train_labels, split.test_codes,
-                                         split.test_labels, k=k), "knn_k": k}
-
-
-def _silhouette_metric(split: LatentSplit) -> dict[str, Any]:
-    return {"silhouette": silhouette_by_class(split.test_codes, split.test_labels, seed=split.seed)}
-
-
-METRICS.register(LatentMetric("linear_probe", _probe_metric, (
-    Column("probe.accuracy", "probe accuracy", "higher"),
-    Column("probe.auroc", "probe AUROC", "higher"),
-    Column("pca_baseline.accuracy", "PCA accuracy", "higher"),
-    Column("pca_baseline.auroc", "PCA AUROC", "higher"),
-)))
-METRICS.register(LatentMetric("knn", _knn_metric, (
-    Column("probe.knn_accuracy", "kNN accuracy", "higher"),
-)))
-METRICS.register(LatentMetric("silhouette", _silhouette_metric))

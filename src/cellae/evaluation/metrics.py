@@ -1,4 +1,4 @@
-"""Reconstruction quality (MSE, PSNR, SSIM) and VAE latent usage (KL per dimension, active units).
+"""Reconstruction quality: MSE, PSNR (whole image and cell interior) and SSIM.
 
 Images are arrays shaped (N, C, H, W), either uint8 (0..255) or float in [0, 1]; every number
 here uses a data range of 1.0, so uint8 inputs are divided by 255 first.
@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from cellae.images import unit_float_array
+
 PSNR_CAP_DB = 100.0
 """PSNR of a perfect reconstruction: zero MSE would give infinity, which no average survives."""
 
@@ -20,15 +22,8 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
-def _unit_float(images: np.ndarray) -> np.ndarray:
-    array = np.asarray(images)
-    if array.dtype == np.uint8:
-        return array.astype(np.float64) / 255.0
-    return array.astype(np.float64, copy=False)
-
-
 def _pair(originals: np.ndarray, recons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _unit_float(originals), _unit_float(recons)
+    a, b = unit_float_array(originals), unit_float_array(recons)
     if a.shape != b.shape or a.ndim != 4:
         raise ValueError(
             f"expected two (N, C, H, W) arrays of one shape, got {a.shape} and {b.shape}"

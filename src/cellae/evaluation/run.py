@@ -23,11 +23,12 @@ import torch
 
 from cellae import plots, runs
 from cellae.columns import Column
-from cellae.config import Config
+from cellae.config import SYNTHETIC, Config
 from cellae.data.cache import CellCache, open_cache, prepare_cache
 from cellae.data.splits import split_indices
 from cellae.errors import CellaeError
 from cellae.evaluation import latent, metrics
+from cellae.evaluation.latent_metrics import METRICS, LatentSplit
 from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
 
@@ -60,7 +61,7 @@ def _source_cache(config: Config, source: str | None) -> CellCache:
     if source is None:
         return prepare_cache(config.data, progress=sys.stderr.isatty())
     data = dataclasses.replace(config.data, source=source)
-    if source != "synthetic" and not Path(source).expanduser().exists():
+    if source != SYNTHETIC and not Path(source).expanduser().exists():
         raise CellaeError(f"no such file or folder: {source}")
     return prepare_cache(data, progress=sys.stderr.isatty())
 
@@ -141,11 +142,11 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache, idx: np.nd
 
 def _latent_block(config: Config, train_codes: np.ndarray, train_labels: np.ndarray,
                   test_codes: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
-    split = latent.LatentSplit(train_codes, train_labels, test_codes, test_labels, config.eval,
+    split = LatentSplit(train_codes, train_labels, test_codes, test_labels, config.eval,
                                config.seed)
     block: dict[str, Any] = {}
     for name in config.eval.metrics:
-        block.update(latent.METRICS.get(name).compute(split))
+        block.update(METRICS.get(name).compute(split))
     return block
 
 
@@ -158,7 +159,6 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     """Every number of one evaluation, with the codes and images its figures need."""
     config, model = loaded.config, loaded.model
     e, seed = config.eval, config.seed
-    started = time.perf_counter()
     labels = np.asarray(cache.labels)
     patients = np.asarray(cache.patients).astype(str)
 
@@ -189,16 +189,17 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     )
     family_numbers = model.evaluation_numbers(view)
     if family_numbers:
+        if model.family in result or model.family in ("columns", "figures", "seconds"):
+            raise ValueError(f"a family may not be named {model.family!r}: metrics.json uses it")
         result[model.family] = family_numbers
     columns = list(RECONSTRUCTION_COLUMNS)
-    columns += [c for name in e.metrics for c in latent.METRICS.get(name).columns]
+    columns += [c for name in e.metrics for c in METRICS.get(name).columns]
     columns += list(model.report_columns)
     result["columns"] = [c.to_dict() for c in columns]
 
     tsne, tsne_rows = latent.tsne_embedding(test_codes, e.tsne_max_points, e.tsne_perplexity, seed)
     shown = test_idx[plots.balanced_pick(labels[test_idx], e.n_reconstructions, seed)]
     reconstructions = to_uint8(loaded.reconstruct(cache.images[shown]))
-    result["seconds"] = round(time.perf_counter() - started, 2)
     return Evaluation(
         metrics=result, codes=codes, rows=every, n_train=n_train, tsne=tsne, tsne_rows=tsne_rows,
         shown_rows=shown, reconstructions=reconstructions, family_view=view,
@@ -230,7 +231,8 @@ def draw(evaluation: Evaluation, loaded: runs.LoadedRun, cache: CellCache, figur
     if rows:
         finite = [r for r in rows if np.isfinite(r.get("test_loss", np.nan))]
         best = int(min(finite, key=lambda r: r["test_loss"])["epoch"]) if finite else None
-        plots.plot_learning_curves(rows, figures / "learning_curves.png", best_epoch=best)
+        plots.plot_learning_curves(rows, figures / "learning_curves.png", best_epoch=best,
+                                   titles=model.term_titles)
     model.draw_figures(evaluation.family_view, evaluation.metrics.get(model.family, {}), figures)
     return sorted(p.name for p in figures.glob("*.png"))
 
@@ -260,9 +262,12 @@ def headline(result: dict[str, Any]) -> str:
         parts.append(f"probe acc {probe['accuracy']:.3f} AUROC {_fmt(probe.get('auroc'))}")
     if "accuracy" in pca:
         parts.append(f"PCA acc {pca['accuracy']:.3f} AUROC {_fmt(pca.get('auroc'))}")
-    family = result.get(result.get("family", ""), {})
-    if "active_units" in family:
-        parts.append(f"active units {family['active_units']}/{result['latent_dim']}")
+    family = result.get("family", "")
+    for column in result.get("columns", []):
+        if column["key"].startswith(f"{family}."):
+            value = result.get(family, {}).get(column["key"].split(".", 1)[1])
+            if isinstance(value, int | float):
+                parts.append(f"{column['title']} {value:.{column.get('digits', 3)}f}")
     return "; ".join(parts)
 
 

@@ -29,6 +29,7 @@ class Autoencoder(CellAutoencoder):
 
     family = "ae"
     config_class = AutoencoderConfig
+    term_titles = CellAutoencoder.term_titles | {"l1": "latent L1 (sum |z|)"}
     config: AutoencoderConfig
 
     def __init__(self, config: AutoencoderConfig, image_size: int, channels: int) -> None:

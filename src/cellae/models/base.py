@@ -28,7 +28,8 @@ from cellae.registry import Registry
 CHANNELS = (1, 3)
 
 FAMILIES: Registry[type[CellAutoencoder]] = Registry(
-    "families", "cellae.models", "model.family", name_attribute="family"
+    "families", "cellae.models", "model.family", name_attribute="family",
+    is_plugin=lambda item: isinstance(item, type) and issubclass(item, CellAutoencoder),
 )
 
 
@@ -64,6 +65,8 @@ class CellAutoencoder(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     # report columns of the numbers evaluation_numbers returns, keyed "<family>.<number>"
     report_columns: ClassVar[tuple[Column, ...]] = ()
+    # how the loss terms read on the learning curves' panels
+    term_titles: ClassVar[dict[str, str]] = {"recon": "reconstruction"}
 
     def __init__(self, config: ModelConfig, image_size: int, channels: int) -> None:
         super().__init__()

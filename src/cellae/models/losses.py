@@ -19,7 +19,8 @@ from cellae.config import LossConfig, check
 from cellae.registry import Registry
 
 LOSSES: Registry[type[ReconstructionLoss]] = Registry(
-    "losses", "cellae.models", "model.loss.name", name_attribute="name"
+    "losses", "cellae.models", "model.loss.name", name_attribute="name",
+    is_plugin=lambda item: isinstance(item, type) and issubclass(item, ReconstructionLoss),
 )
 
 
@@ -90,10 +91,11 @@ class BCE(ReconstructionLoss):
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
 
 
+@dataclass
 class _Masked:
     """Mixin: the background counts ``background_weight`` as much as the cell's interior."""
 
-    background_weight: float
+    background_weight: float = 0.1
 
     def weights(self, mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         if mask is None:
@@ -109,11 +111,9 @@ class _Masked:
 @dataclass
 class MaskedMSE(_Masked, MSE):
     name: str = "masked_mse"
-    background_weight: float = 0.1
 
 
 @LOSSES.register
 @dataclass
 class MaskedBCE(_Masked, BCE):
     name: str = "masked_bce"
-    background_weight: float = 0.1

@@ -14,7 +14,7 @@ from torch import nn
 from cellae import plots
 from cellae.columns import Column
 from cellae.config import ModelConfig, check
-from cellae.errors import CellaeError
+from cellae.images import to_uint8
 from cellae.models.base import FAMILIES, CellAutoencoder, FamilyEvaluation, ModelOutput
 
 # exp(-10) ~ 5e-5 and exp(10) ~ 2e4 as variances: far outside what a trained posterior needs,
@@ -26,13 +26,18 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 9)
 
 
-def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag(exp(log_var))) || N(0, I)) per row -> (B,).
+def kl_terms(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_d, exp(log_var_d)) || N(0, 1)) of each image and latent dimension -> (B, D).
 
-    Closed form 0.5 * sum(exp(log_var) + mu^2 - 1 - log_var): the variance is exp(log_var),
-    not exp(log_var / 2) (that is the standard deviation, which the original study used here).
+    Closed form 0.5 * (exp(log_var) + mu^2 - 1 - log_var): the variance is exp(log_var), not
+    exp(log_var / 2) (that is the standard deviation, which the original study used here).
     """
-    return 0.5 * (log_var.exp() + mu.pow(2) - 1.0 - log_var).sum(dim=1)
+    return 0.5 * (log_var.exp() + mu.pow(2) - 1.0 - log_var)
+
+
+def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag(exp(log_var))) || N(0, I)) per row -> (B,)."""
+    return kl_terms(mu, log_var).sum(dim=1)
 
 
 def kl_per_dimension(mu: np.ndarray, log_var: np.ndarray) -> np.ndarray:
@@ -46,7 +51,7 @@ def kl_per_dimension(mu: np.ndarray, log_var: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"expected mu and log_var shaped (N, D) alike, got {mu.shape} and {log_var.shape}"
         )
-    return (0.5 * (np.exp(log_var) + mu**2 - 1.0 - log_var)).mean(axis=0)
+    return kl_terms(torch.from_numpy(mu), torch.from_numpy(log_var)).mean(dim=0).numpy()
 
 
 def active_units(mu: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -87,6 +92,7 @@ class VariationalAutoencoder(CellAutoencoder):
 
     family = "vae"
     config_class = VAEConfig
+    term_titles = CellAutoencoder.term_titles | {"kl": "KL divergence"}
     config: VAEConfig
     report_columns = (
         Column("vae.elbo", "ELBO (VAE)", "higher", 2),
@@ -141,7 +147,7 @@ class VariationalAutoencoder(CellAutoencoder):
         terms["kl"] = kl_divergence(mu, log_var).mean()
         penalised = terms["kl"]
         if self.config.free_bits > 0:
-            per_dimension = (0.5 * (log_var.exp() + mu.pow(2) - 1.0 - log_var)).mean(dim=0)
+            per_dimension = kl_terms(mu, log_var).mean(dim=0)
             penalised = per_dimension.clamp_min(self.config.free_bits).sum()
         kl_weight = (weights or {}).get("kl_weight", 1.0)
         terms["loss"] = terms["recon"] + self.config.beta * kl_weight * penalised
@@ -151,7 +157,7 @@ class VariationalAutoencoder(CellAutoencoder):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` images (n, C, H, W) in [0, 1] decoded from z ~ N(0, I)."""
         if n < 1:
-            raise CellaeError(f"the number of samples must be a positive integer, got {n}")
+            raise ValueError(f"the number of samples must be a positive integer, got {n}")
         device = next(self.parameters()).device
         # Draw where the generator lives (a CPU generator is the portable, seedable choice).
         draw_device = generator.device if generator is not None else device
@@ -179,7 +185,7 @@ class VariationalAutoencoder(CellAutoencoder):
         """Decoded draws of the prior, and traversals of the dimensions with the highest KL."""
         generator = torch.Generator(device="cpu").manual_seed(view.seed)
         samples = self.sample(view.eval.n_samples, generator=generator).cpu().numpy()
-        plots.plot_image_grid(plots.to_uint8(samples), figures / "prior_samples.png",
+        plots.plot_image_grid(to_uint8(samples), figures / "prior_samples.png",
                               title=f"{view.title}: decoded draws from N(0, I)")
         codes = view.test_codes
         kl_dims = numbers["kl_per_dimension"]
@@ -191,6 +197,6 @@ class VariationalAutoencoder(CellAutoencoder):
             z = np.repeat(base[None], len(TRAVERSAL_VALUES), axis=0)
             z[:, d] = TRAVERSAL_VALUES
             decoded = self.decode(torch.as_tensor(z, dtype=torch.float32, device=device))
-            grid.append(plots.to_uint8(decoded.cpu().numpy()))
+            grid.append(to_uint8(decoded.cpu().numpy()))
         plots.plot_traversals(np.stack(grid), dims, TRAVERSAL_VALUES.tolist(),
                               figures / "traversals.png")

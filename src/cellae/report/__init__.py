@@ -101,6 +101,12 @@ def _data_line(summary: RunSummary) -> str:
     return "; ".join(parts)
 
 
+def _evaluation_note(summary: RunSummary) -> str:
+    if not summary.evaluated:
+        return "not evaluated yet: run cellae evaluate on it"
+    return ""
+
+
 def _html(summaries: list[RunSummary], columns: list[Column], keys: list[str],
           best: dict[str, float], title: str) -> str:
     flats = [flatten_config(s.config) for s in summaries]
@@ -113,7 +119,7 @@ def _html(summaries: list[RunSummary], columns: list[Column], keys: list[str],
             value = json.dumps(flat.get(key)) if isinstance(flat.get(key), list) else flat.get(key)
             cells.append(f'<td data-value="{_e(value)}">{_e(value)}</td>')
         for column in columns:
-            value = summary.numbers.get(column.key)
+            value = summary.number(column.key)
             marked = ' class="best"' if column.key in best and value == best[column.key] else ""
             raw = "" if value is None else value
             cells.append(f'<td{marked} data-value="{_e(raw)}">{_e(_format(value, column.digits))}</td>')
@@ -125,7 +131,8 @@ def _html(summaries: list[RunSummary], columns: list[Column], keys: list[str],
             f"<figcaption>{_e(p.stem.replace('_', ' '))}</figcaption></figure>"
             for p in summary.figures
         )
-        missing = "" if summary.evaluated else '<p class="note">not evaluated yet: run cellae evaluate on it</p>'
+        missing = _evaluation_note(summary)
+        missing = f'<p class="note">{_e(missing)}</p>' if missing else ""
         sections.append(
             f'<section class="run"><h3>{_e(summary.name)}</h3>'
             f'<p class="note">{_e(_data_line(summary))}</p>{missing}'
@@ -158,7 +165,7 @@ def _markdown(summaries: list[RunSummary], columns: list[Column], keys: list[str
     for summary, flat in zip(summaries, flats, strict=True):
         cells = [_md_escape(summary.name)] + [_md_escape(flat.get(k)) for k in keys]
         for column in columns:
-            value = summary.numbers.get(column.key)
+            value = summary.number(column.key)
             text = _format(value, column.digits)
             cells.append(f"**{text}**" if column.key in best and value == best[column.key] else text)
         lines.append("| " + " | ".join(cells) + " |")

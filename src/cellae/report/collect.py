@@ -9,6 +9,7 @@ from typing import Any
 
 from cellae import runs
 from cellae.columns import Column
+from cellae.config import SYNTHETIC
 from cellae.errors import CellaeError
 
 # the study's order: latent map, reconstructions, curves; then the rest
@@ -18,6 +19,17 @@ FIGURE_ORDER = ("latent_tsne.png", "reconstructions.png", "learning_curves.png",
 
 # the report's own first column, from metrics.csv: what training minimised
 TEST_LOSS = Column("test_loss", "test loss", "lower", 4)
+# what a report of cellae 0.1.0 showed, for runs evaluated before metrics.json named its columns
+COLUMNS_OF_0_1_0 = (
+    Column("reconstruction.psnr_interior", "PSNR interior (dB)", "higher", 2),
+    Column("reconstruction.ssim", "SSIM", "higher", 3),
+    Column("probe.accuracy", "probe accuracy", "higher"),
+    Column("probe.auroc", "probe AUROC", "higher"),
+    Column("pca_baseline.accuracy", "PCA accuracy", "higher"),
+    Column("pca_baseline.auroc", "PCA AUROC", "higher"),
+    Column("probe.knn_accuracy", "kNN accuracy", "higher"),
+    Column("vae.active_units", "active units (VAE)", "", 0),
+)
 
 
 @dataclass
@@ -25,11 +37,16 @@ class RunSummary:
     name: str
     path: Path
     config: dict[str, Any]
-    numbers: dict[str, float | None]
+    metrics: dict[str, Any]
+    test_loss: float | None
     data: dict[str, Any]
     figures: list[Path] = field(default_factory=list)
     evaluated: bool = True
-    columns: list[Column] = field(default_factory=list)
+    columns: list[Column] = field(default_factory=list)  # what its evaluation declared
+
+    def number(self, key: str) -> float | None:
+        """The number a column shows for this run, or None when the run has none."""
+        return self.test_loss if key == TEST_LOSS.key else _lookup(self.metrics, key)
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -57,26 +74,30 @@ def summarise_run(run_dir: Path) -> RunSummary:
     config = runs.read_config_values(run_dir)
     metrics = runs.read_evaluation(run_dir)
     info = runs.read_run_info(run_dir)
-    columns = [Column.from_dict(c) for c in metrics.get("columns", []) if isinstance(c, dict)]
-    numbers = {c.key: _lookup(metrics, c.key) for c in columns}
+    columns = [Column.from_dict(c) for c in metrics.get("columns", []) if isinstance(c, dict)
+               and isinstance(c.get("key"), str)]
     finite = [r["test_loss"] for r in runs.read_metrics(run_dir) if r.get("test_loss") == r.get("test_loss")]
-    numbers[TEST_LOSS.key] = min(finite) if finite else _lookup(metrics, "reconstruction.loss")
     figures_dir = run_dir / runs.FIGURES_DIR
     figures = [figures_dir / n for n in FIGURE_ORDER if (figures_dir / n).is_file()]
     figures += sorted(p for p in figures_dir.glob("*.png") if p.name not in FIGURE_ORDER)
     data = dict(metrics.get("data") or info.get("data") or {})
-    data["source"] = (config.get("data") or {}).get("source", "synthetic")
+    data["source"] = (config.get("data") or {}).get("source", SYNTHETIC)
     return RunSummary(
-        name=run_dir.name, path=run_dir, config=config, numbers=numbers, data=data,
-        figures=figures, evaluated=bool(metrics), columns=[TEST_LOSS, *columns],
+        name=run_dir.name, path=run_dir, config=config, metrics=metrics,
+        test_loss=min(finite) if finite else _lookup(metrics, "reconstruction.loss"), data=data,
+        figures=figures, evaluated=bool(metrics), columns=columns,
     )
 
 
 def report_columns(summaries: list[RunSummary]) -> list[Column]:
-    """Every column any run declares, each once, in the order the runs declare them."""
-    seen: dict[str, Column] = {}
+    """The test loss, then every column any run declares, each once, in the order declared.
+
+    Runs evaluated before metrics.json named its columns get those of cellae 0.1.0.
+    """
+    seen: dict[str, Column] = {TEST_LOSS.key: TEST_LOSS}
     for summary in summaries:
-        for column in summary.columns or [TEST_LOSS]:
+        declared = summary.columns or (COLUMNS_OF_0_1_0 if summary.evaluated else ())
+        for column in declared:
             seen.setdefault(column.key, column)
     return list(seen.values())
 
@@ -107,7 +128,7 @@ def differing_keys(summaries: list[RunSummary]) -> list[str]:
 def best_values(summaries: list[RunSummary], columns: list[Column]) -> dict[str, float]:
     best: dict[str, float] = {}
     for column in columns:
-        values = [s.numbers.get(column.key) for s in summaries]
+        values = [s.number(column.key) for s in summaries]
         values = [v for v in values if isinstance(v, int | float)]
         if column.better and values and len(summaries) > 1:
             best[column.key] = max(values) if column.better == "higher" else min(values)

@@ -19,7 +19,10 @@ from cellae.registry import Registry
 
 __all__ = ["SOURCES", "FileSource", "Sample", "Source", "open_source", "register_source"]
 
-SOURCES: Registry[type[Source]] = Registry("sources", __name__, "data.source", "kind")
+SOURCES: Registry[type[Source]] = Registry(
+    "sources", __name__, "data.source", "kind",
+    is_plugin=lambda item: isinstance(item, type) and issubclass(item, Source),
+)
 
 _SourceClass = TypeVar("_SourceClass", bound=type[Source])
 

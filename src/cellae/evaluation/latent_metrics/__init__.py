@@ -1,0 +1,50 @@
+"""Latent metrics as plug-ins: numbers about a latent space, chosen by ``eval.metrics``.
+
+A metric is a :class:`LatentMetric`: a name, a function of a :class:`LatentSplit` returning
+numbers, and the report columns it adds. Evaluation computes every chosen metric on the latent
+codes (``probe`` block of ``metrics.json``) and on the PCA baseline (``pca_baseline`` block). A
+new built-in metric is a new module of this package calling ``METRICS.register``; one of the
+user's own is named in the config as ``module:NAME`` or ``file.py:NAME``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cellae.columns import Column
+from cellae.config import EvalConfig
+from cellae.registry import Registry
+
+
+@dataclass
+class LatentSplit:
+    """Codes and labels of both sides of a split: what every latent metric is computed from."""
+
+    train_codes: np.ndarray
+    train_labels: np.ndarray
+    test_codes: np.ndarray
+    test_labels: np.ndarray
+    eval: EvalConfig
+    seed: int
+
+
+@dataclass(frozen=True)
+class LatentMetric:
+    """``compute`` returns keys of the ``probe`` (and ``pca_baseline``) block; ``columns`` name
+    the ones the comparison report shows, by their dotted path (``probe.accuracy``)."""
+
+    name: str
+    compute: Callable[[LatentSplit], dict[str, Any]]
+    columns: tuple[Column, ...] = ()
+
+
+METRICS: Registry[LatentMetric] = Registry(
+    "metrics", __name__, "eval.metrics", name_attribute="name",
+    is_plugin=lambda item: isinstance(item, LatentMetric),
+)
+
+__all__ = ["METRICS", "LatentMetric", "LatentSplit"]

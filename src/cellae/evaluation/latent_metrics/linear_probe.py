@@ -1,0 +1,22 @@
+"""Logistic regression on the codes, fit on train patients, scored on test patients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cellae.columns import Column
+from cellae.evaluation.latent import linear_probe
+from cellae.evaluation.latent_metrics import METRICS, LatentMetric, LatentSplit
+
+
+def _linear_probe(split: LatentSplit) -> dict[str, Any]:
+    return linear_probe(split.train_codes, split.train_labels, split.test_codes,
+                        split.test_labels, seed=split.seed)
+
+
+METRICS.register(LatentMetric("linear_probe", _linear_probe, (
+    Column("probe.accuracy", "probe accuracy", "higher"),
+    Column("probe.auroc", "probe AUROC", "higher"),
+    Column("pca_baseline.accuracy", "PCA accuracy", "higher"),
+    Column("pca_baseline.auroc", "PCA AUROC", "higher"),
+)))
