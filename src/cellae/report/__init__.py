@@ -101,6 +101,14 @@ def _data_line(summary: RunSummary) -> str:
     return "; ".join(parts)
 
 
+def _config_cell(flat: dict[str, Any], key: str) -> str:
+    """A config value as a table shows it; "–" where the run's family has no such key."""
+    if key not in flat:
+        return "–"
+    value = flat[key]
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
 def _evaluation_note(summary: RunSummary) -> str:
     if not summary.evaluated:
         return "not evaluated yet: run cellae evaluate on it"
@@ -116,7 +124,7 @@ def _html(summaries: list[RunSummary], columns: list[Column], keys: list[str],
     for summary, flat in zip(summaries, flats, strict=True):
         cells = [f'<td class="name" data-value="{_e(summary.name)}">{_e(summary.name)}</td>']
         for key in keys:
-            value = json.dumps(flat.get(key)) if isinstance(flat.get(key), list) else flat.get(key)
+            value = _config_cell(flat, key)
             cells.append(f'<td data-value="{_e(value)}">{_e(value)}</td>')
         for column in columns:
             value = summary.number(column.key)
@@ -163,7 +171,7 @@ def _markdown(summaries: list[RunSummary], columns: list[Column], keys: list[str
              "| " + " | ".join(_md_escape(h) for h in header) + " |",
              "|" + "|".join(["---"] * len(header)) + "|"]
     for summary, flat in zip(summaries, flats, strict=True):
-        cells = [_md_escape(summary.name)] + [_md_escape(flat.get(k)) for k in keys]
+        cells = [_md_escape(summary.name)] + [_md_escape(_config_cell(flat, k)) for k in keys]
         for column in columns:
             value = summary.number(column.key)
             text = _format(value, column.digits)
