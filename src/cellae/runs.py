@@ -7,7 +7,8 @@ A run folder is never overwritten. Its layout::
     split.json          the file names on each side of the split
     metrics.csv         one row per epoch
     checkpoints/        last.ckpt and best.ckpt (lowest test loss)
-    eval/               metrics.json, latents.npz (and eval/<source>/ for other sources)
+    eval/               metrics.json, latents.npz, reconstructions.npz (test cells drawn)
+                        (and eval/<source>/ for other sources)
     figures/            *.png
 
 The names of these files are spelled here, and every other module reads and writes them
@@ -48,6 +49,7 @@ EVAL_DIR = "eval"
 FIGURES_DIR = "figures"
 EVAL_METRICS_FILE = "metrics.json"
 LATENTS_FILE = "latents.npz"
+RECONSTRUCTIONS_FILE = "reconstructions.npz"
 SWEEP_STATUS_FILE = "sweep.json"
 
 
@@ -259,11 +261,14 @@ def figures_dir(run_dir: Path, source: str | None = None) -> Path:
     return run_dir / FIGURES_DIR if source is None else eval_dir(run_dir, source) / FIGURES_DIR
 
 
-def write_evaluation(out_dir: Path, metrics: dict[str, Any], latents: dict[str, np.ndarray]) -> None:
-    """``metrics.json`` and ``latents.npz`` of one evaluation, each written atomically."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **latents)
-    write_atomic(out_dir / LATENTS_FILE, buffer.getvalue())
+def write_evaluation(out_dir: Path, metrics: dict[str, Any], latents: dict[str, np.ndarray],
+                     reconstructions: dict[str, np.ndarray]) -> None:
+    """``metrics.json``, ``latents.npz`` and ``reconstructions.npz`` of one evaluation, each
+    written atomically; the metrics last, so that they never describe files not yet there."""
+    for name, arrays in ((LATENTS_FILE, latents), (RECONSTRUCTIONS_FILE, reconstructions)):
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        write_atomic(out_dir / name, buffer.getvalue())
     write_json(out_dir / EVAL_METRICS_FILE, metrics)
 
 
@@ -275,6 +280,16 @@ def read_evaluation(run_dir: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return values if isinstance(values, dict) else {}
+
+
+def read_reconstructions(run_dir: Path) -> dict[str, np.ndarray]:
+    """The test cells evaluation drew (``files``, ``labels``, uint8 ``originals`` and
+    ``reconstructions``, N x C x H x W), or {} when absent or unreadable."""
+    try:
+        with np.load(run_dir / EVAL_DIR / RECONSTRUCTIONS_FILE, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError):
+        return {}
 
 
 def read_latents(run_dir: Path) -> dict[str, np.ndarray]:

@@ -67,7 +67,8 @@ class CellaeModule(L.LightningModule):
         x = unit_float(images)
         mask = masks.float()
         output = self.model(x)
-        weights = self.model.schedule(self.epochs_done())
+        # the test loss is always the full objective, as in evaluation: one definition of it
+        weights = self.model.schedule(self.epochs_done()) if side == "train" else None
         losses = self.model.loss(x, mask, output, weights)
         loss = losses["loss"]
         if not torch.isfinite(loss):
@@ -81,7 +82,7 @@ class CellaeModule(L.LightningModule):
             name = f"{side}_loss" if key == "loss" else f"{side}_{key}"
             self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=size,
                      sync_dist=True)
-        if side == "train":
+        if weights:
             for key, value in weights.items():
                 self.log(key, value, on_step=False, on_epoch=True, batch_size=size)
         return loss
@@ -272,6 +273,8 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
         num_workers=config.train.num_workers, data_on_device=config.train.data_on_device,
     )
     module = CellaeModule(config, channels)
+    if is_launcher and ckpt_path is None:
+        runs.update_run_info(run_dir, parameters=sum(p.numel() for p in module.model.parameters()))
     trainer = build_trainer(config, run_dir, callbacks)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     started = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cellae import plots, runs
-from cellae.columns import Column
+from cellae.columns import SAME_IMAGES, Column
 from cellae.config import SYNTHETIC, Config
 from cellae.data.cache import CellCache, open_cache, prepare_cache
 from cellae.data.splits import split_indices
@@ -35,8 +35,8 @@ from cellae.models import CellAutoencoder, FamilyEvaluation
 BATCH = 256
 # the reconstruction numbers every run shows in a report, before its latent metrics
 RECONSTRUCTION_COLUMNS = (
-    Column("reconstruction.psnr_interior", "PSNR interior (dB)", "higher", 2),
-    Column("reconstruction.ssim", "SSIM", "higher", 3),
+    Column("reconstruction.psnr_interior", "PSNR interior (dB)", "higher", 2, SAME_IMAGES),
+    Column("reconstruction.ssim", "SSIM", "higher", 3, SAME_IMAGES),
 )
 
 
@@ -238,7 +238,7 @@ def draw(evaluation: Evaluation, loaded: runs.LoadedRun, cache: CellCache, figur
 
 
 def write(evaluation: Evaluation, cache: CellCache, out_dir: Path) -> None:
-    """``metrics.json`` and ``latents.npz`` into ``out_dir``."""
+    """``metrics.json``, ``latents.npz`` and the drawn test cells into ``out_dir``."""
     rows, n_train = evaluation.rows, evaluation.n_train
     latents = {
         "codes": evaluation.codes,
@@ -248,7 +248,15 @@ def write(evaluation: Evaluation, cache: CellCache, out_dir: Path) -> None:
         "side": np.array(["train"] * n_train + ["test"] * (len(rows) - n_train)),
         "class_names": np.array(list(cache.class_names)),
     }
-    runs.write_evaluation(out_dir, evaluation.metrics, latents)
+    shown = evaluation.shown_rows
+    drawn = {
+        "files": np.asarray(cache.files).astype(str)[shown],
+        "labels": np.asarray(cache.labels)[shown],
+        "class_names": np.array(list(cache.class_names)),
+        "originals": np.asarray(cache.images[shown]),
+        "reconstructions": evaluation.reconstructions,
+    }
+    runs.write_evaluation(out_dir, evaluation.metrics, latents, drawn)
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -259,7 +267,9 @@ def headline(result: dict[str, Any]) -> str:
         f"SSIM {rec['ssim']:.3f}",
     ]
     if "accuracy" in probe:
-        parts.append(f"probe acc {probe['accuracy']:.3f} AUROC {_fmt(probe.get('auroc'))}")
+        # beside the rate of always answering the commonest class: the floor an accuracy must beat
+        parts.append(f"probe acc {probe['accuracy']:.3f} (majority {_fmt(probe.get('majority_accuracy'))}) "
+                     f"AUROC {_fmt(probe.get('auroc'))}")
     if "accuracy" in pca:
         parts.append(f"PCA acc {pca['accuracy']:.3f} AUROC {_fmt(pca.get('auroc'))}")
     family = result.get("family", "")

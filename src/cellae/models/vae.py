@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cellae import plots
-from cellae.columns import Column
+from cellae.columns import SAME_IMAGES, Column
 from cellae.config import ModelConfig, check
 from cellae.images import to_uint8
 from cellae.models.base import FAMILIES, CellAutoencoder, FamilyEvaluation, ModelOutput
@@ -95,7 +95,8 @@ class VariationalAutoencoder(CellAutoencoder):
     term_titles = CellAutoencoder.term_titles | {"kl": "KL divergence"}
     config: VAEConfig
     report_columns = (
-        Column("vae.elbo", "ELBO (VAE)", "higher", 2),
+        Column("vae.elbo", "ELBO (VAE)", "higher", 2, SAME_IMAGES + ("model.loss",)),
+        Column("vae.kl", "KL (VAE)", "", 2),
         Column("vae.active_units", "active units (VAE)", "", 0),
     )
 

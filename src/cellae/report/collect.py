@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cellae import runs
-from cellae.columns import Column
+from cellae.columns import SAME_OBJECTIVE, Column
 from cellae.config import SYNTHETIC
 from cellae.errors import CellaeError
 
@@ -18,7 +18,7 @@ FIGURE_ORDER = ("latent_tsne.png", "reconstructions.png", "learning_curves.png",
 
 
 # the report's own first column, from metrics.csv: what training minimised
-TEST_LOSS = Column("test_loss", "test loss", "lower", 4)
+TEST_LOSS = Column("test_loss", "test loss", "lower", 4, SAME_OBJECTIVE)
 # what a report of cellae 0.1.0 showed, for runs evaluated before metrics.json named its columns
 COLUMNS_OF_0_1_0 = (
     Column("reconstruction.psnr_interior", "PSNR interior (dB)", "higher", 2),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cellae.columns import Column
+from cellae.columns import SAME_TEST_CELLS, Column
 from cellae.evaluation.latent import knn_accuracy
 from cellae.evaluation.latent_metrics import METRICS, LatentMetric, LatentSplit
 
@@ -16,4 +16,5 @@ def _knn(split: LatentSplit) -> dict[str, Any]:
     return {"knn_accuracy": accuracy, "knn_k": k}
 
 
-METRICS.register(LatentMetric("knn", _knn, (Column("probe.knn_accuracy", "kNN accuracy", "higher"),)))
+METRICS.register(LatentMetric("knn", _knn, (Column("probe.knn_accuracy", "kNN accuracy", "higher", 3,
+                                                      SAME_TEST_CELLS),)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cellae.columns import Column
+from cellae.columns import SAME_TEST_CELLS, Column
 from cellae.evaluation.latent import linear_probe
 from cellae.evaluation.latent_metrics import METRICS, LatentMetric, LatentSplit
 
@@ -15,8 +15,9 @@ def _linear_probe(split: LatentSplit) -> dict[str, Any]:
 
 
 METRICS.register(LatentMetric("linear_probe", _linear_probe, (
-    Column("probe.accuracy", "probe accuracy", "higher"),
-    Column("probe.auroc", "probe AUROC", "higher"),
-    Column("pca_baseline.accuracy", "PCA accuracy", "higher"),
-    Column("pca_baseline.auroc", "PCA AUROC", "higher"),
+    Column("probe.majority_accuracy", "majority rate", "", 3, baseline=True),
+    Column("probe.accuracy", "probe accuracy", "higher", 3, SAME_TEST_CELLS),
+    Column("probe.auroc", "probe AUROC", "higher", 3, SAME_TEST_CELLS),
+    Column("pca_baseline.accuracy", "PCA accuracy", "higher", 3, baseline=True),
+    Column("pca_baseline.auroc", "PCA AUROC", "higher", 3, baseline=True),
 )))
