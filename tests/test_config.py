@@ -138,3 +138,15 @@ def test_a_spec_that_points_at_something_else_is_refused(tmp_path, key):
     value = "[cellae.config:Config]" if key == "eval.metrics" else "cellae.config:Config"
     with pytest.raises(CellaeError, match="is not a cellae .* plug-in"):
         load_config(write(tmp_path, {}), [f"{key}={value}"])
+
+
+def test_invalid_yaml_names_its_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  latent_dim: [3\ntrain: 1\n")
+    with pytest.raises(CellaeError, match=r"not valid YAML \(line 3, column \d+\)"):
+        load_config(path)
+
+
+def test_a_missing_malaria_folder_says_how_to_fetch_it(tmp_path):
+    with pytest.raises(CellaeError, match="cellae data download --to data"):
+        load_config(write(tmp_path, {"data": {"source": str(tmp_path / "data" / "cell_images")}}))

@@ -14,7 +14,7 @@ from cellae.evaluation.run import embed_source, evaluate_run
 from cellae.training import train
 from tiny import tiny_config
 
-FIGURES = {"samples.png", "learning_curves.png", "latent_tsne.png", "reconstructions.png"}
+FIGURES = {"inputs.png", "learning_curves.png", "latent_tsne.png", "reconstructions.png"}
 VAE_FIGURES = {"prior_samples.png", "traversals.png"}
 
 
@@ -96,7 +96,7 @@ def test_evaluate_on_another_source_keeps_the_runs_own_evaluation(
     assert (vae_run / "eval" / "metrics.json").read_bytes() == own
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".csv", ".parquet"])
+@pytest.mark.parametrize("suffix", [".npz", ".csv", ".parquet", ".h5ad"])
 def test_embed_writes_codes_with_files_labels_and_patients(vae_run, tmp_path, make_kaggle_folder,
                                                            suffix):
     folder = make_kaggle_folder(tmp_path / "data", n_per_class=5, n_patients=2)
@@ -105,6 +105,12 @@ def test_embed_writes_codes_with_files_labels_and_patients(vae_run, tmp_path, ma
         stored = np.load(out)
         assert stored["codes"].shape == (10, 4)
         table = {"file": stored["files"], "patient": stored["patients"], "class": stored["classes"]}
+        assert set(stored["sides"]) == {"unseen"}  # another source than the run's
+    elif suffix == ".h5ad":
+        anndata = pytest.importorskip("anndata")
+        adata = anndata.read_h5ad(out)
+        assert adata.X.shape == (10, 4) and list(adata.var_names) == ["z0", "z1", "z2", "z3"]
+        table = {"file": adata.obs_names, "patient": adata.obs["patient"], "class": adata.obs["class"]}
     else:
         pd = pytest.importorskip("pandas")
         table = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
@@ -115,5 +121,13 @@ def test_embed_writes_codes_with_files_labels_and_patients(vae_run, tmp_path, ma
 
 
 def test_embed_refuses_an_unknown_suffix(vae_run, tmp_path):
-    with pytest.raises(cellae.CellaeError, match=r"\.npz, \.csv or \.parquet"):
+    with pytest.raises(cellae.CellaeError, match=r"\.npz, \.csv, \.parquet, \.h5ad"):
         embed_source(vae_run, "synthetic", tmp_path / "codes.txt")
+
+
+def test_embed_of_the_runs_own_source_says_each_images_side(vae_run, tmp_path):
+    out = embed_source(vae_run, "synthetic", tmp_path / "codes.npz")
+    stored = np.load(out)
+    split = json.loads((vae_run / "split.json").read_text())
+    sides = dict(zip(stored["files"].tolist(), stored["sides"].tolist(), strict=True))
+    assert {sides[f] for f in split["train"]} == {"train"} and {sides[f] for f in split["test"]} == {"test"}

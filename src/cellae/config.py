@@ -97,6 +97,8 @@ class ModelConfig:
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     norm: str = "batch"
     activation: str = "leaky_relu"
+    # how the decoder doubles the side: resize then convolve, or transposed convolutions
+    upsample: str = "resize"
     loss: LossConfig = field(default_factory=LossConfig)
 
     @classmethod
@@ -110,7 +112,7 @@ class ModelConfig:
 
     def validate(self, key: str = "model") -> None:
         """Reject impossible values; a family with keys of its own extends this."""
-        from cellae.models.blocks import ACTIVATIONS, NORMS
+        from cellae.models.blocks import ACTIVATIONS, NORMS, UPSAMPLERS
 
         check(self.latent_dim >= 1, f"{key}.latent_dim", "a positive integer", self.latent_dim)
         check(
@@ -122,6 +124,7 @@ class ModelConfig:
         check(self.norm in NORMS, f"{key}.norm", _one_of(NORMS), self.norm)
         check(self.activation in ACTIVATIONS, f"{key}.activation", _one_of(ACTIVATIONS),
               self.activation)
+        check(self.upsample in UPSAMPLERS, f"{key}.upsample", _one_of(UPSAMPLERS), self.upsample)
         if self.norm == "group":
             check(all(w % 8 == 0 for w in self.widths), f"{key}.widths",
                   "multiples of 8 when model.norm is 'group'", self.widths)
@@ -334,9 +337,13 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
         s.infected_fraction,
     )
     if check_paths and d.source != SYNTHETIC and not Path(d.source).expanduser().exists():
+        # the malaria configs' default: the set is one command away
+        fetch = ("; to fetch the NIH set: cellae data download --to data, then "
+                 f"--set {prefix}.source=data/cell_images.zip"
+                 if Path(d.source).name in ("cell_images", "cell_images.zip") else "")
         raise CellaeError(
             f"{prefix}.source: no such file or folder: {d.source} "
-            f"(give a class folder, a zip, a CSV of files and labels, or '{SYNTHETIC}')"
+            f"(give a class folder, a zip, a CSV of files and labels, or '{SYNTHETIC}'){fetch}"
         )
     return d
 
@@ -469,6 +476,7 @@ def from_older_cellae(values: dict[str, Any], flat_model: bool | None = None) ->
     from cellae.models import FAMILIES
 
     model = dict(model)
+    model.setdefault("upsample", "transpose")  # the only decoder cellae 0.1.0 had
     weight = model.pop("background_weight", None)
     if isinstance(model.get("loss"), str) and model["loss"].startswith("masked_") and weight is not None:
         model["loss"] = {"name": model["loss"], "background_weight": weight}
@@ -494,7 +502,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CellaeError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CellaeError(f"config file {path} is not valid YAML{where}: {problem}") from exc
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -23,6 +23,8 @@ import io
 import json
 import os
 import re
+import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 from cellae.config import Config, config_from_dict, from_older_cellae
 from cellae.errors import CellaeError
@@ -321,7 +324,10 @@ def run_dirs_in(folder: Path) -> list[Path]:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint without running any code it may carry (``weights_only``)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch notes that cellae's checkpoints use pickle protocol 5; they load fine
+            warnings.filterwarnings("ignore", message=r".*pickle protocol.*")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CellaeError(f"checkpoint not found: {path}") from exc
     except Exception as exc:  # noqa: BLE001 - every unpickling failure means the same to the user
@@ -343,12 +349,18 @@ def best_checkpoint(run_dir: Path) -> Path:
     raise CellaeError(f"run folder {run_dir} has no checkpoint in {CHECKPOINT_DIR}/")
 
 
+# what LoadedRun takes as images: files or PIL images (preprocessed), or arrays in cache layout
+ImageInput = (np.ndarray | torch.Tensor | str | Path | Image.Image
+              | Sequence[str | Path | Image.Image])
+
+
 @dataclass
 class LoadedRun:
     """A trained model and its config, for use outside the CLI.
 
-    Images go in as uint8 arrays or tensors in the cache's layout (N x C x H x W, 0-255), or as
-    float tensors already in [0, 1].
+    Images go in as image files or PIL images (one, or a list; preprocessed the run's way:
+    size, resize, colour, background), as uint8 arrays or tensors in the cache's layout
+    (N x C x H x W, 0-255), or as float tensors already in [0, 1].
     """
 
     path: Path
@@ -363,15 +375,57 @@ class LoadedRun:
         self.model.to(device)
         return self
 
-    def _as_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image]) -> np.ndarray:
+        """Image files or PIL images preprocessed as the run's training images were:
+        uint8 N x C x H x W, the cache's layout."""
+        from cellae.data.decode import BadImage, decode_image
+        from cellae.data.preprocess import PreprocessSettings, preprocess
+
+        settings = PreprocessSettings.from_config(self.config.data)
+        items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
+        prepared = []
+        for item in items:
+            if isinstance(item, Image.Image):
+                rgb = np.asarray(item.convert("RGB"))
+            else:
+                try:
+                    rgb = decode_image(Path(item).expanduser().read_bytes())
+                except OSError as exc:
+                    raise CellaeError(f"cannot read {item}: {exc.strerror or exc}") from exc
+                except BadImage as exc:
+                    raise CellaeError(f"{item}: {exc}") from exc
+            prepared.append(preprocess(rgb, settings)[0])
+        if not prepared:
+            raise CellaeError("no images given")
+        return np.stack(prepared)
+
+    def _as_input(self, images: ImageInput) -> torch.Tensor:
+        if isinstance(images, str | Path | Image.Image) or (
+            isinstance(images, list | tuple) and images
+            and all(isinstance(i, str | Path | Image.Image) for i in images)
+        ):
+            images = self.prepare(images)  # type: ignore[arg-type]
         # np.array copies: a read-only memory map must not back a tensor torch may write
         x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
         if x.ndim == 3:
             x = x.unsqueeze(0)
+        expected = (self.model.channels, self.model.image_size, self.model.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise CellaeError(
+                f"images must be shaped (N, {', '.join(map(str, expected))}) as this run's "
+                f"inputs, got {tuple(x.shape)}; give image files or PIL images to have them "
+                "preprocessed the run's way"
+            )
         return unit_float(x).to(self.device)
 
+    def test_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """The run's own test images (uint8 N x C x H x W, as the model saw them) and labels."""
+        cache = run_cache(self.path, self.config)
+        _, test_rows = split_rows(self.path, cache)
+        return np.asarray(cache.images[test_rows]), np.asarray(cache.labels)[test_rows]
+
     @torch.no_grad()
-    def encode(self, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    def encode(self, images: ImageInput, batch_size: int = 512) -> np.ndarray:
         """Latent codes (the posterior mean for a VAE), one row per image."""
         x = self._as_input(images)
         return torch.cat([self.model.encode(b) for b in x.split(batch_size)]).cpu().numpy()
@@ -380,13 +434,46 @@ class LoadedRun:
     def decode(self, z: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
         """Images in [0, 1] (float32, N x C x H x W) decoded from latent codes."""
         codes = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(self.device)
+        if codes.ndim != 2 or codes.shape[1] != self.model.latent_dim:
+            raise CellaeError(f"latent codes must be shaped (N, {self.model.latent_dim}), "
+                              f"got {tuple(codes.shape)}")
         return torch.cat([self.model.decode(b) for b in codes.split(batch_size)]).cpu().numpy()
 
     @torch.no_grad()
-    def reconstruct(self, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    def reconstruct(self, images: ImageInput, batch_size: int = 512) -> np.ndarray:
         """Reconstructions in [0, 1] (float32, N x C x H x W)."""
         x = self._as_input(images)
         return torch.cat([self.model(b).recon for b in x.split(batch_size)]).cpu().numpy()
+
+
+def run_cache(run_dir: Path, config: Config) -> Any:
+    """The cache the run was trained on (rebuilt from its data config if it was deleted)."""
+    from cellae.data.cache import open_cache, prepare_cache
+
+    recorded = read_run_info(run_dir).get("data", {}).get("cache")
+    if recorded and Path(recorded).is_dir():
+        try:
+            return open_cache(Path(recorded))
+        except CellaeError:
+            pass
+    return prepare_cache(config.data, progress=sys.stderr.isatty())
+
+
+def split_rows(run_dir: Path, cache: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``cache`` on each side of the run's split, matched by file name."""
+    split = read_split(run_dir)
+    position = {name: i for i, name in enumerate(np.asarray(cache.files).tolist())}
+    sides = []
+    for side in ("train", "test"):
+        names = split[side]
+        missing = [n for n in names if n not in position]
+        if missing:
+            raise CellaeError(
+                f"{len(missing)} {side} images of {run_dir} are not in the data any more "
+                f"(first: {missing[0]}); evaluate on a source with --data instead"
+            )
+        sides.append(np.sort(np.array([position[n] for n in names], dtype=np.int64)))
+    return sides[0], sides[1]
 
 
 def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

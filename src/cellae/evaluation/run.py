@@ -24,7 +24,7 @@ import torch
 from cellae import plots, runs
 from cellae.columns import SAME_IMAGES, Column
 from cellae.config import SYNTHETIC, Config
-from cellae.data.cache import CellCache, open_cache, prepare_cache
+from cellae.data.cache import CellCache, prepare_cache
 from cellae.data.splits import split_indices
 from cellae.errors import CellaeError
 from cellae.evaluation import latent, metrics
@@ -64,33 +64,6 @@ def _source_cache(config: Config, source: str | None) -> CellCache:
     if source != SYNTHETIC and not Path(source).expanduser().exists():
         raise CellaeError(f"no such file or folder: {source}")
     return prepare_cache(data, progress=sys.stderr.isatty())
-
-
-def _run_cache(run_dir: Path, config: Config) -> CellCache:
-    recorded = runs.read_run_info(run_dir).get("data", {}).get("cache")
-    if recorded and Path(recorded).is_dir():
-        try:
-            return open_cache(Path(recorded))
-        except CellaeError:
-            pass
-    return _source_cache(config, None)
-
-
-def _split_from_run(run_dir: Path, cache: CellCache) -> tuple[np.ndarray, np.ndarray]:
-    """The run's own split, matched to the cache by file name."""
-    split = runs.read_split(run_dir)
-    position = {name: i for i, name in enumerate(np.asarray(cache.files).tolist())}
-    sides = []
-    for side in ("train", "test"):
-        names = split[side]
-        missing = [n for n in names if n not in position]
-        if missing:
-            raise CellaeError(
-                f"{len(missing)} {side} images of {run_dir} are not in the data any more "
-                f"(first: {missing[0]}); evaluate on a source with --data instead"
-            )
-        sides.append(np.sort(np.array([position[n] for n in names], dtype=np.int64)))
-    return sides[0], sides[1]
 
 
 def _batches(images: np.ndarray, rows: np.ndarray, device: torch.device) -> Iterator[torch.Tensor]:
@@ -208,31 +181,35 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
 
 def draw(evaluation: Evaluation, loaded: runs.LoadedRun, cache: CellCache, figures: Path,
          rows: list[dict[str, float]]) -> list[str]:
-    """Every figure of the evaluation into ``figures``; returns their file names."""
+    """Every figure of the evaluation into ``figures``, each titled with the run's name, so a
+    figure copied into a slide or a report still says where it comes from; returns their names.
+    """
     config, model = loaded.config, loaded.model
-    seed = config.seed
+    seed, run = config.seed, config.name
     figures.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(cache.labels)
     patients = np.asarray(cache.patients).astype(str)
     class_names = list(cache.class_names)
     test_idx = evaluation.rows[evaluation.n_train:]
     chosen = test_idx[evaluation.tsne_rows]
-    plots.plot_latent_tsne(
-        evaluation.tsne, labels[chosen], class_names, patients[chosen], figures / "latent_tsne.png",
-        title=f"{config.name}: t-SNE of test latent codes ({len(chosen)} images)",
-    )
+    plots.plot_latent_tsne(evaluation.tsne, labels[chosen], class_names, patients[chosen],
+                           figures / "latent_tsne.png", run=run)
     rng = np.random.default_rng(seed)
     sample_idx = np.sort(rng.choice(test_idx, size=min(256, len(test_idx)), replace=False))
-    plots.plot_samples(cache.images[sample_idx], labels[sample_idx], class_names,
-                       figures / "samples.png", seed=seed)
+    plots.plot_inputs(cache.images[sample_idx], labels[sample_idx], class_names,
+                      figures / "inputs.png", run=run, seed=seed)
+    # an earlier cellae called the inputs samples.png; left beside inputs.png, the old name
+    # would read as images the model generated
+    (figures / "samples.png").unlink(missing_ok=True)
     shown = evaluation.shown_rows
     plots.plot_reconstructions(np.asarray(cache.images[shown]), evaluation.reconstructions,
-                               labels[shown], class_names, figures / "reconstructions.png")
+                               labels[shown], class_names, figures / "reconstructions.png",
+                               run=run)
     if rows:
         finite = [r for r in rows if np.isfinite(r.get("test_loss", np.nan))]
         best = int(min(finite, key=lambda r: r["test_loss"])["epoch"]) if finite else None
         plots.plot_learning_curves(rows, figures / "learning_curves.png", best_epoch=best,
-                                   titles=model.term_titles)
+                                   run=run, titles=model.term_titles)
     model.draw_figures(evaluation.family_view, evaluation.metrics.get(model.family, {}), figures)
     return sorted(p.name for p in figures.glob("*.png"))
 
@@ -297,8 +274,8 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False) ->
         loaded.to("cuda")
     config = loaded.config
     if data is None:
-        cache = _run_cache(run_dir, config)
-        train_idx, test_idx = _split_from_run(run_dir, cache)
+        cache = runs.run_cache(run_dir, config)
+        train_idx, test_idx = runs.split_rows(run_dir, cache)
         rows = runs.read_metrics(run_dir)
         source = config.data.source
     else:
@@ -324,30 +301,55 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False) ->
     return result
 
 
+EMBED_SUFFIXES = (".npz", ".csv", ".parquet", ".h5ad")
+
+
+def _sides(run_dir: Path, config: Config, source: str, files: np.ndarray) -> np.ndarray:
+    """Each image's side of the run's split ("train" or "test"), or "unseen": from another
+    source, or not in the split."""
+    own = source == config.data.source or (
+        source != SYNTHETIC and config.data.source != SYNTHETIC
+        and Path(source).expanduser().resolve() == Path(config.data.source).expanduser().resolve()
+    )
+    sides = np.full(len(files), "unseen", dtype=object)
+    if own:
+        split = runs.read_split(run_dir)
+        side_of = {name: side for side in ("train", "test") for name in split[side]}
+        sides = np.array([side_of.get(name, "unseen") for name in files.tolist()], dtype=object)
+    return sides.astype(str)
+
+
 def embed_source(run_dir: Path, source: str, out: Path) -> Path:
-    """Write the latent codes of every image of ``source`` to ``out`` (.npz, .csv or .parquet)."""
+    """Write the latent codes of every image of ``source`` to ``out`` (.npz, .csv, .parquet, or
+    .h5ad for AnnData / scanpy), with each image's file, class, patient and side of the split."""
     suffix = out.suffix.lower()
-    if suffix not in (".npz", ".csv", ".parquet"):
-        raise CellaeError(f"--out must end in .npz, .csv or .parquet, got '{out.name}'")
-    loaded = runs.load_run(runs.require_run_dir(run_dir))
+    if suffix not in EMBED_SUFFIXES:
+        raise CellaeError(f"--out must end in {', '.join(EMBED_SUFFIXES)}, got '{out.name}'")
+    run_dir = runs.require_run_dir(run_dir)
+    loaded = runs.load_run(run_dir)
     cache = _source_cache(loaded.config, source)
     codes = encode_images(loaded.model, cache.images)
     class_names = np.asarray(cache.class_names)
     labels = np.asarray(cache.labels)
+    files = np.asarray(cache.files).astype(str)
     columns = {
-        "file": np.asarray(cache.files).astype(str),
+        "file": files,
         "label": labels,
         "class": class_names[labels],
         "patient": np.asarray(cache.patients).astype(str),
+        "side": _sides(run_dir, loaded.config, source, files),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
         buffer = io.BytesIO()
         # plural keys, as in eval/latents.npz (and "file" would collide with savez's own argument)
         np.savez_compressed(buffer, codes=codes, class_names=class_names, files=columns["file"],
-                            labels=labels, classes=columns["class"], patients=columns["patient"])
+                            labels=labels, classes=columns["class"], patients=columns["patient"],
+                            sides=columns["side"])
         runs.write_atomic(out, buffer.getvalue())
         return out
+    if suffix == ".h5ad":
+        return _write_anndata(out, codes, columns, loaded.config.name)
     table = dict(columns) | {f"z{i}": codes[:, i] for i in range(codes.shape[1])}
     if suffix == ".csv":
         import csv
@@ -368,6 +370,29 @@ def embed_source(run_dir: Path, source: str, out: Path) -> Path:
     except ImportError as exc:
         raise CellaeError("writing .parquet needs pyarrow: pip install 'cellae[parquet]'") from exc
     tmp.replace(out)
+    return out
+
+
+def _write_anndata(out: Path, codes: np.ndarray, columns: dict[str, np.ndarray], run_name: str) -> Path:
+    """Codes as ``X`` (cells x latent dimensions) and the rest as ``obs``, for scanpy."""
+    try:
+        import anndata
+        import pandas as pd
+    except ModuleNotFoundError as exc:
+        raise CellaeError("writing .h5ad needs anndata: pip install 'cellae[anndata]'") from exc
+    obs = pd.DataFrame({k: v for k, v in columns.items() if k != "file"},
+                       index=pd.Index(columns["file"], name="file"))
+    for key in ("class", "patient", "side"):
+        obs[key] = obs[key].astype("category")
+    var = pd.DataFrame(index=[f"z{i}" for i in range(codes.shape[1])])
+    adata = anndata.AnnData(X=codes.astype(np.float32), obs=obs, var=var,
+                            uns={"cellae_run": run_name})
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        adata.write_h5ad(tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -86,7 +86,8 @@ class CellAutoencoder(nn.Module):
             channels, image_size, config.widths, config.norm, config.activation
         )
         self.decoder = ConvDecoder(
-            config.latent_dim, channels, image_size, config.widths, config.norm, config.activation
+            config.latent_dim, channels, image_size, config.widths, config.norm, config.activation,
+            config.upsample,
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

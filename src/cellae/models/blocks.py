@@ -32,6 +32,25 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def _resize_then_convolve(in_width: int, out_width: int, bias: bool) -> list[nn.Module]:
+    # every output pixel sees the same number of input pixels, so no checkerboard pattern
+    # (Odena, Dumoulin and Olah 2016, "Deconvolution and checkerboard artifacts")
+    return [nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(in_width, out_width, kernel_size=3, padding=1, bias=bias)]
+
+
+def _transposed_convolution(in_width: int, out_width: int, bias: bool) -> list[nn.Module]:
+    return [nn.ConvTranspose2d(in_width, out_width, kernel_size=4, stride=2, padding=1, bias=bias)]
+
+
+# How the decoder doubles the side; the allowed values of model.upsample are the keys here.
+# "transpose" is the study's decoder (and cellae 0.1.0's), kept to reproduce it.
+UPSAMPLERS: dict[str, Callable[[int, int, bool], list[nn.Module]]] = {
+    "resize": _resize_then_convolve,
+    "transpose": _transposed_convolution,
+}
+
+
 def bottleneck_size(image_size: int, n_stages: int) -> int:
     """Side of the smallest feature map, or a CellaeError when the image cannot halve that often."""
     factor = 2**n_stages
@@ -81,6 +100,7 @@ class ConvDecoder(nn.Module):
         widths: list[int],
         norm: str,
         activation: str,
+        upsample: str,
     ) -> None:
         super().__init__()
         side = bottleneck_size(image_size, len(widths))
@@ -97,9 +117,7 @@ class ConvDecoder(nn.Module):
             reversed_widths, reversed_widths[1:] + [widths[0]], strict=True
         ):
             layers += [
-                nn.ConvTranspose2d(
-                    in_width, out_width, kernel_size=4, stride=2, padding=1, bias=bias
-                ),
+                *UPSAMPLERS[upsample](in_width, out_width, bias),
                 NORMS[norm](out_width),
                 ACTIVATIONS[activation](),
             ]
