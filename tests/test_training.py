@@ -181,3 +181,15 @@ def test_resuming_a_run_whose_metrics_csv_has_other_columns_keeps_every_value(tm
     assert [r["epoch"] for r in rows] == [1.0, 2.0]
     assert rows[1]["lr"] == 0.001 and rows[1]["seconds"] == 1.5 and rows[1]["train_l1"] == 0.5
     assert rows[0]["kl_weight"] == 1.0 and rows[0]["train_l1"] != rows[0]["train_l1"]  # NaN: empty
+
+
+def test_an_interrupted_cache_build_leaves_no_run_folder(tmp_path, monkeypatch):
+    import cellae.training as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "prepare_cache", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path), tmp_path / "runs", evaluate=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -41,7 +41,9 @@ class _Subcommands:
 
     def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
         if "help" in kwargs and "description" not in kwargs:
-            kwargs["description"] = str(kwargs["help"]).capitalize() + "."
+            # only the first letter raised: str.capitalize() would lower "AE", "YAML", "NIH"
+            text = str(kwargs["help"])
+            kwargs["description"] = text[:1].upper() + text[1:] + "."
         return self._action.add_parser(name, parents=[self._common], **kwargs)
 
 
@@ -97,8 +99,9 @@ def _build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="output file: .npz, .csv or .parquet")
 
     sweep = commands.add_parser("sweep", help="train a grid of runs from one sweep file")
-    sweep.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
-    sweep.add_argument("--out", default="runs", help="parent folder for the sweep folder")
+    sweep.add_argument("sweep", nargs="?", help="sweep YAML (see configs/sweeps/)")
+    sweep.add_argument("--out", default="runs",
+                       help="parent folder for the sweep folder (default: runs)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
     sweep.add_argument(
         "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
@@ -107,11 +110,28 @@ def _build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="compare runs in one HTML page")
     report.add_argument("runs", nargs="+", help="run or sweep folders")
-    report.add_argument("--out", default="report.html", help="output HTML (report.md is written beside it)")
+    report.add_argument("--out", default="report.html",
+                        help="output HTML, report.md is written beside it (default: report.html)")
     return parser
 
 
+def _file_among_overrides(given: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """The config or sweep file, also when it was written after ``--set a=1 b=2``.
+
+    ``--set`` takes every value up to the next option, so a file named after it lands among
+    the overrides; one value there without "=" is that file (a key=value always has one).
+    """
+    files = [o for o in overrides if "=" not in o]
+    if given is not None or len(files) != 1:
+        return given, overrides
+    return files[0], [o for o in overrides if o != files[0]]
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("train", "sweep"):
+        place = "config" if args.command == "train" else "sweep"
+        found, args.overrides = _file_among_overrides(getattr(args, place), args.overrides)
+        setattr(args, place, found)
     if args.command == "data":
         return _run_data(args)
     if args.command == "train":
@@ -147,6 +167,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         from cellae.sweep import run_sweep
 
+        if args.sweep is None:
+            raise CellaeError("give a sweep file, e.g. cellae sweep configs/sweeps/quickstart.yaml")
         if args.resume and args.overrides:
             raise CellaeError("--set cannot change a sweep that is resumed; it keeps its values")
         sweep_dir = run_sweep(Path(args.sweep), Path(args.out), resume=args.resume,

@@ -27,6 +27,11 @@ from cellae.naming import natural_key
 DPI = 130
 GRID_COLUMNS = 8
 PATIENT_LEGEND_MAX = 20
+# later epochs drawn on less than this share of a curve's y-axis read as a flat line
+FLATTENED = 0.25
+# metrics.csv columns that are neither a loss nor a loss weight
+NOT_SCHEDULES = ("epoch", "lr", "seconds", "images_per_second")
+SCHEDULE_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive")
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -87,15 +92,20 @@ def balanced_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.array(picked, dtype=np.int64)
 
 
-def plot_samples(
+def plot_inputs(
     images: np.ndarray,
     labels: np.ndarray,
     class_names: Sequence[str],
     path: Path,
+    *,
+    run: str,
     n: int = 32,
     seed: int = 0,
 ) -> Path:
-    """A grid of up to ``n`` input images, balanced across classes, each titled with its class."""
+    """A grid of up to ``n`` test input images, balanced across classes, each titled with its class.
+
+    What the model is asked to reconstruct, before any output of it: a first look at the data.
+    """
     images, labels = _uint8(images), np.asarray(labels)
     if len(images) == 0:
         raise ValueError("no images to plot")
@@ -118,7 +128,7 @@ def plot_samples(
         f"{int((labels[picked] == c).sum())} {_class_name(class_names, int(c))}"
         for c in np.unique(labels[picked])
     )
-    fig.suptitle(f"Input images drawn at random ({counts})", fontsize=12)
+    fig.suptitle(f"{run}: test inputs drawn at random ({counts})", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -135,13 +145,64 @@ def _column(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
-def _maybe_log(ax: Axes, *series: np.ndarray) -> bool:
-    """Log scale when the values span more than a factor of 10, so late epochs stay readable."""
-    values = np.concatenate([s[np.isfinite(s)] for s in series])
-    if len(values) and values.min() > 0 and values.max() / values.min() > 10:
+def _share(later: np.ndarray, every: np.ndarray, log: bool) -> float:
+    """The share of the y-axis that the later epochs get when the axis spans every epoch."""
+    if log:
+        later, every = np.log(later), np.log(every)
+    span = float(np.ptp(every))
+    return 1.0 if span == 0 else float(np.ptp(later)) / span
+
+
+def _limits(values: np.ndarray, log: bool) -> tuple[float, float]:
+    """The y-limits of ``values`` with a margin; a constant still gets a visible height."""
+    low, high = float(values.min()), float(values.max())
+    if log:
+        pad = max((high / low) ** 0.06, 1.05)
+        return low / pad, high * pad
+    pad = 0.06 * (high - low) or 0.05 * abs(high) or 1.0
+    return low - pad, high + pad
+
+
+def _fit_y_axis(ax: Axes, epochs: np.ndarray, series: Mapping[str, tuple[np.ndarray, Any]]) -> bool:
+    """Scale the y-axis so that the later epochs are not flattened by the first one.
+
+    The first epoch's loss is often many times the rest. A log scale is taken when the values
+    span more than a factor of 10 and it gives the later epochs at least ``FLATTENED`` of the
+    axis; otherwise, if the first epoch would squeeze them below that, the axis is fitted to
+    the later epochs, the first epoch's points are marked at its edge and their values named
+    in the legend. Returns whether the scale is logarithmic.
+    """
+    finite = [values[np.isfinite(values)] for values, _ in series.values()]
+    every = np.concatenate(finite)
+    later = np.concatenate([values[1:][np.isfinite(values[1:])] for values, _ in series.values()])
+    if len(every) == 0:
+        return False
+    positive = every.min() > 0
+    if positive and every.max() / every.min() > 10 and (
+        len(later) < 2 or _share(later, every, log=True) >= FLATTENED
+    ):
         ax.set_yscale("log")
         return True
-    return False
+    if len(later) < 2 or _share(later, every, log=False) >= FLATTENED:
+        return False
+    log = bool(later.min() > 0 and later.max() / later.min() > 10)
+    if log:
+        ax.set_yscale("log")
+    bottom, top = _limits(later, log)
+    ax.set_ylim(bottom, top)
+    off = []
+    for name, (values, colour) in series.items():
+        first = values[0]
+        if np.isfinite(first) and not bottom <= first <= top:
+            # drawn on the edge, outside the clip box, so the point is seen to be off the axis
+            edge, marker = (top, "^") if first > top else (bottom, "v")
+            ax.plot([epochs[0]], [edge], marker, color=colour, markersize=8, clip_on=False,
+                    zorder=6)
+            off.append(f"{name} {first:.4g}")
+    if off:
+        ax.plot([], [], "^", color="dimgray", markersize=8,
+                label=f"epoch {epochs[0]:g} off the axis: {', '.join(off)}")
+    return log
 
 
 def _curve_panel(ax: Axes, epochs: np.ndarray, train: np.ndarray, test: np.ndarray,
@@ -150,7 +211,7 @@ def _curve_panel(ax: Axes, epochs: np.ndarray, train: np.ndarray, test: np.ndarr
         ax.plot(epochs, train, "o-", color="tab:blue", markersize=4, label="train")
     if np.isfinite(test).any():
         ax.plot(epochs, test, "s-", color="tab:orange", markersize=4, label="test")
-    log = _maybe_log(ax, train, test)
+    log = _fit_y_axis(ax, epochs, {"train": (train, "tab:blue"), "test": (test, "tab:orange")})
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
@@ -160,12 +221,18 @@ def _curve_panel(ax: Axes, epochs: np.ndarray, train: np.ndarray, test: np.ndarr
     ax.grid(alpha=0.3)
 
 
-def _legend_below(ax: Axes) -> None:
-    """Under the axes: a vertical best-epoch line leaves no free corner inside them."""
+def _legend_below(ax: Axes, *twins: Axes) -> None:
+    """Under the axes: a vertical best-epoch line leaves no free corner inside them.
+
+    ``twins`` (a right-hand axis over the same panel) add their entries to the same legend.
+    """
     handles, labels = ax.get_legend_handles_labels()
+    for twin in twins:
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
     if handles:
         ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                  ncol=min(3, len(handles)), fontsize=9, frameon=False)
+                  ncol=min(2, len(handles)), fontsize=9, frameon=False)
 
 
 def loss_terms_of(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -177,8 +244,42 @@ def loss_terms_of(rows: Sequence[dict[str, Any]]) -> list[str]:
             and np.isfinite(_column(rows, k)).any()]
 
 
+def schedule_columns_of(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The loss weights ``metrics.csv`` carries (a KL warm-up's ``kl_weight``): the columns that
+    are neither a loss (``train_*``, ``test_*``) nor the epoch, learning rate or a timing."""
+    keys = list(rows[0]) if rows else []
+    return [k for k in keys if k not in NOT_SCHEDULES and not k.startswith(("train_", "test_"))
+            and np.isfinite(_column(rows, k)).any()]
+
+
+def _draw_schedules(panels: Mapping[str, Axes], epochs: np.ndarray,
+                    rows: Sequence[dict[str, Any]]) -> dict[Axes, Axes]:
+    """Each loss weight that changes, on a right-hand axis of its term's panel.
+
+    A weight ``<term>_weight`` goes over its term's panel, where one sees the term answer it;
+    any other goes over the total loss (key ""). A weight that never changes says nothing the
+    config does not, and is left out. Returns the right-hand axis of each panel that got one.
+    """
+    twins: dict[Axes, Axes] = {}
+    changing = [c for c in schedule_columns_of(rows)
+                if np.nanmax(_column(rows, c)) > np.nanmin(_column(rows, c))]
+    for i, column in enumerate(changing):
+        term = next((t for t in panels if t and column.startswith(f"{t}_")), "")
+        ax = panels[term]
+        if ax not in twins:
+            twins[ax] = ax.twinx()
+        twin = twins[ax]
+        values = _column(rows, column)
+        twin.plot(epochs, values, "D--", color=SCHEDULE_COLOURS[i % len(SCHEDULE_COLOURS)],
+                  markersize=3, linewidth=1.2,
+                  label=f"{column} (right axis, mean over the epoch)")
+        twin.set_ylim(0, max(1.0, float(np.nanmax(values))) * 1.05)
+        twin.set_ylabel("loss weight", color="dimgray")
+    return twins
+
+
 def plot_learning_curves(
-    rows: Sequence[dict[str, Any]], path: Path, best_epoch: int | None,
+    rows: Sequence[dict[str, Any]], path: Path, best_epoch: int | None, *, run: str,
     terms: Sequence[str] | None = None, titles: Mapping[str, str] | None = None,
 ) -> Path:
     """Train and test loss per epoch with the best epoch marked, then one panel per loss term.
@@ -186,7 +287,8 @@ def plot_learning_curves(
     ``rows`` are ``metrics.csv`` rows (``epoch``, ``train_loss``, ``test_loss`` and
     ``train_<term>``, ``test_<term>`` for each of ``terms``, by default every term the rows
     carry), each titled by ``titles`` (the family's words) or its own name; missing values are
-    skipped. A lone reconstruction term is the loss itself and gets no panel of its own.
+    skipped. A lone reconstruction term is the loss itself and gets no panel of its own. Loss
+    weights that change over training (a KL warm-up) are drawn over their term's panel.
     """
     if not rows:
         raise ValueError("no epochs to plot")
@@ -197,7 +299,7 @@ def plot_learning_curves(
     if not np.isfinite(epochs).all():
         epochs = np.arange(1, len(rows) + 1, dtype=np.float64)
     panels = 1 + len(terms)
-    fig = Figure(figsize=(5.2 * panels, 4.2))
+    fig = Figure(figsize=(5.2 * panels, 4.6))
     axes = fig.subplots(1, panels, squeeze=False)[0]
 
     train_loss, test_loss = _column(rows, "train_loss"), _column(rows, "test_loss")
@@ -216,7 +318,6 @@ def plot_learning_curves(
                          markeredgecolor="black", zorder=5)
         # One legend entry for line and star together.
         axes[0].plot([], [], ":*", color="tab:green", markersize=12, label=label)
-    _legend_below(axes[0])
 
     for ax, term in zip(axes[1:], terms, strict=True):
         title = (titles or {}).get(term, term)
@@ -224,8 +325,10 @@ def plot_learning_curves(
                      f"{title} term", f"{title} per image")
         if best_epoch is not None:
             ax.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.5)
-        _legend_below(ax)
-    fig.suptitle("Learning curves", fontsize=13)
+    twins = _draw_schedules(dict(zip(["", *terms], axes, strict=True)), epochs, rows)
+    for ax in axes:
+        _legend_below(ax, *([twins[ax]] if ax in twins else []))
+    fig.suptitle(f"{run}: learning curves", fontsize=13)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -236,9 +339,10 @@ def plot_latent_tsne(
     class_names: Sequence[str],
     patients: np.ndarray,
     path: Path,
-    title: str,
+    *,
+    run: str,
 ) -> Path:
-    """The 2-D embedding twice: coloured by class, and coloured by patient (slide).
+    """The 2-D t-SNE embedding of test codes twice: coloured by class, and coloured by patient (slide).
 
     The second panel shows whether the latent space groups images by the slide they come from
     rather than by infection. Up to 20 patients get a legend; more share 20 repeating colours.
@@ -294,7 +398,7 @@ def plot_latent_tsne(
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal", adjustable="datalim")
-    fig.suptitle(title, fontsize=13)
+    fig.suptitle(f"{run}: t-SNE of test latent codes ({m} images)", fontsize=13)
     fig.text(0.5, 0.01, "Classes apart on the left = the codes know the class. "
              "Patches of one colour on the right = the codes group by slide.",
              ha="center", fontsize=9, color="dimgray")
@@ -308,6 +412,8 @@ def plot_reconstructions(
     labels: np.ndarray,
     class_names: Sequence[str],
     path: Path,
+    *,
+    run: str,
 ) -> Path:
     """Originals with their reconstructions directly below, the class over each column.
 
@@ -344,13 +450,15 @@ def plot_reconstructions(
         if i % columns == 0:
             top.set_ylabel("original", fontsize=10)
             bottom.set_ylabel("reconstruction", fontsize=10)
-    fig.suptitle("Test images (original) and their reconstructions", fontsize=12)
+    fig.suptitle(f"{run}: test images (original) and their reconstructions", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_image_grid(images: np.ndarray, path: Path, title: str, nrow: int | None = None) -> Path:
-    """Images tiled on white, ``nrow`` images per row (default: up to 8), under a title."""
+def plot_image_grid(images: np.ndarray, path: Path, title: str, *, run: str,
+                    nrow: int | None = None) -> Path:
+    """Images tiled on white, ``nrow`` images per row (default: up to 8), under
+    "``run``: ``title``"."""
     images = _uint8(images)
     if len(images) == 0:
         raise ValueError("no images to plot")
@@ -367,35 +475,43 @@ def plot_image_grid(images: np.ndarray, path: Path, title: str, nrow: int | None
     ax = fig.subplots()
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(title, fontsize=12)
+    ax.set_title(f"{run}: {title}", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_traversals(
-    grid: np.ndarray, dims: Sequence[int], values: Sequence[float], path: Path
+    grid: np.ndarray, dims: Sequence[int], values: Sequence[float], path: Path, *, run: str,
+    kl: Sequence[float], base: str,
 ) -> Path:
-    """Latent traversals: row r decodes codes whose dimension ``dims[r]`` takes each of ``values``.
+    """Latent traversals: row r decodes a base code with dimension ``dims[r]`` set to each of
+    ``values``; ``base`` says which code that is (as "the mean test code").
 
-    ``grid`` is (n_dims, n_steps, C, H, W); rows are labelled ``z[d]``, columns with the value.
+    ``grid`` is (n_dims, n_steps, C, H, W); the rows come ordered by their KL ``kl[r]`` (nats,
+    highest first), so the dimensions that carry the most information lead. Each row is
+    labelled ``z[d]`` with its KL, each column with the value.
     """
     grid = np.asarray(grid)
     if grid.ndim != 5 or grid.shape[0] != len(dims) or grid.shape[1] != len(values):
         raise ValueError(
             f"expected a grid shaped ({len(dims)}, {len(values)}, C, H, W), got {grid.shape}"
         )
+    if len(kl) != len(dims):
+        raise ValueError(f"expected a KL value for each of the {len(dims)} rows, got {len(kl)}")
     n_dims, n_steps = grid.shape[:2]
     images = _uint8(grid.reshape(n_dims * n_steps, *grid.shape[2:])).reshape(grid.shape)
-    fig = Figure(figsize=(1.2 * n_steps + 1.0, 1.25 * n_dims + 1.1))
+    fig = Figure(figsize=(1.2 * n_steps + 1.4, 1.25 * n_dims + 1.5))
     axes = fig.subplots(n_dims, n_steps, squeeze=False)
-    for r, dim in enumerate(dims):
+    for r, (dim, nats) in enumerate(zip(dims, kl, strict=True)):
         for c, value in enumerate(values):
             ax = axes[r, c]
             _show(ax, images[r, c])
             if r == 0:
                 ax.set_title(f"{value:+.2f}", fontsize=10)
-        axes[r, 0].set_ylabel(f"z[{dim}]", fontsize=10, rotation=0, ha="right", va="center")
-    fig.suptitle("Latent traversals: each row sets one dimension to the value over the column,\n"
-                 "the other dimensions stay fixed", fontsize=11)
+        axes[r, 0].set_ylabel(f"z[{dim}]\nKL {nats:.3g}", fontsize=10, rotation=0, ha="right",
+                              va="center")
+    fig.suptitle(f"{run}: latent traversals from {base}\n"
+                 "rows: latent dimensions by KL, highest first; columns: the value that "
+                 "dimension is set to, the others stay at the base", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)

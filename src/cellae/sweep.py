@@ -171,10 +171,11 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
     order = [sweep.run_name(c) for c in sweep.combinations]
     # the order first, so that a report of a sweep stopped in its first run lists it right
     runs.write_json(sweep_dir / runs.SWEEP_STATUS_FILE, {"name": sweep.name, "order": order, "runs": {}})
-    for combination in sweep.combinations:
+    for number, combination in enumerate(sweep.combinations, start=1):
         name = sweep.run_name(combination)
         started = time.perf_counter()
-        print(f"[sweep {sweep.name}] {name}", file=sys.stderr, flush=True)
+        print(f"[sweep {sweep.name}] run {number} of {len(order)}: {name}", file=sys.stderr,
+              flush=True)
         try:
             outcome = _run_one(sweep_dir, name, sweep.config_values(combination), evaluate)
             results[name] = {"status": outcome}

@@ -18,7 +18,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
 
@@ -137,8 +138,69 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return runs.load_checkpoint(Path(path))
 
 
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, on stderr and in this package's words.
+
+    Epochs count from 1 and say of how many ("Epoch 3/20" where Lightning shows "Epoch 2"), the
+    validation pass is called "test" (it runs on the test split; "Validation DataLoader 0" names
+    neither) and the losses stand beside the bar: Lightning shows only metrics logged with
+    ``prog_bar=True``, and the module logs for ``metrics.csv``, not for the bar. Each epoch's
+    line is kept, so the losses of earlier epochs stay on screen.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(leave=True)
+
+    @staticmethod
+    def shown(pl_module: L.LightningModule) -> list[str]:
+        """The metrics a person watching wants: the totals, each term besides the reconstruction
+        (which the total already is, up to the other terms) and each schedule weight."""
+        model = pl_module.model
+        terms = [t for t in model.loss_terms() if t not in ("recon", "recon_per_pixel")]
+        return (["train_loss", "test_loss"]
+                + [f"{side}_{t}" for t in terms for side in ("train", "test")]
+                + list(model.schedule(0.0)))
+
+    @property
+    def validation_description(self) -> str:
+        return "test"
+
+    def init_train_tqdm(self) -> Tqdm:
+        # stderr, as every other progress message: a redirected stdout keeps only results
+        return Tqdm(desc=self.train_description, position=2 * self.process_position,
+                    disable=self.is_disabled, leave=True, dynamic_ncols=True, file=sys.stderr,
+                    smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        has_main_bar = self.trainer.state.fn != "validate"
+        return Tqdm(desc=self.validation_description,
+                    position=2 * self.process_position + has_main_bar, disable=self.is_disabled,
+                    leave=not has_main_bar, dynamic_ncols=True, file=sys.stderr,
+                    bar_format=self.BAR_FORMAT)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        # Lightning's own version draws "Epoch 0" before any override could rename it
+        self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset(total=convert_inf(self.total_train_batches))
+        self.train_progress_bar.set_description(
+            f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        )
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                  batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        if batch_idx == 0:
+            # Lightning has just named the loader ("test DataLoader 0"); there is only one
+            self.val_progress_bar.set_description(self.validation_description)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = trainer.callback_metrics
+        return {k: f"{float(metrics[k]):.4g}" for k in self.shown(pl_module) if k in metrics}
+
+
 class EpochLog(Callback):
-    """Appends one row per epoch to ``metrics.csv`` and, off a terminal, prints one plain line."""
+    """Appends one row per epoch to ``metrics.csv`` and, off a terminal, prints one plain line
+    (a log file gets one line per epoch where a progress bar would fill it with redraws)."""
 
     def __init__(self, run_dir: Path, plain_lines: bool) -> None:
         self.run_dir = run_dir
@@ -170,9 +232,8 @@ class EpochLog(Callback):
         runs.append_metrics(self.run_dir, row)
         if self.plain_lines:
             parts = [f"epoch {row['epoch']}/{trainer.max_epochs}"]
-            shown = ["train_loss", "test_loss"] + [f"test_{t}" for t in pl_module.model.loss_terms()
-                                                   if t not in ("recon", "recon_per_pixel")]
-            parts += [f"{k} {metrics[k]:.4g}" for k in shown if k in metrics]
+            parts += [f"{k} {metrics[k]:.4g}" for k in LossProgressBar.shown(pl_module)
+                      if k in metrics]
             parts.append(f"{row['images_per_second']} img/s")
             print("  ".join(parts), flush=True)
 
@@ -242,7 +303,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
         # some GPU kernels have no deterministic version; warn there rather than refuse to train
         deterministic=True if (t.deterministic and accelerator == "cpu") else ("warn" if t.deterministic else False),
         callbacks=[checkpoint, EpochLog(run_dir, plain_lines=not interactive)]
-        + list(callbacks or []),
+        + ([LossProgressBar()] if interactive else []) + list(callbacks or []),
         logger=logger,
         enable_progress_bar=interactive,
         enable_model_summary=False,
@@ -349,6 +410,8 @@ def train(
     if inherited and os.environ.get("LOCAL_RANK") is not None:
         run_dir = Path(inherited)
     else:
+        # the data first: a cache build that is interrupted or fails leaves no run folder behind
+        prepare_cache(config.data, progress=sys.stderr.isatty())
         run_dir = runs.new_run_dir(out, config.name, timestamped=timestamped)
         runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
         runs.update_run_info(

@@ -47,6 +47,8 @@ ARRAYS = ("images", "masks", "labels", "patients", "files")
 # below this many images, starting worker processes costs more than it saves
 IN_PROCESS_LIMIT = 256
 CHUNK = 32
+# seconds between the lines that stand in for the progress bar off a terminal
+PLAIN_PROGRESS_SECONDS = 5.0
 
 
 class CellCache:
@@ -319,17 +321,35 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-class _NoBar:
+class _PlainProgress:
+    """Off a terminal, a line now and then in place of a bar: a build of a large set takes a
+    while, and a log that stays silent meanwhile looks like a hung process. A build done
+    within the first interval says nothing."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.shown = total, 0, 0
+        self.started = self.last = time.perf_counter()
+
     def update(self, n: int) -> None:
-        pass
+        self.done += n
+        if time.perf_counter() - self.last >= PLAIN_PROGRESS_SECONDS:
+            self._line()
 
     def close(self) -> None:
-        pass
+        if self.shown and self.shown != self.done:
+            self._line()  # where it ended, when it said where it was
+
+    def _line(self) -> None:
+        self.last = time.perf_counter()
+        self.shown = self.done
+        print(f"cache: {self.done:,} of {self.total:,} images "
+              f"({100 * self.done // max(1, self.total)}%), {self.last - self.started:.0f} s",
+              file=sys.stderr, flush=True)
 
 
 def _progress_bar(total: int, description: str, enabled: bool) -> Any:
     if not enabled:
-        return _NoBar()
+        return _PlainProgress(total)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=description, unit="img", file=sys.stderr, smoothing=0.1)

@@ -183,13 +183,18 @@ class VariationalAutoencoder(CellAutoencoder):
 
     @torch.no_grad()
     def draw_figures(self, view: FamilyEvaluation, numbers: dict[str, Any], figures: Path) -> None:
-        """Decoded draws of the prior, and traversals of the dimensions with the highest KL."""
+        """Decoded draws of the prior, and traversals of the dimensions with the highest KL.
+
+        The traversals start from the mean test code, a typical cell, rather than from zero,
+        which the posterior means need not be near; each row is labelled with its KL so that a
+        dimension the model does not use (KL near 0) is not read as one with no effect.
+        """
         generator = torch.Generator(device="cpu").manual_seed(view.seed)
         samples = self.sample(view.eval.n_samples, generator=generator).cpu().numpy()
         plots.plot_image_grid(to_uint8(samples), figures / "prior_samples.png",
-                              title=f"{view.title}: decoded draws from N(0, I)")
+                              title="decoded draws from N(0, I)", run=view.title)
         codes = view.test_codes
-        kl_dims = numbers["kl_per_dimension"]
+        kl_dims = np.asarray(numbers["kl_per_dimension"])
         dims = [int(d) for d in np.argsort(kl_dims)[::-1][:min(view.eval.n_traversal_dims, codes.shape[1])]]
         base = codes.mean(axis=0)
         device = next(self.parameters()).device
@@ -200,4 +205,5 @@ class VariationalAutoencoder(CellAutoencoder):
             decoded = self.decode(torch.as_tensor(z, dtype=torch.float32, device=device))
             grid.append(to_uint8(decoded.cpu().numpy()))
         plots.plot_traversals(np.stack(grid), dims, TRAVERSAL_VALUES.tolist(),
-                              figures / "traversals.png")
+                              figures / "traversals.png", run=view.title,
+                              kl=kl_dims[dims].tolist(), base="the mean test code")

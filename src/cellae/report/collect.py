@@ -1,52 +1,111 @@
-"""Gather what a report shows from run folders: headline numbers, differing config keys, figures."""
+"""Gather what a report shows from run folders: status, headline numbers, config keys, figures.
+
+Everything is read through :mod:`cellae.runs` as plain values, so a report never imports the
+plug-ins a run names and opens a run folder whose family it does not know.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cellae import runs
-from cellae.columns import SAME_OBJECTIVE, Column
+from cellae.columns import SAME_IMAGES, SAME_OBJECTIVE, SAME_TEST_CELLS, Column
 from cellae.config import SYNTHETIC
 from cellae.errors import CellaeError
 
-# the study's order: latent map, reconstructions, curves; then the rest
-FIGURE_ORDER = ("latent_tsne.png", "reconstructions.png", "learning_curves.png", "samples.png",
-                "prior_samples.png", "traversals.png")
-
+# the study's order: latent map, reconstructions, curves; then the rest. The evaluation's grid of
+# inputs was called samples.png before it was called inputs.png: a report reads runs of both.
+FIGURE_ORDER = ("latent_tsne.png", "reconstructions.png", "learning_curves.png", "inputs.png",
+                "samples.png", "prior_samples.png", "traversals.png")
+FINISHED = "finished"
 
 # the report's own first column, from metrics.csv: what training minimised
 TEST_LOSS = Column("test_loss", "test loss", "lower", 4, SAME_OBJECTIVE)
-# what a report of cellae 0.1.0 showed, for runs evaluated before metrics.json named its columns
-COLUMNS_OF_0_1_0 = (
-    Column("reconstruction.psnr_interior", "PSNR interior (dB)", "higher", 2),
-    Column("reconstruction.ssim", "SSIM", "higher", 3),
-    Column("probe.accuracy", "probe accuracy", "higher"),
-    Column("probe.auroc", "probe AUROC", "higher"),
-    Column("pca_baseline.accuracy", "PCA accuracy", "higher"),
-    Column("pca_baseline.auroc", "PCA AUROC", "higher"),
-    Column("probe.knn_accuracy", "kNN accuracy", "higher"),
-    Column("vae.active_units", "active units (VAE)", "", 0),
+# from run.json, after the evaluation's columns: never marked, they describe the run's cost
+RUN_COLUMNS = (
+    Column("run.epochs_completed", "epochs", "", 0),
+    Column("run.fit_seconds", "fit time (s)", "", 1),
+    Column("run.parameters", "parameters", "", 0),
 )
+# The columns cellae's own evaluation and families declare today. Runs evaluated before columns
+# said what they compare within get these, so that, say, their PCA numbers are not marked best.
+# Spelled here because importing the evaluation or the families would import plug-in code.
+KNOWN_COLUMNS = {c.key: c for c in (
+    Column("reconstruction.psnr_interior", "PSNR interior (dB)", "higher", 2, SAME_IMAGES),
+    Column("reconstruction.ssim", "SSIM", "higher", 3, SAME_IMAGES),
+    Column("probe.majority_accuracy", "majority rate", "", 3, baseline=True),
+    Column("probe.accuracy", "probe accuracy", "higher", 3, SAME_TEST_CELLS),
+    Column("probe.auroc", "probe AUROC", "higher", 3, SAME_TEST_CELLS),
+    Column("pca_baseline.accuracy", "PCA accuracy", "higher", 3, baseline=True),
+    Column("pca_baseline.auroc", "PCA AUROC", "higher", 3, baseline=True),
+    Column("probe.knn_accuracy", "kNN accuracy", "higher", 3, SAME_TEST_CELLS),
+    Column("vae.elbo", "ELBO (VAE)", "higher", 2, SAME_IMAGES + ("model.loss",)),
+    Column("vae.kl", "KL (VAE)", "", 2),
+    Column("vae.active_units", "active units (VAE)", "", 0),
+)}
+# what a report of cellae 0.1.0 showed, for runs evaluated before metrics.json named its columns
+COLUMNS_OF_0_1_0 = tuple(KNOWN_COLUMNS[k] for k in (
+    "reconstruction.psnr_interior", "reconstruction.ssim", "probe.accuracy", "probe.auroc",
+    "pca_baseline.accuracy", "pca_baseline.auroc", "probe.knn_accuracy", "vae.active_units",
+))
 
 
 @dataclass
 class RunSummary:
+    """One run folder as the report shows it. ``name`` is unique within a report."""
+
     name: str
     path: Path
     config: dict[str, Any]
     metrics: dict[str, Any]
+    info: dict[str, Any]
+    rows: list[dict[str, float]]  # metrics.csv, for the overlaid learning curves
     test_loss: float | None
     data: dict[str, Any]
     figures: list[Path] = field(default_factory=list)
-    evaluated: bool = True
     columns: list[Column] = field(default_factory=list)  # what its evaluation declared
+
+    @property
+    def status(self) -> str:
+        status = self.info.get("status")
+        return status if isinstance(status, str) and status else "unknown"
+
+    @property
+    def finished(self) -> bool:
+        """Only a finished run's numbers are final, so only they compete for best."""
+        return self.status == FINISHED
+
+    @property
+    def evaluated(self) -> bool:
+        return bool(self.metrics)
+
+    @property
+    def epochs_completed(self) -> int:
+        """run.json's count once training ended; the rows written so far before that."""
+        recorded = self.info.get("epochs_completed")
+        return int(recorded) if isinstance(recorded, int | float) else len(self.rows)
+
+    @property
+    def epochs_planned(self) -> int | None:
+        planned = (self.config.get("train") or {}).get("epochs")
+        return planned if isinstance(planned, int) else None
 
     def number(self, key: str) -> float | None:
         """The number a column shows for this run, or None when the run has none."""
-        return self.test_loss if key == TEST_LOSS.key else _lookup(self.metrics, key)
+        if key == TEST_LOSS.key:
+            value = self.test_loss
+        elif key == "run.epochs_completed":
+            value = self.epochs_completed
+        elif key.startswith("run."):
+            value = _lookup(self.info, key.removeprefix("run."))
+        else:
+            value = _lookup(self.metrics, key)
+        return value if value is not None and math.isfinite(value) else None
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -60,12 +119,32 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _lookup(values: dict[str, Any], dotted: str) -> float | None:
+def _lookup(values: Any, dotted: str) -> float | None:
     for part in dotted.split("."):
         if not isinstance(values, dict) or part not in values:
             return None
         values = values[part]
-    return values if isinstance(values, int | float) and not isinstance(values, bool) else None
+    return float(values) if isinstance(values, int | float) and not isinstance(values, bool) else None
+
+
+def _declared_columns(metrics: dict[str, Any]) -> list[Column]:
+    """The columns metrics.json declares; one declared before columns said what they compare
+    within (no ``compare_within``, no ``baseline``) is read as cellae declares it today."""
+    columns = []
+    for values in metrics.get("columns", []):
+        if not isinstance(values, dict) or not isinstance(values.get("key"), str):
+            continue
+        column = Column.from_dict(values)
+        if "compare_within" not in values and "baseline" not in values:
+            column = KNOWN_COLUMNS.get(column.key, column)
+        columns.append(column)
+    return columns
+
+
+def _figures(run_dir: Path) -> list[Path]:
+    folder = run_dir / runs.FIGURES_DIR
+    figures = [folder / n for n in FIGURE_ORDER if (folder / n).is_file()]
+    return figures + sorted(p for p in folder.glob("*.png") if p.name not in FIGURE_ORDER)
 
 
 def summarise_run(run_dir: Path) -> RunSummary:
@@ -73,37 +152,60 @@ def summarise_run(run_dir: Path) -> RunSummary:
     # plain values: a report never imports the plug-ins a run names
     config = runs.read_config_values(run_dir)
     metrics = runs.read_evaluation(run_dir)
-    info = runs.read_run_info(run_dir)
-    columns = [Column.from_dict(c) for c in metrics.get("columns", []) if isinstance(c, dict)
-               and isinstance(c.get("key"), str)]
-    finite = [r["test_loss"] for r in runs.read_metrics(run_dir) if r.get("test_loss") == r.get("test_loss")]
-    figures_dir = run_dir / runs.FIGURES_DIR
-    figures = [figures_dir / n for n in FIGURE_ORDER if (figures_dir / n).is_file()]
-    figures += sorted(p for p in figures_dir.glob("*.png") if p.name not in FIGURE_ORDER)
+    try:
+        info = runs.read_run_info(run_dir)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        info = {}  # a damaged run.json leaves the run's status unknown, so it competes for nothing
+    info = info if isinstance(info, dict) else {}
+    rows = runs.read_metrics(run_dir)
+    finite = [r["test_loss"] for r in rows if math.isfinite(r.get("test_loss", math.nan))]
     data = dict(metrics.get("data") or info.get("data") or {})
     data["source"] = (config.get("data") or {}).get("source", SYNTHETIC)
     return RunSummary(
-        name=run_dir.name, path=run_dir, config=config, metrics=metrics,
+        name=run_dir.name, path=run_dir, config=config, metrics=metrics, info=info, rows=rows,
         test_loss=min(finite) if finite else _lookup(metrics, "reconstruction.loss"), data=data,
-        figures=figures, evaluated=bool(metrics), columns=columns,
+        figures=_figures(run_dir), columns=_declared_columns(metrics),
     )
 
 
-def report_columns(summaries: list[RunSummary]) -> list[Column]:
-    """The test loss, then every column any run declares, each once, in the order declared.
+def summarise_runs(run_dirs: list[Path]) -> list[RunSummary]:
+    """Each run summarised; folders of one name (``ae`` in two sweeps) are named by their parent
+    too, so that every row, line and section names one run."""
+    summaries = [summarise_run(p) for p in run_dirs]
+    counts: dict[str, int] = {}
+    for s in summaries:
+        counts[s.name] = counts.get(s.name, 0) + 1
+    taken: set[str] = set()
+    for s in summaries:
+        name = f"{s.path.parent.name}/{s.name}" if counts[s.name] > 1 else s.name
+        unique, number = name, 2
+        while unique in taken:
+            unique, number = f"{name} ({number})", number + 1
+        s.name = unique
+        taken.add(unique)
+    return summaries
 
-    Runs evaluated before metrics.json named its columns get those of cellae 0.1.0.
-    """
+
+def anchor(index: int, name: str) -> str:
+    """An HTML id for a run's section: ASCII only, so it needs no escaping in a link."""
+    return f"run-{index + 1}-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "run")
+
+
+def report_columns(summaries: list[RunSummary]) -> list[Column]:
+    """The test loss, every column any run declares (each once, in the order declared), then the
+    run's cost from run.json. Runs evaluated before metrics.json named its columns get those of
+    cellae 0.1.0."""
     seen: dict[str, Column] = {TEST_LOSS.key: TEST_LOSS}
     for summary in summaries:
         declared = summary.columns or (COLUMNS_OF_0_1_0 if summary.evaluated else ())
         for column in declared:
             seen.setdefault(column.key, column)
-    return list(seen.values())
+    return list(seen.values()) + list(RUN_COLUMNS)
 
 
 def expand_run_dirs(paths: list[Path]) -> list[Path]:
-    """Run folders from run and sweep folders, in the order given, each once."""
+    """Run folders from run and sweep folders (and folders of sweeps), in the order given, each
+    once."""
     found: list[Path] = []
     for path in paths:
         if not path.is_dir():
@@ -118,22 +220,25 @@ def expand_run_dirs(paths: list[Path]) -> list[Path]:
     return found
 
 
-def differing_keys(summaries: list[RunSummary]) -> list[str]:
-    """Config keys whose values are not the same in every run (``name`` aside)."""
-    flats = [_flatten(s.config) for s in summaries]
-    keys = sorted({k for f in flats for k in f} - {"name"})
+def differing_keys(configs: list[dict[str, Any]], ignore: tuple[str, ...] = ("name",)) -> list[str]:
+    """Config keys whose values are not the same in every config (``ignore`` aside)."""
+    flats = [_flatten(c) for c in configs]
+    keys = sorted({k for f in flats for k in f} - set(ignore))
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
-
-
-def best_values(summaries: list[RunSummary], columns: list[Column]) -> dict[str, float]:
-    best: dict[str, float] = {}
-    for column in columns:
-        values = [s.number(column.key) for s in summaries]
-        values = [v for v in values if isinstance(v, int | float)]
-        if column.better and values and len(summaries) > 1:
-            best[column.key] = max(values) if column.better == "higher" else min(values)
-    return best
 
 
 def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
     return _flatten(config)
+
+
+def config_value(config: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted key, or None where the config has none. A loss named alone
+    (``loss: mse``) and as a section with only its name (``loss: {name: mse}``) are the same."""
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, dict) and set(value) == {"name"}:
+        return value["name"]
+    return value
