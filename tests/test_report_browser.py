@@ -35,9 +35,19 @@ window.addEventListener('load', function () {
   var header = table.tHead.rows[0].cells[col];
   header.click(); var ascending = column();
   header.click(); var descending = column();
-  var out = document.createElement('pre'); out.id = 'probe-result';
+  var out;
+  function shown(id) {
+    var e = document.getElementById(id);
+    return !!e && (e.tagName !== 'IMG' || (e.complete && e.naturalWidth > 0));
+  }
+  var link = table.tBodies[0].rows[0].querySelector('a[href^="#"]');
+  out = document.createElement('pre'); out.id = 'probe-result';
   out.textContent = JSON.stringify({images: images.length, loaded: loaded,
-                                    ascending: ascending, descending: descending});
+                                    ascending: ascending, descending: descending,
+                                    settings: shown('settings'),
+                                    curves: shown('learning_curves_all'),
+                                    same_cells: shown('same_test_cells'),
+                                    section: !!link && shown(link.getAttribute('href').slice(1))});
   document.body.appendChild(out);
 });
 </script>
@@ -79,6 +89,9 @@ def test_report_in_chromium_loads_figures_and_sorts(report, tmp_path):
     assert found["images"] >= 6 and found["loaded"] == found["images"]
     assert found["ascending"] == sorted(found["ascending"])
     assert found["descending"] == sorted(found["descending"], reverse=True)
+    # what makes it a comparison: settings grouped, all curves on one plot, the same cells by
+    # every run, and each table row leading to its run's section
+    assert found["settings"] and found["curves"] and found["same_cells"] and found["section"], found
 
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOT_DIR / "report.png"

@@ -93,6 +93,37 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
         assert float(left["test_loss"]) == pytest.approx(float(right["test_loss"]), rel=1e-4)
 
 
+class TestLossRises(Callback):
+    """Every epoch's test loss worse than the one before, as the checkpoints see it (they run
+    after every other callback): the best checkpoint stays at epoch 1."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.callback_metrics["test_loss"] = torch.tensor(float(trainer.current_epoch + 1))
+
+
+class DieBeforeEpoch(Callback):
+    """Dies like a killed job as the given epoch starts, leaving the checkpoints training wrote."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch + 1 == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_last_checkpoint_follows_every_epoch_when_the_test_loss_stops_improving(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 4})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, tmp_path / "runs", evaluate=False, callbacks=[TestLossRises(), DieBeforeEpoch(4)])
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    checkpoints = run_dir / runs.CHECKPOINT_DIR
+    assert runs.load_checkpoint(checkpoints / runs.LAST_CHECKPOINT)["epoch"] == 2  # 3 epochs done
+    assert runs.load_checkpoint(checkpoints / runs.BEST_CHECKPOINT)["epoch"] == 0
+    resumed = resume(run_dir, evaluate=False)
+    assert [int(r["epoch"]) for r in metric_rows(resumed)] == [1, 2, 3, 4]
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError) as info:
         train(tiny_config(tmp_path, train={"epochs": 4}), tmp_path / "runs", evaluate=False,

@@ -264,17 +264,18 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
     accelerator = _accelerator(config)
     _quiet_lightning()
     interactive = sys.stderr.isatty()
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / runs.CHECKPOINT_DIR,
-        filename=Path(runs.BEST_CHECKPOINT).stem,
-        monitor="test_loss",
-        mode="min",
-        save_top_k=1,
-        save_last=True,
-        # saved after EpochLog wrote the epoch's row (Lightning runs checkpointing last), so a
-        # checkpoint never exists without its metrics row
-        save_on_train_epoch_end=True,
+    # Saved after EpochLog wrote the epoch's row (Lightning runs checkpointing last), so a
+    # checkpoint never exists without its metrics row. Two callbacks, not one with save_last:
+    # Lightning (2.6) refreshes save_last's file only in epochs whose monitored loss improved,
+    # which leaves last.ckpt stale, and a resume from it loses every epoch since.
+    best = ModelCheckpoint(
+        dirpath=run_dir / runs.CHECKPOINT_DIR, filename=Path(runs.BEST_CHECKPOINT).stem,
+        monitor="test_loss", mode="min", save_top_k=1, save_on_train_epoch_end=True,
         enable_version_counter=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=run_dir / runs.CHECKPOINT_DIR, filename=Path(runs.LAST_CHECKPOINT).stem,
+        monitor=None, save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False,
     )
     logger: Any = False
     if t.tensorboard:
@@ -302,7 +303,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
         gradient_clip_val=t.grad_clip or None,
         # some GPU kernels have no deterministic version; warn there rather than refuse to train
         deterministic=True if (t.deterministic and accelerator == "cpu") else ("warn" if t.deterministic else False),
-        callbacks=[checkpoint, EpochLog(run_dir, plain_lines=not interactive)]
+        callbacks=[best, last, EpochLog(run_dir, plain_lines=not interactive)]
         + ([LossProgressBar()] if interactive else []) + list(callbacks or []),
         logger=logger,
         enable_progress_bar=interactive,
