@@ -67,7 +67,32 @@ def test_generic_class_folders_use_sorted_names(tmp_path):
     # no patient in these names: each file is its own patient, and that is counted
     assert source.unmatched_patients == 6
     assert len(set(source.patients)) == 6
-    assert "6 files have no patient id" in inspect_source(str(tmp_path))
+    report = inspect_source(str(tmp_path))
+    assert "WARNING: 6 of 6 files (100.0%) have no patient id" in report
+    assert "both sides" in report
+
+
+def test_every_nih_name_form_gives_its_patient_and_few_fallbacks_stay_quiet(tmp_path):
+    """The whole NIH set's 200 patients, named in each form the set uses, and 1% without an id."""
+    forms = ("C{n}P{p}thinF_IMG_1_cell_{c}.png", "C{n}P{p}NThinF_IMG_1_cell_{c}.png",
+             "C{n}P{p}N_ThinF_IMG_1_cell_{c}.png", "C{n}_thinF_IMG_1_cell_{c}.png",
+             "C{n}AP{p}thinF_IMG_1_cell_{c}.png", "C{n}BP{p}_thinF_IMG_1_cell_{c}.png",
+             "C{n}P{p}ReThinF_IMG_1_cell_{c}.png", "C{n}NThinF_IMG_1_cell_{c}.png")
+    image = png_bytes(cell_array(0))
+    names = []
+    for patient in range(200):
+        for cell in range(2):
+            names.append(forms[patient % len(forms)].format(n=patient + 1, p=patient + 7, c=cell))
+    names += ["cell_a.png", "cell_b.png", "cell_c.png", "cell_d.png"]  # 4 of 404: under 1%
+    for i, name in enumerate(names):
+        folder = tmp_path / ("Parasitized" if i % 2 else "Uninfected")
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_bytes(image)
+    source = open_source(str(tmp_path))
+    assert source.unmatched_patients == 4
+    report = inspect_source(str(tmp_path))
+    assert "patients: 204" in report  # 200 from the names, and each unnamed file its own
+    assert "WARNING" not in report and "4 files have no patient id" in report
 
 
 @pytest.mark.parametrize(
@@ -80,6 +105,11 @@ def test_generic_class_folders_use_sorted_names(tmp_path):
         ("C1_thinF_IMG_20150604_104942_cell_72.png", "C1"),
         ("C3thin_original_IMG_20150608_163029_cell_1.png", "C3"),
         ("Parasitized/C33P1thinF_IMG_1_cell_1.png", "C33"),
+        ("C51AP12thinF_IMG_20150724_114923_cell_148.png", "C51A"),
+        ("C37BP2_thinF_IMG_20150620_133111a_cell_87.png", "C37B"),
+        ("C167P128ReThinF_IMG_20151201_110349_cell_36.png", "C167"),
+        ("C176P137NThinF_IMG_20151201_122957_cell_21.png", "C176"),
+        ("C64P25N_ThinF_IMG_20150818_173318_cell_101.png", "C64"),
         ("cell_001.png", None),
         ("XC33P1thinF.png", None),
     ],

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
@@ -27,6 +28,7 @@ from cellae import __version__, runs
 from cellae.config import Config
 from cellae.data.cache import prepare_cache
 from cellae.data.datamodule import CellDataModule
+from cellae.data.sources.labels import unmatched_warning
 from cellae.data.splits import split_indices
 from cellae.errors import CellaeError
 from cellae.images import unit_float
@@ -328,8 +330,14 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
     if is_launcher and ckpt_path is None:
         runs.write_split(run_dir, cache.files, train_idx, test_idx)
         summary = runs.data_summary(cache.labels, cache.patients, cache.class_names, train_idx, test_idx)
+        # a file without a patient id is its own patient (see data.sources.labels)
+        unmatched = int(np.sum(np.asarray(cache.patients) == np.asarray(cache.files)))
+        warning = unmatched_warning(unmatched, len(cache.files))
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         runs.update_run_info(run_dir, channels=channels, data={
-            "cache": str(cache.path), "class_names": list(cache.class_names), **summary})
+            "cache": str(cache.path), "class_names": list(cache.class_names), **summary,
+            "files_without_patient": unmatched, **({"warning": warning} if warning else {})})
     datamodule = CellDataModule(
         cache, train_idx, test_idx, config.train.batch_size, seed=config.seed,
         num_workers=config.train.num_workers, data_on_device=config.train.data_on_device,

@@ -15,6 +15,7 @@ import numpy as np
 from cellae.config import DataConfig
 from cellae.data.decode import BadImage
 from cellae.data.sources import open_source
+from cellae.data.sources.labels import unmatched_warning
 from cellae.naming import natural_key
 
 # what every source's info() holds; inspect shows any other key a source adds
@@ -55,8 +56,9 @@ def inspect_source(spec: str | Path | DataConfig) -> str:
         )
     if source.unmatched_patients:
         lines.append(
-            f"  {source.unmatched_patients} files have no patient id in their name "
-            f"(not like C33P1thinF_...): each counts as its own patient"
+            unmatched_warning(source.unmatched_patients, len(patients))
+            or f"  {source.unmatched_patients} files have no patient id in their name "
+               f"(not like C33P1thinF_...): each counts as its own patient"
         )
     else:
         classes = [named[label] for label in range(len(source.class_names))]

@@ -19,8 +19,13 @@ MALARIA_CLASSES = ["uninfected", "infected"]
 # the same two classes as people often write them in a CSV
 _MALARIA_SPELLINGS = ({"parasitized", "uninfected"}, {"infected", "uninfected"})
 
-# NIH names start with the patient: C33P1thinF_, C176P137NThinF_, C64P25N_ThinF_, C1_thinF_, ...
-_PATIENT = re.compile(r"^c(\d+)(?:p\d+)?n?_?thin", re.IGNORECASE)
+# NIH names start with the patient: C33P1thinF_, C176P137NThinF_, C64P25N_ThinF_, C1_thinF_,
+# and in the whole set also C51AP12thinF_ and C37BP2_thinF_ (a letter after the number, part
+# of the patient: C51A) and C167P128ReThinF_ (a word before ThinF). A letter counts as the
+# patient's only before P<number>: in C12NThinF_ the N is a suffix, as in C176P137NThinF_.
+_PATIENT = re.compile(r"^c(\d+)(?:([a-z])?p\d+)?[a-z]*_?thin", re.IGNORECASE)
+# more files than this share without a patient id, and a patient split is said to be unsound
+UNMATCHED_WARNING_SHARE = 0.01
 
 
 class Classes(NamedTuple):
@@ -41,7 +46,18 @@ def classes_from_names(names: Iterable[str]) -> Classes:
 def patient_from_name(name: str) -> str | None:
     """The patient id in an NIH file name (``C33P1thinF_...`` -> ``C33``), or None."""
     match = _PATIENT.match(posixpath.basename(name))
-    return f"C{match.group(1)}" if match else None
+    return f"C{match.group(1)}{(match.group(2) or '').upper()}" if match else None
+
+
+def unmatched_warning(unmatched: int, total: int) -> str | None:
+    """A warning when more than ``UNMATCHED_WARNING_SHARE`` of the files have no patient id:
+    each is then its own patient, so one patient's cells can fall on both sides of a split."""
+    if total == 0 or unmatched / total <= UNMATCHED_WARNING_SHARE:
+        return None
+    return (f"WARNING: {unmatched:,} of {total:,} files ({100 * unmatched / total:.1f}%) have no "
+            f"patient id in their name (not like C33P1thinF_...); each counts as its own patient, "
+            f"so a patient split may put one patient's cells on both sides (give a CSV source "
+            f"with a patient column)")
 
 
 def patients_from_names(
