@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import subprocess
 import sys
@@ -300,3 +301,43 @@ def test_the_report_imports_no_training_sweep_or_plug_in_code():
             "('cellae.training', 'cellae.sweep', 'cellae.models', 'cellae.evaluation'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_report_replaces_only_the_figures_folder_it_made(tmp_path):
+    run = fake_run(tmp_path, "a")
+    out = tmp_path / "r.html"
+    write_report([run], out)
+    (tmp_path / "r_files" / "stale.png").write_bytes(b"old")
+    write_report([run], out)  # its own folder: replaced whole
+    assert not (tmp_path / "r_files" / "stale.png").exists()
+    theirs = tmp_path / "mine_files"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    with pytest.raises(CellaeError, match="was not written by cellae report"):
+        write_report([run], tmp_path / "mine.html")
+    assert (theirs / "thesis.tex").read_text() == "years of work"
+    assert not (tmp_path / "mine.html").exists()
+    # the run folder itself named as the report's figures folder
+    named_so = fake_run(tmp_path, "b_files")  # cellae report b_files --out b.html
+    with pytest.raises(CellaeError, match="was not written by cellae report"):
+        write_report([named_so], tmp_path / "b.html")
+    assert (named_so / "config.yaml").is_file()
+    with pytest.raises(CellaeError, match=r"must name an \.html file"):
+        write_report([run], tmp_path / "r.md")
+
+
+def test_a_report_embeds_only_the_runs_own_regular_png_files(tmp_path):
+    run = fake_run(tmp_path, "a")
+    secret = tmp_path / "private.png"
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(secret)
+    figures = run / "figures"
+    (figures / "leak.png").symlink_to(secret)
+    os.mkfifo(figures / "hang.png")
+    (figures / "zero.png").symlink_to("/dev/zero")
+    (figures / "fake.png").write_bytes(b"not an image at all")
+    out = write_report([run], tmp_path / "r.html")  # returns: the FIFO was never opened
+    page = out.read_text()
+    for name in ("leak", "hang", "zero", "fake"):
+        assert f"{name}.png" not in page and not list(tmp_path.glob(f"r_files/*/{name}.png"))
+    assert base64.b64encode(secret.read_bytes()).decode() not in page
+    assert list(tmp_path.glob("r_files/*/latent_tsne.png"))  # the run's own figures still go in

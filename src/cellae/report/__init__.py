@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from cellae import runs
+from cellae.errors import CellaeError
 from cellae.report import markdown, page
 from cellae.report.collect import RunSummary, expand_run_dirs, report_columns, summarise_runs
 from cellae.report.compare import group_settings
@@ -23,6 +24,9 @@ from cellae.report.figures import learning_curves, same_cells
 from cellae.report.tables import runs_table, settings_table
 
 __all__ = ["write_report"]
+
+# marks a figures folder as a report's own, which the next report may replace
+FILES_MARK = ".cellae-report"
 
 
 def _data_line(summary: RunSummary) -> str:
@@ -52,6 +56,27 @@ def _settings_note(n_runs: int, n_settings: int) -> str:
             "finished runs averaged, ± is their sample standard deviation.")
 
 
+def _own_files_dir(out: Path) -> Path:
+    """The folder of the Markdown's figures beside ``out``, emptied if an earlier report made it.
+
+    A report replaces only what a report wrote (its folder holds ``FILES_MARK``); any other
+    folder of that name, a run folder say, is someone's work and is refused in one line.
+    """
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise CellaeError(f"--out must name an .html file (report.md is written beside it), "
+                          f"got {out}")
+    files_dir = out.with_name(f"{out.stem}_files")
+    if files_dir.is_symlink() or (files_dir.exists() and not files_dir.is_dir()):
+        raise CellaeError(f"{files_dir} is in the way of the report's figures and was not "
+                          f"written by cellae report; move it or choose another --out")
+    if files_dir.is_dir():
+        if not (files_dir / FILES_MARK).is_file():
+            raise CellaeError(f"{files_dir} exists and was not written by cellae report, so it "
+                              f"is left as it is; move it or choose another --out")
+        shutil.rmtree(files_dir)
+    return files_dir
+
+
 def write_report(paths: list[Path], out: Path, title: str | None = None) -> Path:
     """Write ``out`` (HTML) and the same content as Markdown beside it; return the HTML path."""
     summaries = summarise_runs(expand_run_dirs(paths))
@@ -62,11 +87,11 @@ def write_report(paths: list[Path], out: Path, title: str | None = None) -> Path
     sections = [(_data_line(s), _run_notes(s)) for s in summaries]
     note = _settings_note(len(summaries), len(settings))
     title = title or ("cellae report: " + ", ".join(p.name for p in paths))
+    files_dir = _own_files_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs.write_atomic(out, page.render(title, summaries, tables, figures, sections, note))
-    files_dir = out.with_name(f"{out.stem}_files")
-    if files_dir.exists():
-        shutil.rmtree(files_dir)
+    files_dir.mkdir()
+    (files_dir / FILES_MARK).write_text("written by cellae report; replaced by the next one\n")
     text = markdown.render(title, summaries, tables, figures, sections, note, files_dir, out)
     runs.write_atomic(out.with_suffix(".md"), text)
     return out

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from cellae import runs
 from cellae.columns import SAME_IMAGES, SAME_OBJECTIVE, SAME_TEST_CELLS, Column
@@ -23,6 +26,8 @@ from cellae.errors import CellaeError
 FIGURE_ORDER = ("latent_tsne.png", "reconstructions.png", "learning_curves.png", "inputs.png",
                 "samples.png", "prior_samples.png", "traversals.png")
 FINISHED = "finished"
+# a figure larger than this is not one cellae drew (they are well under 1 MB)
+MAX_FIGURE_BYTES = 20 * 2**20
 
 # the report's own first column, from metrics.csv: what training minimised
 TEST_LOSS = Column("test_loss", "test loss", "lower", 4, SAME_OBJECTIVE)
@@ -141,10 +146,34 @@ def _declared_columns(metrics: dict[str, Any]) -> list[Column]:
     return columns
 
 
+def _is_own_png(path: Path, run_root: Path) -> bool:
+    """Whether ``path`` may go into a report: a regular file (no link, FIFO or device), inside
+    the run folder however its parents are spelled, of bounded size, that decodes as a PNG.
+
+    A run folder may come from anyone; a link in it to a private file would otherwise be
+    embedded in the page, a FIFO would hang the report and /dev/zero would fill its memory.
+    """
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FIGURE_BYTES:
+            return False
+        if not path.resolve().is_relative_to(run_root):
+            return False
+        with Image.open(path, formats=["PNG"]) as image:
+            image.verify()
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        return False
+    return True
+
+
 def _figures(run_dir: Path) -> list[Path]:
     folder = run_dir / runs.FIGURES_DIR
-    figures = [folder / n for n in FIGURE_ORDER if (folder / n).is_file()]
-    return figures + sorted(p for p in folder.glob("*.png") if p.name not in FIGURE_ORDER)
+    root = run_dir.resolve()
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    named = [folder / n for n in FIGURE_ORDER]
+    found = named + sorted(p for p in folder.glob("*.png") if p.name not in FIGURE_ORDER)
+    return [p for p in found if _is_own_png(p, root)]
 
 
 def summarise_run(run_dir: Path) -> RunSummary:

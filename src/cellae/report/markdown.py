@@ -3,7 +3,6 @@ italics), the same figures as files in ``<stem>_files/``, and the same run secti
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ def _run_section(index: int, summary: RunSummary, data_line: str, notes: list[st
     lines += [f"> {md_escape(n)}\n" for n in notes]
     for figure in summary.figures:
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(figure, target / figure.name)
+        runs.write_atomic(target / figure.name, figure.read_bytes())
         label = figure.stem.replace("_", " ")
         lines += [_link(target / figure.name, out, f"{label} — {summary.name}"), ""]
     return lines
