@@ -224,3 +224,18 @@ def test_an_interrupted_cache_build_leaves_no_run_folder(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tmp_path), tmp_path / "runs", evaluate=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_run_folder_trains_in_one_process_at_a_time(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 2})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, tmp_path / "runs", evaluate=False, callbacks=[StopAfterEpoch(1)])
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows_before = metric_rows(run_dir)
+    with runs.run_lock(run_dir), pytest.raises(CellaeError, match=f"in use by process {os.getpid()}"):
+        resume(run_dir, evaluate=False)  # a second resume while one holds the folder
+    assert metric_rows(run_dir) == rows_before  # refused before it touched anything
+    # a lock file left by a process that died (its pid inside, no lock held) is taken over
+    (run_dir / runs.LOCK_FILE).write_text("999999999\n")
+    resumed = resume(run_dir, evaluate=False)
+    assert [int(r["epoch"]) for r in metric_rows(resumed)] == [1, 2]

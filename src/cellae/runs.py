@@ -19,13 +19,15 @@ through the functions here (figures are named by what draws them). A sweep folde
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +56,8 @@ EVAL_METRICS_FILE = "metrics.json"
 LATENTS_FILE = "latents.npz"
 RECONSTRUCTIONS_FILE = "reconstructions.npz"
 SWEEP_STATUS_FILE = "sweep.json"
+# held (flock) by the one process that trains in a run folder; holds its pid for the message
+LOCK_FILE = ".lock"
 
 
 def write_json(path: Path, values: Any) -> None:
@@ -118,6 +122,30 @@ def source_name(source: str) -> str:
 
 def is_run_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / RUN_INFO_FILE).is_file()
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder for this process: a second one that would train in it is refused.
+
+    An advisory ``flock`` on ``LOCK_FILE``: the kernel lets go of it when its process ends, so
+    the lock of a killed run never needs clearing by hand, and the next process takes it over.
+    """
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "another process"
+        os.close(fd)
+        raise CellaeError(f"{run_dir} is in use by process {holder}; wait for it to end "
+                          f"(or stop it) before training in this run folder") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, harmless, for the next holder
 
 
 def require_run_dir(path: Path) -> Path:

@@ -6,6 +6,7 @@ run folder; ``resume(run_dir)`` continues an interrupted run from ``checkpoints/
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -429,8 +430,17 @@ def train(
             started=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
     print(f"training {config.model.family} '{config.name}' into {run_dir}", file=sys.stderr)
-    trainer = _fit(config, run_dir, None, callbacks)
-    return _finish(run_dir, trainer, evaluate)
+    with _held(run_dir):
+        trainer = _fit(config, run_dir, None, callbacks)
+        return _finish(run_dir, trainer, evaluate)
+
+
+def _held(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """The run folder's lock, taken by the launching process; the processes a DDP launch
+    starts (LOCAL_RANK set) work under their launcher's."""
+    if os.environ.get("LOCAL_RANK") is not None:
+        return contextlib.nullcontext()
+    return runs.run_lock(run_dir)
 
 
 def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | None = None) -> Path:
@@ -440,14 +450,17 @@ def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | Non
     last = run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT
     if not last.is_file():
         raise CellaeError(f"{run_dir} has no {runs.CHECKPOINT_DIR}/{runs.LAST_CHECKPOINT} to resume from")
-    state = runs.load_checkpoint(last)
-    completed = int(state.get("epoch", -1)) + 1
-    if completed >= config.train.epochs and runs.read_run_info(run_dir).get("status") == "finished":
-        print(f"{run_dir} already finished all {config.train.epochs} epochs", file=sys.stderr)
-        return run_dir
-    if os.environ.get("LOCAL_RANK") is None:
-        runs.truncate_metrics(run_dir, completed)
-        runs.update_run_info(run_dir, status="running", resumed_from_epoch=completed)
-    print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
-    trainer = _fit(config, run_dir, last, callbacks)
-    return _finish(run_dir, trainer, evaluate)
+    with _held(run_dir):
+        # read under the lock: a run still training would change it meanwhile
+        state = runs.load_checkpoint(last)
+        completed = int(state.get("epoch", -1)) + 1
+        if (completed >= config.train.epochs
+                and runs.read_run_info(run_dir).get("status") == "finished"):
+            print(f"{run_dir} already finished all {config.train.epochs} epochs", file=sys.stderr)
+            return run_dir
+        if os.environ.get("LOCAL_RANK") is None:
+            runs.truncate_metrics(run_dir, completed)
+            runs.update_run_info(run_dir, status="running", resumed_from_epoch=completed)
+        print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
+        trainer = _fit(config, run_dir, last, callbacks)
+        return _finish(run_dir, trainer, evaluate)
