@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cellae.config import Config, load_config
+from cellae.config import Config, load_config, load_yaml
 from cellae.errors import CellaeError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -150,3 +150,27 @@ def test_invalid_yaml_names_its_line(tmp_path):
 def test_a_missing_malaria_folder_says_how_to_fetch_it(tmp_path):
     with pytest.raises(CellaeError, match="cellae data download --to data"):
         load_config(write(tmp_path, {"data": {"source": str(tmp_path / "data" / "cell_images")}}))
+
+
+def test_hostile_yaml_is_refused_in_one_line_before_any_work(tmp_path):
+    cases = {
+        # nine lists of nine aliases: 490 million values from 342 bytes
+        "aliases.yaml": 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)),
+        "cycle.yaml": "a: &a [*a]\n",
+        "twice.yaml": "train: {epochs: 5}\nmodel: {latent_dim: 8}\ntrain: {lr: 0.01}\n",
+    }
+    expected = {"aliases.yaml": "490,329,064 values", "cycle.yaml": "a cycle",
+                "twice.yaml": "line 3, column 1): the key 'train' is given twice"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(CellaeError, match="not valid YAML") as info:
+            load_config(tmp_path / name)
+        assert expected[name] in str(info.value) and "\n" not in str(info.value)
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * 200_000)
+    with pytest.raises(CellaeError, match="a config is at most"):
+        load_config(big)
+    # aliases in moderation, and a merge whose keys are overridden, stay allowed
+    assert load_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, y: 3}\nc: [*a, *a]\n") == {
+        "a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}, "c": [{"x": 1, "y": 2}] * 2}

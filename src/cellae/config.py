@@ -397,7 +397,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise CellaeError(f"override '{text}' must look like key.subkey=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -495,12 +495,75 @@ def config_from_dict(
     return validate(_build(Config, values), check_paths=check_paths)
 
 
+# A config or sweep file is a few hundred bytes; these bounds keep a hostile one (a file of
+# gigabytes, nested aliases that stand for a billion values) from hanging cellae or eating memory.
+MAX_YAML_BYTES = 1 * 2**20
+MAX_YAML_VALUES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys, so a second ``train:`` section would silently
+    drop the first.
+    """
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        # the keys as written, before a merge (<<: *base) brings in keys they may override
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key '{key_node.value}' is given twice in one mapping",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(value: Any, known: dict[int, int]) -> int:
+    """How many values ``value`` holds once every alias is written out, counted without
+    writing them out (a shared subtree is counted once per use, from ``known``)."""
+    if not isinstance(value, dict | list):
+        return 1
+    if id(value) in known:
+        if known[id(value)] < 0:
+            raise yaml.YAMLError("an alias refers to a value that contains it (a cycle)")
+        return known[id(value)]
+    known[id(value)] = -1
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    size = 1 + sum(_expanded_size(item, known) for item in items)
+    known[id(value)] = size
+    return size
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` as YAML through :class:`_BoundedLoader`; raises ``yaml.YAMLError``, also when
+    its aliases stand for more than ``MAX_YAML_VALUES`` values (every later step of cellae would
+    walk them all)."""
+    loader = _BoundedLoader(text)
+    try:
+        values = loader.get_single_data()
+    finally:
+        loader.dispose()
+    size = _expanded_size(values, {})
+    if size > MAX_YAML_VALUES:
+        raise yaml.YAMLError(f"it stands for {size:,} values once its aliases are written out; "
+                             f"a config holds at most {MAX_YAML_VALUES:,}")
+    return values
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CellaeError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise CellaeError(f"config file {path} is {path.stat().st_size:,} bytes; a config is at "
+                          f"most {MAX_YAML_BYTES:,}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = load_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -38,7 +38,7 @@ import torch
 import yaml
 from PIL import Image
 
-from cellae.config import Config, config_from_dict, from_older_cellae
+from cellae.config import MAX_YAML_BYTES, Config, config_from_dict, from_older_cellae, load_yaml
 from cellae.errors import CellaeError
 from cellae.files import write_atomic
 from cellae.images import unit_float
@@ -160,8 +160,12 @@ def require_run_dir(path: Path) -> Path:
 
 def read_config_values(run_dir: Path) -> dict[str, Any]:
     """The run's config as plain YAML values: nothing built, no plug-in imported."""
+    path = run_dir / CONFIG_FILE
     try:
-        values = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise CellaeError(f"{path} is {path.stat().st_size:,} bytes; a config is at most "
+                              f"{MAX_YAML_BYTES:,}")
+        values = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise CellaeError(f"{run_dir / CONFIG_FILE} is unreadable: {str(exc).splitlines()[0]}") from exc
     if not isinstance(values, dict):
