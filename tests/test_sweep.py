@@ -118,3 +118,17 @@ def test_a_failing_run_does_not_stop_the_others_and_resume_trains_only_what_is_l
     assert status[failed[0]]["status"] == "trained"
     assert (sweep_dir / finished[0] / "checkpoints" / "last.ckpt").read_bytes() == kept_weights
     assert len(runs.run_dirs_in(sweep_dir)) == 2
+
+
+def test_a_grid_too_large_is_refused_before_it_is_built(tmp_path):
+    # 10^8 combinations from one line per key: said at once, in one line, without building them
+    grid = {"train.lr": [0.001 * i for i in range(1, 101)], "seed": list(range(100)),
+            "model.latent_dim": list(range(1, 101)), "train.epochs": list(range(1, 101))}
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump({"config": {"name": "x"}, "grid": grid}))
+    with pytest.raises(CellaeError, match=r"makes 100,000,000 runs \(100 x 100 x 100 x 100\)"):
+        load_sweep(path)
+    path.write_text(yaml.safe_dump({"config": {"name": "x"},
+                                    "runs": [{"seed": i} for i in range(1001)]}))
+    with pytest.raises(CellaeError, match="lists 1,001 runs; a sweep has at most 1,000"):
+        load_sweep(path)

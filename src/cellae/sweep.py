@@ -21,10 +21,12 @@ checkpoint and trains the rest; a failing run is reported and the others go on.
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
 import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ from cellae.errors import CellaeError
 
 SWEEP_FILE = "sweep.yaml"
 SWEEP_KEYS = {"name", "base", "config", "set", "grid", "runs"}
+# every run is checked before the first starts; a grid past this is a typo, not a study
+MAX_RUNS = 1000
 # short prefixes so that names read like the study's (z50, beta4)
 NAME_PREFIXES = {"model.latent_dim": "z", "model.beta": "beta", "train.epochs": "e", "seed": "s"}
 
@@ -109,15 +113,23 @@ def load_sweep(path: Path, overrides: list[str] | None = None, resumed: bool = F
             if not isinstance(options, list) or not options:
                 raise CellaeError(f"sweep file {path}: grid key '{key}' must have a non-empty list of values")
         keys = list(grid)
+        size = math.prod(len(options) for options in grid.values())
+        if size > MAX_RUNS:
+            sizes = " x ".join(str(len(options)) for options in grid.values())
+            raise CellaeError(f"sweep file {path}: its grid makes {size:,} runs ({sizes}); a sweep "
+                              f"has at most {MAX_RUNS:,}: split it into several sweep files")
         combinations = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
     else:
         combinations = values["runs"]
         if not isinstance(combinations, list) or not all(isinstance(c, dict) and c for c in combinations):
             raise CellaeError(f"sweep file {path}: 'runs' must be a list of non-empty mappings")
+        if len(combinations) > MAX_RUNS:
+            raise CellaeError(f"sweep file {path} lists {len(combinations):,} runs; a sweep has at "
+                              f"most {MAX_RUNS:,}: split it into several sweep files")
     sweep = Sweep(name=str(values.get("name", path.stem)), base=base, combinations=combinations,
                   resumed=resumed)
     names = [sweep.run_name(c) for c in combinations]
-    duplicated = {n for n in names if names.count(n) > 1}
+    duplicated = {n for n, count in Counter(names).items() if count > 1}
     if duplicated:
         raise CellaeError(f"sweep file {path}: two runs would share the name '{sorted(duplicated)[0]}'")
     for combination in combinations:
