@@ -407,3 +407,17 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
     monkeypatch.setattr(files_module.os, "fsync", real_fsync)
     resume(run_dir, evaluate=False)  # space freed: the run goes on from the kept checkpoint
     assert metric_epochs(run_dir) == [1, 2, 3]
+
+
+def test_devices_and_workers_are_held_to_what_the_machine_has(tmp_path, monkeypatch, capsys):
+    from cellae.data import cache as cache_module
+    from cellae.training import train
+
+    monkeypatch.setattr(cache_module, "available_cores", lambda: 2)
+    monkeypatch.setattr("cellae.training.available_cores", lambda: 2)
+    config = tiny_config(tmp_path, train={"devices": 1000, "accelerator": "cpu"})
+    with pytest.raises(CellaeError, match="train.devices is 1000 but this machine gives 2 CPU cores"):
+        train(config, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()  # refused before any work
+    assert cache_module._workers(48, n_images=10_000) == 2
+    assert "data.workers is 48 but this machine gives 2 cores; using 2" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 
 from cellae import __version__, runs
 from cellae.config import Config
-from cellae.data.cache import prepare_cache
+from cellae.data.cache import available_cores, prepare_cache
 from cellae.data.datamodule import CellDataModule
 from cellae.data.sources.labels import unmatched_warning
 from cellae.data.splits import split_indices
@@ -250,6 +250,24 @@ def _accelerator(config: Config) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def _devices(config: Config, accelerator: str) -> int | str:
+    """``train.devices`` checked against the machine: each CPU device is a process of its own,
+    and more of them than cores (``train.devices=1000``) only start processes that wait."""
+    devices = config.train.devices
+    if accelerator == "cpu":
+        if devices == "auto":
+            return 1
+        cores = available_cores()
+        if isinstance(devices, int) and devices > cores:
+            raise CellaeError(f"train.devices is {devices} but this machine gives {cores} CPU "
+                              f"cores; on the CPU each device is a process: use at most {cores}")
+    elif accelerator in ("gpu", "cuda") and isinstance(devices, int):
+        visible = torch.cuda.device_count()
+        if devices > visible:
+            raise CellaeError(f"train.devices is {devices} but {visible} GPU(s) are visible")
+    return devices
+
+
 def _quiet_lightning() -> None:
     """Silence advice that does not apply: our loaders yield row numbers, cut on the device."""
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -294,9 +312,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # TF32 tensor cores for float32 convolutions: several times faster, ample for images
         torch.set_float32_matmul_precision("high")
-    devices: int | str = t.devices
-    if accelerator == "cpu" and devices == "auto":
-        devices = 1
+    devices = _devices(config, accelerator)
     return L.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -420,6 +436,7 @@ def train(
     if inherited and os.environ.get("LOCAL_RANK") is not None:
         run_dir = Path(inherited)
     else:
+        _devices(config, _accelerator(config))  # before any work, as every other config mistake
         # the data first: a cache build that is interrupted or fails leaves no run folder behind
         prepare_cache(config.data, progress=sys.stderr.isatty())
         run_dir = runs.new_run_dir(out, config.name, timestamped=timestamped)

@@ -160,9 +160,20 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, which a job scheduler may narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _workers(requested: int, n_images: int) -> int:
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = requested or available or 1
+    available = available_cores()
+    if requested > available:
+        # more decoding processes than cores only share them, each with its own memory
+        print(f"data.workers is {requested} but this machine gives {available} cores; "
+              f"using {available}", file=sys.stderr, flush=True)
+    workers = min(requested, available) or available
     return 1 if n_images < IN_PROCESS_LIMIT else max(1, workers)
 
 
