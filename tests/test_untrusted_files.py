@@ -53,3 +53,17 @@ def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CellaeError, match="cannot read checkpoint .* damaged or incomplete"):
         runs.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("spelling", ["..", ".", "../..", "x/..", "/", "figures", "metrics.json",
+                                      ".hidden", "latents.npz"])
+def test_evaluation_on_another_source_never_writes_over_the_runs_own_files(tmp_path, monkeypatch,
+                                                                           spelling):
+    run_dir = tmp_path / "classes" / "run"
+    run_dir.mkdir(parents=True)
+    monkeypatch.chdir(run_dir)  # "cellae evaluate RUN --data .." typed from inside a folder
+    out = runs.eval_dir(run_dir, spelling)
+    assert out.parent == run_dir / runs.EVAL_DIR
+    assert out.name not in ("", ".", "..", runs.EVAL_METRICS_FILE, runs.LATENTS_FILE,
+                            runs.RECONSTRUCTIONS_FILE, runs.FIGURES_DIR)
+    assert not out.name.startswith(".")

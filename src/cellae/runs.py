@@ -113,11 +113,15 @@ def safe_folder_name(name: str) -> str:
 
 def source_name(source: str) -> str:
     """A folder-safe name for an evaluation source (``eval/<name>/``)."""
-    path = Path(source.rstrip("/"))
+    # resolved, so that "..", "." or "x/../" name a real folder, never a step out of eval/
+    path = Path(source).resolve() if source != "synthetic" else Path(source)
     name = path.stem if path.suffix == ".zip" else path.name
     if name in ("cell_images", ""):
         name = f"{path.parent.name}-{name}" if path.parent.name else name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "source"
+    # no hidden or dot-only name, and never one of eval/'s own files
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "source"
+    return f"{name}_source" if name in (EVAL_METRICS_FILE, LATENTS_FILE, RECONSTRUCTIONS_FILE,
+                                         FIGURES_DIR) else name
 
 
 def is_run_dir(path: Path) -> bool:
