@@ -1,13 +1,18 @@
 """Checkpoints and run folders from strangers must not be able to run code."""
 
 import pickle
+import shutil
 
 import pytest
 import torch
+import yaml
 
 from cellae import runs
 from cellae.config import Config
 from cellae.errors import CellaeError
+from cellae.evaluation.run import evaluate_run
+from cellae.training import train
+from tiny import tiny_config
 
 
 class Payload:
@@ -67,3 +72,20 @@ def test_evaluation_on_another_source_never_writes_over_the_runs_own_files(tmp_p
     assert out.name not in ("", ".", "..", runs.EVAL_METRICS_FILE, runs.LATENTS_FILE,
                             runs.RECONSTRUCTIONS_FILE, runs.FIGURES_DIR)
     assert not out.name.startswith(".")
+
+
+def test_a_strangers_run_folder_never_has_cellae_write_where_its_config_says(tmp_path, monkeypatch):
+    run_dir = train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "runs", evaluate=False)
+    shutil.rmtree(tmp_path / "cache")  # the cache it was trained on is gone: evaluation rebuilds
+    config = yaml.safe_load((run_dir / runs.CONFIG_FILE).read_text())
+    elsewhere = tmp_path / "victim"
+    elsewhere.mkdir()
+    (elsewhere / ".tmp-precious").mkdir()  # what a cache build would clear as abandoned
+    config["data"]["cache_dir"] = str(elsewhere)
+    (run_dir / runs.CONFIG_FILE).write_text(yaml.safe_dump(config))
+    me = tmp_path / "me"
+    me.mkdir()
+    monkeypatch.chdir(me)
+    evaluate_run(run_dir)
+    assert [p.name for p in elsewhere.iterdir()] == [".tmp-precious"]
+    assert (me / ".cellae-cache").is_dir()  # the reader's own cache

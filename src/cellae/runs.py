@@ -19,6 +19,7 @@ through the functions here (figures are named by what draws them). A sweep folde
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import io
 import json
@@ -38,7 +39,14 @@ import torch
 import yaml
 from PIL import Image
 
-from cellae.config import MAX_YAML_BYTES, Config, config_from_dict, from_older_cellae, load_yaml
+from cellae.config import (
+    MAX_YAML_BYTES,
+    Config,
+    DataConfig,
+    config_from_dict,
+    from_older_cellae,
+    load_yaml,
+)
 from cellae.errors import CellaeError
 from cellae.files import write_atomic
 from cellae.images import unit_float
@@ -520,12 +528,19 @@ def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.T
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 
 
-def load_run(path: str | Path, checkpoint: str = "best") -> LoadedRun:
-    """Open a run folder: its config and its model (best checkpoint unless ``checkpoint='last'``)."""
+def load_run(path: str | Path, checkpoint: str = "best", cache_dir: str | None = None) -> LoadedRun:
+    """Open a run folder: its config and its model (best checkpoint unless ``checkpoint='last'``).
+
+    A cache it needs is built in ``cache_dir``, by default your own (``.cellae-cache`` here),
+    never where the run's config says: a run folder may come from anyone, and its
+    ``data.cache_dir`` would have cellae write, and clear temporary folders, wherever it names.
+    """
     from cellae.models import build_model
 
     run_dir = require_run_dir(Path(path))
     config = read_config(run_dir)
+    own = cache_dir if cache_dir is not None else DataConfig().cache_dir
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache_dir=own))
     info = read_run_info(run_dir)
     if checkpoint == "last":
         ckpt_path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT

@@ -410,7 +410,7 @@ def _interrupted(run_dir: Path, trainer: L.Trainer) -> TrainingInterrupted:
     )
 
 
-def _finish(run_dir: Path, trainer: L.Trainer, evaluate: bool) -> Path:
+def _finish(run_dir: Path, config: Config, trainer: L.Trainer, evaluate: bool) -> Path:
     if not trainer.is_global_zero:
         # DDP workers stop here; the launching process evaluates and reports
         sys.exit(0)
@@ -419,7 +419,8 @@ def _finish(run_dir: Path, trainer: L.Trainer, evaluate: bool) -> Path:
     if evaluate:
         from cellae.evaluation.run import evaluate_run
 
-        evaluate_run(run_dir)
+        # the cache the training just used, wherever its config put it
+        evaluate_run(run_dir, cache_dir=config.data.cache_dir)
     runs.update_run_info(run_dir, status="finished")
     return run_dir
 
@@ -449,7 +450,7 @@ def train(
     print(f"training {config.model.family} '{config.name}' into {run_dir}", file=sys.stderr)
     with _held(run_dir):
         trainer = _fit(config, run_dir, None, callbacks)
-        return _finish(run_dir, trainer, evaluate)
+        return _finish(run_dir, config, trainer, evaluate)
 
 
 def _held(run_dir: Path) -> contextlib.AbstractContextManager[None]:
@@ -480,4 +481,4 @@ def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | Non
             runs.update_run_info(run_dir, status="running", resumed_from_epoch=completed)
         print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
         trainer = _fit(config, run_dir, last, callbacks)
-        return _finish(run_dir, trainer, evaluate)
+        return _finish(run_dir, config, trainer, evaluate)

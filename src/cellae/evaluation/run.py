@@ -262,14 +262,16 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False) -> dict[str, Any]:
+def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False,
+                 cache_dir: str | None = None) -> dict[str, Any]:
     """Write the figures, ``metrics.json`` and ``latents.npz`` of a run; return the numbers.
 
     With ``data``, evaluate on another source: its images are preprocessed the run's way,
     split by patient with the run's seed, and the output goes to ``eval/<source-name>/``.
+    A cache it needs is built in ``cache_dir`` (see :func:`cellae.runs.load_run`).
     """
     run_dir = runs.require_run_dir(run_dir)
-    loaded = runs.load_run(run_dir)
+    loaded = runs.load_run(run_dir, cache_dir=cache_dir)
     if torch.cuda.is_available():
         loaded.to("cuda")
     config = loaded.config
