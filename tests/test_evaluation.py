@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -131,3 +132,31 @@ def test_embed_of_the_runs_own_source_says_each_images_side(vae_run, tmp_path):
     split = json.loads((vae_run / "split.json").read_text())
     sides = dict(zip(stored["files"].tolist(), stored["sides"].tolist(), strict=True))
     assert {sides[f] for f in split["train"]} == {"train"} and {sides[f] for f in split["test"]} == {"test"}
+
+
+def test_embed_replaces_a_file_only_when_asked_and_keeps_its_mode(vae_run, tmp_path):
+    out = tmp_path / "codes.csv"
+    out.write_text("someone's codes")
+    out.chmod(0o640)
+    with pytest.raises(cellae.CellaeError, match="exists; pass --overwrite"):
+        embed_source(vae_run, "synthetic", out)
+    assert out.read_text() == "someone's codes"
+    embed_source(vae_run, "synthetic", out, overwrite=True)
+    assert out.read_text().startswith("file,") and (out.stat().st_mode & 0o777) == 0o640
+    fresh = embed_source(vae_run, "synthetic", tmp_path / "new.npz")
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # like any other new file
+    with pytest.raises(cellae.CellaeError, match="is a folder"):
+        embed_source(vae_run, "synthetic", _folder(tmp_path / "x.npz"))
+    with pytest.raises(cellae.CellaeError, match="under a file"):
+        embed_source(vae_run, "synthetic", out / "codes.npz")
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _folder(path):
+    path.mkdir()
+    return path

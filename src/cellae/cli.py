@@ -96,7 +96,8 @@ def _build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="write the latent codes of any source")
     embed.add_argument("run_dir", help="a run folder written by 'cellae train'")
     embed.add_argument("source", help="class folder, zip, CSV (file,label[,patient]) or 'synthetic'")
-    embed.add_argument("--out", required=True, help="output file: .npz, .csv or .parquet")
+    embed.add_argument("--out", required=True, help="output file: .npz, .csv, .parquet or .h5ad")
+    embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     sweep = commands.add_parser("sweep", help="train a grid of runs from one sweep file")
     sweep.add_argument("sweep", nargs="?", help="sweep YAML (see configs/sweeps/)")
@@ -161,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "embed":
         from cellae.evaluation.run import embed_source
 
-        out = embed_source(Path(args.run_dir), args.source, Path(args.out))
+        out = embed_source(Path(args.run_dir), args.source, Path(args.out), args.overwrite)
         print(f"wrote {out}")
         return 0
     if args.command == "sweep":

@@ -321,12 +321,21 @@ def _sides(run_dir: Path, config: Config, source: str, files: np.ndarray) -> np.
     return sides.astype(str)
 
 
-def embed_source(run_dir: Path, source: str, out: Path) -> Path:
+def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False) -> Path:
     """Write the latent codes of every image of ``source`` to ``out`` (.npz, .csv, .parquet, or
-    .h5ad for AnnData / scanpy), with each image's file, class, patient and side of the split."""
+    .h5ad for AnnData / scanpy), with each image's file, class, patient and side of the split.
+
+    An existing ``out`` is replaced only with ``overwrite``: it may be codes of another run.
+    """
     suffix = out.suffix.lower()
     if suffix not in EMBED_SUFFIXES:
         raise CellaeError(f"--out must end in {', '.join(EMBED_SUFFIXES)}, got '{out.name}'")
+    if out.is_dir():
+        raise CellaeError(f"--out {out} is a folder; name a file in it")
+    if out.exists() and not overwrite:
+        raise CellaeError(f"{out} exists; pass --overwrite to replace it")
+    if any(parent.is_file() for parent in out.parents):
+        raise CellaeError(f"--out {out} lies under a file, not a folder")
     run_dir = runs.require_run_dir(run_dir)
     loaded = runs.load_run(run_dir)
     cache = _source_cache(loaded.config, source)
