@@ -415,3 +415,19 @@ def test_register_source_refuses_what_is_not_a_source(isolated_sources):
     before = SOURCES.names()
     register_source(ZipSource)  # registering a class again changes nothing
     assert SOURCES.names() == before and SOURCES.get("zip") is ZipSource
+
+
+def test_a_zip_member_named_twice_is_read_once(tmp_path):
+    import warnings
+
+    archive = tmp_path / "cells.zip"
+    with zipfile.ZipFile(archive, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate, and writes it
+        for i in range(3):
+            zf.writestr(f"Parasitized/C1P1thinF_a_cell_{i}.png", png_bytes(cell_array(i)))
+            zf.writestr(f"Uninfected/C2P2thinF_b_cell_{i}.png", png_bytes(cell_array(i + 3)))
+        zf.writestr("Parasitized/C1P1thinF_a_cell_0.png", png_bytes(cell_array(9)))
+    source = open_source(str(archive))
+    assert len(source) == 6 and len(set(source.files)) == 6
+    assert dict(source.skipped) == {
+        "Parasitized/C1P1thinF_a_cell_0.png": "a second member of the same name in the zip, not read"}

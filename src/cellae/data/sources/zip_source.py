@@ -35,7 +35,7 @@ class ZipSource(ClassFolderSource):
         self.path = path
         self._archive: zipfile.ZipFile | None = None
         files, dirs, self._infos = [], set(), {}
-        unsafe = []
+        unsafe, duplicated = [], []
         for info in self._open().infolist():
             name = info.filename
             parts = name.rstrip("/").split("/")
@@ -45,12 +45,19 @@ class ZipSource(ClassFolderSource):
             if info.is_dir():
                 dirs.add(name.rstrip("/"))
                 continue
+            if name in self._infos:
+                # a zip may hold one name twice; listed twice it would count an image twice,
+                # and with data.split=image put one image on both sides
+                duplicated.append(name)
+                continue
             files.append(name)
             self._infos[name] = info
             dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
         listing = find_class_folders(files, dirs, str(path))
         for name in unsafe:
             self.skip(name, "unsafe path (absolute or with '..'), not read")
+        for name in duplicated:
+            self.skip(name, "a second member of the same name in the zip, not read")
         self._set_listing(listing, {name: info.file_size for name, info in self._infos.items()})
 
     def _open(self) -> zipfile.ZipFile:
