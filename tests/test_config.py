@@ -39,6 +39,10 @@ def test_resolved_config_round_trips(tmp_path):
     ("values", "overrides", "message"),
     [
         ({"modle": {}}, [], "unknown config key 'modle'"),
+        ({}, ["model.latent_dim=1000000000000"], "'model.latent_dim' must be a positive integer up to 4,096"),
+        ({}, ["model.widths=[8,100000]"], "'model.widths' must be a list of 2 to 7 channel counts"),
+        ({}, ["seed=18446744073709551617"], "'seed' must be an integer from 0 to 2**32 - 1"),
+        ({}, ["name=" + "n" * 300], "'name' must be a non-empty string of at most 100 characters"),
         ({"model": {"latent": 3}}, [], "config key 'model.latent' is not taken by the 'ae' family"),
         ({"model": {"beta": 4}}, [], "config key 'model.beta' is not taken by the 'ae' family"),
         ({"model": {"family": "vae", "latent_l1": 0.1}}, [],

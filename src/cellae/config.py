@@ -30,6 +30,14 @@ BackgroundMode = Literal["keep", "fill_mean"]
 SplitMode = Literal["patient", "image"]
 
 
+# Bounds on sizes: far beyond any model of these images, and short of a value that would
+# allocate petabytes (model.latent_dim=10**12) or a run folder name the file system refuses.
+MAX_LATENT_DIM = 4096
+MAX_WIDTH = 4096
+MAX_STAGES = 7
+MAX_NAME_LENGTH = 100
+
+
 @dataclass
 class SyntheticConfig:
     """The built-in synthetic cell generator."""
@@ -114,11 +122,12 @@ class ModelConfig:
         """Reject impossible values; a family with keys of its own extends this."""
         from cellae.models.blocks import ACTIVATIONS, NORMS, UPSAMPLERS
 
-        check(self.latent_dim >= 1, f"{key}.latent_dim", "a positive integer", self.latent_dim)
+        check(1 <= self.latent_dim <= MAX_LATENT_DIM, f"{key}.latent_dim",
+              f"a positive integer up to {MAX_LATENT_DIM:,}", self.latent_dim)
         check(
-            len(self.widths) >= 2 and all(w >= 1 for w in self.widths),
+            2 <= len(self.widths) <= MAX_STAGES and all(1 <= w <= MAX_WIDTH for w in self.widths),
             f"{key}.widths",
-            "a list of at least two positive channel counts",
+            f"a list of 2 to {MAX_STAGES} channel counts, each 1 to {MAX_WIDTH:,}",
             self.widths,
         )
         check(self.norm in NORMS, f"{key}.norm", _one_of(NORMS), self.norm)
@@ -351,8 +360,9 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
 def validate(config: Config, check_paths: bool = True) -> Config:
     """Reject values that are well typed but impossible; return ``config`` unchanged."""
     d, m, t, e = config.data, config.model, config.train, config.eval
-    check(bool(config.name.strip()), "name", "a non-empty string", config.name)
-    check(config.seed >= 0, "seed", "a non-negative integer", config.seed)
+    check(bool(config.name.strip()) and len(config.name) <= MAX_NAME_LENGTH, "name",
+          f"a non-empty string of at most {MAX_NAME_LENGTH} characters", config.name[:40])
+    check(0 <= config.seed < 2**32, "seed", "an integer from 0 to 2**32 - 1", config.seed)
     validate_data(d, check_paths=check_paths)
     m.validate()
     check(
