@@ -239,3 +239,10 @@ def test_a_run_folder_trains_in_one_process_at_a_time(tmp_path):
     (run_dir / runs.LOCK_FILE).write_text("999999999\n")
     resumed = resume(run_dir, evaluate=False)
     assert [int(r["epoch"]) for r in metric_rows(resumed)] == [1, 2]
+
+
+def test_eval_enabled_false_trains_without_evaluating(tmp_path):
+    run_dir = train(tiny_config(tmp_path, train={"epochs": 1}, eval={"enabled": False}),
+                    tmp_path / "runs")
+    assert runs.read_run_info(run_dir)["status"] == "finished"
+    assert not (run_dir / "eval").exists() and not (run_dir / "figures").exists()

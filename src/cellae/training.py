@@ -416,7 +416,7 @@ def _finish(run_dir: Path, config: Config, trainer: L.Trainer, evaluate: bool) -
         sys.exit(0)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    if evaluate:
+    if evaluate and config.eval.enabled:
         from cellae.evaluation.run import evaluate_run
 
         # the cache the training just used, wherever its config put it
