@@ -431,3 +431,12 @@ def test_a_zip_member_named_twice_is_read_once(tmp_path):
     assert len(source) == 6 and len(set(source.files)) == 6
     assert dict(source.skipped) == {
         "Parasitized/C1P1thinF_a_cell_0.png": "a second member of the same name in the zip, not read"}
+
+
+def test_classes_differing_only_in_case_are_refused(tmp_path):
+    for name in ("Parasitized", "parasitized", "Uninfected"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(cell_array(i)).save(tmp_path / name / f"C1P1thinF_{i}.png")
+    with pytest.raises(CellaeError, match="'Parasitized' and 'parasitized' differ only in case"):
+        open_source(str(tmp_path))

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from cellae.errors import CellaeError
 from cellae.naming import natural_key
 
 MALARIA_CLASSES = ["uninfected", "infected"]
@@ -37,6 +38,13 @@ class Classes(NamedTuple):
 def classes_from_names(names: Iterable[str]) -> Classes:
     """Labels for the classes a source names (folder names, CSV labels)."""
     unique = sorted(set(names), key=natural_key)
+    folded: dict[str, str] = {}
+    for name in unique:
+        if name.casefold() in folded:
+            # two spellings of one class would become two classes, and lose the malaria labels
+            raise CellaeError(f"the classes '{folded[name.casefold()]}' and '{name}' differ only "
+                              f"in case; merge them into one (or rename one)")
+        folded[name.casefold()] = name
     if len(unique) == 2 and {name.lower() for name in unique} in _MALARIA_SPELLINGS:
         label_map = {name: int(name.lower() != "uninfected") for name in unique}
         return Classes(label_map, list(MALARIA_CLASSES), True)
