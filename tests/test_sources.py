@@ -440,3 +440,14 @@ def test_classes_differing_only_in_case_are_refused(tmp_path):
             Image.fromarray(cell_array(i)).save(tmp_path / name / f"C1P1thinF_{i}.png")
     with pytest.raises(CellaeError, match="'Parasitized' and 'parasitized' differ only in case"):
         open_source(str(tmp_path))
+
+
+def test_inspect_escapes_names_that_would_forge_lines(tmp_path):
+    for name in ("Parasitized", "Uninfected"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(cell_array(i)).save(tmp_path / name / f"C1P1thinF_{i}.png")
+    (tmp_path / "Uninfected" / "bad\rskipped: 0 files\x1b[2K.png").write_bytes(b"not a png")
+    report = inspect_source(str(tmp_path))
+    assert "bad\\rskipped: 0 files\\x1b[2K.png" in report
+    assert "\r" not in report and "\x1b" not in report

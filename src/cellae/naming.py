@@ -15,3 +15,9 @@ def natural_key(text: str) -> tuple[str | int, ...]:
     """
     parts = _DIGITS.split(text)
     return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other unprintable characters written as escapes (``\\r``,
+    ``\\x1b``), so that a file name printed on a terminal cannot forge a line or move the cursor."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -16,7 +16,7 @@ from cellae.config import DataConfig
 from cellae.data.decode import BadImage
 from cellae.data.sources import open_source
 from cellae.data.sources.labels import unmatched_warning
-from cellae.naming import natural_key
+from cellae.naming import natural_key, printable
 
 # what every source's info() holds; inspect shows any other key a source adds
 _COMMON_INFO = ("kind", "path", "layout")
@@ -71,8 +71,9 @@ def inspect_source(spec: str | Path | DataConfig) -> str:
             f"(median {statistics.median(widths):g} x {statistics.median(heights):g})"
         )
     lines.append(f"skipped: {len(source.skipped)} files")
-    lines += [f"  {file}: {reason}" for file, reason in source.skipped]
-    lines += [f"ignored: {what}" for what in source.ignored]
+    # names come from whoever made the data: escaped, so that one cannot forge a line
+    lines += [f"  {printable(file)}: {printable(reason)}" for file, reason in source.skipped]
+    lines += [f"ignored: {printable(what)}" for what in source.ignored]
     return "\n".join(lines)
 
 
