@@ -102,6 +102,14 @@ def test_a_20000_by_20000_png_is_refused_from_its_header(tmp_path):
     assert "skipped: 1 files" in report and "decompression-bomb" in report
 
 
+def test_a_9000_by_9000_png_under_pillows_limit_is_refused_from_its_header(tmp_path):
+    root = two_class_folder(tmp_path / "data")
+    (root / "B" / "wide.png").write_bytes(png_claiming_size(9_000, 9_000))  # 81 M pixels
+    source = open_source(str(root))
+    assert len(list(source)) == 6
+    assert "9,000 x 9,000 pixels, more than a cell crop" in dict(source.skipped)["B/wide.png"]
+
+
 def test_a_1x1_image_is_scaled_up_like_any_other(tmp_path):
     root = two_class_folder(tmp_path / "data")
     (root / "A" / "dot.png").write_bytes(png_bytes(np.full((1, 1, 3), 180, np.uint8)))

@@ -18,6 +18,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 JPEG_END = b"\xff\xd9"
 ZIP_BOMB_RATIO = 100
+# A cell crop is some 150 px a side. Pillow's own limit (89 million pixels) lets through a
+# 9,000 x 9,000 PNG of 300 KB whose decoding and colour conversion take gigabytes.
+MAX_PIXELS = 4096 * 4096
 ZIP_BOMB_BYTES = 1 << 20
 
 
@@ -78,6 +81,10 @@ def _open_image(data: bytes, decode: bool) -> Image.Image:
             # Pillow only warns between its limit and twice it; both are refused here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise BadImage(f"refused: {width:,} x {height:,} pixels, more than a cell crop "
+                               f"(at most {MAX_PIXELS:,}); crop or downscale it first")
             if decode:
                 image.load()
             return image
