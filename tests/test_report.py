@@ -341,3 +341,14 @@ def test_a_report_embeds_only_the_runs_own_regular_png_files(tmp_path):
         assert f"{name}.png" not in page and not list(tmp_path.glob(f"r_files/*/{name}.png"))
     assert base64.b64encode(secret.read_bytes()).decode() not in page
     assert list(tmp_path.glob("r_files/*/latent_tsne.png"))  # the run's own figures still go in
+
+
+def test_a_report_of_too_many_runs_is_refused_before_it_reads_them(tmp_path, monkeypatch):
+    import cellae.report as report
+
+    monkeypatch.setattr(report, "MAX_RUNS", 2)
+    for name in ("a", "b", "c"):
+        fake_run(tmp_path / "runs", name)
+    with pytest.raises(CellaeError, match="3 runs found; a report compares at most 2"):
+        write_report([tmp_path / "runs"], tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()

@@ -27,6 +27,8 @@ __all__ = ["write_report"]
 
 # marks a figures folder as a report's own, which the next report may replace
 FILES_MARK = ".cellae-report"
+# a page of 1,000 runs with their figures was 1.24 GB; a comparison of more is not read anyway
+MAX_RUNS = 200
 
 
 def _data_line(summary: RunSummary) -> str:
@@ -79,7 +81,11 @@ def _own_files_dir(out: Path) -> Path:
 
 def write_report(paths: list[Path], out: Path, title: str | None = None) -> Path:
     """Write ``out`` (HTML) and the same content as Markdown beside it; return the HTML path."""
-    summaries = summarise_runs(expand_run_dirs(paths))
+    run_dirs = expand_run_dirs(paths)
+    if len(run_dirs) > MAX_RUNS:
+        raise CellaeError(f"{len(run_dirs):,} runs found; a report compares at most {MAX_RUNS} "
+                          f"(each brings its figures into the page): name fewer run or sweep folders")
+    summaries = summarise_runs(run_dirs)
     settings = group_settings(summaries)
     columns = report_columns(summaries)
     tables = (settings_table(summaries, settings, columns), runs_table(summaries, columns))
