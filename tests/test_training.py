@@ -83,6 +83,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
         train(config, tmp_path / "broken", evaluate=False, callbacks=[StopAfterEpoch(2)])
     (broken,) = (tmp_path / "broken").iterdir()
     assert len(metric_rows(broken)) == 2
+    assert runs.read_run_info(broken)["status"] == "failed"  # not left at "running"
+    assert runs.read_run_info(broken)["error"] == "simulated crash"
     resumed = resume(broken, evaluate=False)
     assert [r["epoch"] for r in metric_rows(resumed)] == [r["epoch"] for r in metric_rows(whole)]
     a, b = weights(whole), weights(resumed)

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -453,12 +454,25 @@ def train(
         return _finish(run_dir, config, trainer, evaluate)
 
 
-def _held(run_dir: Path) -> contextlib.AbstractContextManager[None]:
-    """The run folder's lock, taken by the launching process; the processes a DDP launch
-    starts (LOCAL_RANK set) work under their launcher's."""
+@contextlib.contextmanager
+def _held(run_dir: Path) -> Iterator[None]:
+    """The run folder's lock, taken by the launching process (the processes a DDP launch
+    starts, LOCAL_RANK set, work under their launcher's); and a run that fails, whatever the
+    error, says ``failed`` in run.json rather than staying ``running``."""
     if os.environ.get("LOCAL_RANK") is not None:
-        return contextlib.nullcontext()
-    return runs.run_lock(run_dir)
+        yield
+        return
+    with runs.run_lock(run_dir):
+        try:
+            yield
+        except Exception as exc:
+            # an interruption has said "interrupted" already, a NaN loss "failed"; a run.json
+            # that cannot be read or written (a full disk) must not hide the error itself
+            with contextlib.suppress(OSError, ValueError):
+                if runs.read_run_info(run_dir).get("status") == "running":
+                    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    runs.update_run_info(run_dir, status="failed", error=reason)
+            raise
 
 
 def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | None = None) -> Path:
