@@ -28,7 +28,7 @@ from cellae.cli import main
 from cellae.config import DataConfig, SyntheticConfig
 from cellae.data import cache as cache_module
 from cellae.data.cache import TEMP_PREFIX, prepare_cache
-from cellae.data.decode import decode_image
+from cellae.data.decode import BadImage, decode_image
 from cellae.data.inspection import inspect_source
 from cellae.data.sources import open_source
 from cellae.errors import CellaeError
@@ -429,3 +429,23 @@ def test_devices_and_workers_are_held_to_what_the_machine_has(tmp_path, monkeypa
     assert not (tmp_path / "runs").exists()  # refused before any work
     assert cache_module._workers(48, n_images=10_000) == 2
     assert "data.workers is 48 but this machine gives 2 cores; using 2" in capsys.readouterr().err
+
+
+def test_zip_members_with_endless_names_or_declared_sizes_are_skipped(tmp_path):
+    import zipfile
+
+    archive = tmp_path / "cells.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"A/C1P1thinF_{i}.png", png_bytes(cell_array(i)))
+            zf.writestr(f"B/C2P2thinF_{i}.png", png_bytes(cell_array(i + 3)))
+        zf.writestr("A/" + "x" * 65_000 + ".png", png_bytes(cell_array(7)))
+    source = open_source(str(archive))
+    assert len(source) == 6
+    ((name, reason),) = source.skipped
+    assert len(name) < 100 and "a member name of 65,006 characters" in reason
+    # a directory that claims a member holds 100 MB: refused from the directory, nothing read
+    info = source._infos[source.paths[0]]
+    info.file_size = info.compress_size = 100 * 2**20
+    with pytest.raises(BadImage, match="the zip says it holds 104,857,600 bytes"):
+        source.read_bytes(0)

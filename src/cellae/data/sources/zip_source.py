@@ -14,6 +14,12 @@ from cellae.data.sources import register_source
 from cellae.data.sources.class_folders import ClassFolderSource, find_class_folders
 from cellae.errors import CellaeError
 
+# a cell crop is kilobytes; a member declared larger is not one (and is read to its declared size)
+MAX_MEMBER_BYTES = 64 * 2**20
+# a zip, unlike a file system, bounds no name; names are stored in the cache at the longest
+# one's width, and a member name of 65,000 characters made a 1.5 GB cache
+MAX_NAME_CHARACTERS = 1024
+
 
 @register_source
 class ZipSource(ClassFolderSource):
@@ -35,12 +41,16 @@ class ZipSource(ClassFolderSource):
         self.path = path
         self._archive: zipfile.ZipFile | None = None
         files, dirs, self._infos = [], set(), {}
-        unsafe, duplicated = [], []
+        unsafe, duplicated, too_long = [], [], []
         for info in self._open().infolist():
             name = info.filename
             parts = name.rstrip("/").split("/")
             if name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name):
                 unsafe.append(name)
+                continue
+            if len(name) > MAX_NAME_CHARACTERS:
+                # every name is kept in the cache at the longest name's width
+                too_long.append(name)
                 continue
             if info.is_dir():
                 dirs.add(name.rstrip("/"))
@@ -56,6 +66,9 @@ class ZipSource(ClassFolderSource):
         listing = find_class_folders(files, dirs, str(path))
         for name in unsafe:
             self.skip(name, "unsafe path (absolute or with '..'), not read")
+        for name in too_long:
+            self.skip(f"{name[:80]}...", f"a member name of {len(name):,} characters, over "
+                                         f"{MAX_NAME_CHARACTERS:,}; not read")
         for name in duplicated:
             self.skip(name, "a second member of the same name in the zip, not read")
         self._set_listing(listing, {name: info.file_size for name, info in self._infos.items()})
@@ -80,6 +93,10 @@ class ZipSource(ClassFolderSource):
     def read_bytes(self, index: int) -> bytes:
         info = self._infos[self.paths[index]]
         check_expansion(info.file_size, info.compress_size)
+        if info.file_size > MAX_MEMBER_BYTES:
+            # zipfile stops reading at the size the directory gives: bound that, not the data
+            raise BadImage(f"refused: the zip says it holds {info.file_size:,} bytes, more than "
+                           f"a cell crop (at most {MAX_MEMBER_BYTES:,})")
         try:
             return self._open().read(info)
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
