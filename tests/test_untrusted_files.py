@@ -89,3 +89,32 @@ def test_a_strangers_run_folder_never_has_cellae_write_where_its_config_says(tmp
     evaluate_run(run_dir)
     assert [p.name for p in elsewhere.iterdir()] == [".tmp-precious"]
     assert (me / ".cellae-cache").is_dir()  # the reader's own cache
+
+
+DAMAGED = [("metrics.csv", ""), ("metrics.csv", "garbage,\x00\n1,2,3\n"),
+           ("eval/metrics.json", ""), ("eval/metrics.json", "{garbage"), ("eval/metrics.json", "[1]"),
+           ("run.json", ""), ("run.json", "{garbage"), ("run.json", "[]"),
+           ("config.yaml", ""), ("config.yaml", "{garbage"), ("config.yaml", "- a\n- b\n"),
+           ("split.json", ""), ("split.json", "{garbage"), ("split.json", "[]")]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("trained")
+    return train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "runs", timestamped=False)
+
+
+@pytest.mark.parametrize(("name", "text"), DAMAGED, ids=[f"{n}={t[:8]!r}" for n, t in DAMAGED])
+def test_a_damaged_run_file_is_a_one_line_error_or_read_around(trained_run, tmp_path, name, text,
+                                                               capsys):
+    from cellae.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / name).write_text(text)
+    for command in (["report", str(run_dir), "--out", str(tmp_path / "r.html")],
+                    ["evaluate", str(run_dir)], ["train", "--resume", str(run_dir), "--no-eval"]):
+        code = main(command)  # anything but a CellaeError would raise here, with its traceback
+        err = capsys.readouterr().err
+        if code != 0:
+            assert err.strip().startswith("cellae: error:") and "Traceback" not in err, err

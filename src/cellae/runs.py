@@ -194,13 +194,30 @@ def read_config(run_dir: Path) -> Config:
     return config_from_dict(from_older_cellae(read_config_values(run_dir)), check_paths=False)
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file of the run folder that must hold an object; a CellaeError if it does not.
+
+    Run folders travel and get edited: an empty, cut-off or hand-mangled file is a one-line
+    error naming it, not a traceback.
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CellaeError(f"{path} is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise CellaeError(f"{path} is unreadable ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(document, dict):
+        raise CellaeError(f"{path} holds a {type(document).__name__}, not a JSON object")
+    return document
+
+
 def read_run_info(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / RUN_INFO_FILE).read_text(encoding="utf-8"))
+    return read_json_object(run_dir / RUN_INFO_FILE)
 
 
 def update_run_info(run_dir: Path, **values: Any) -> dict[str, Any]:
     path = run_dir / RUN_INFO_FILE
-    info = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    info = read_json_object(path) if path.exists() else {}
     info.update(values)
     write_json(path, info)
     return info
@@ -211,9 +228,21 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     path = run_dir / METRICS_FILE
     if not path.exists():
         return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()} for r in rows]
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CellaeError(f"{path} is unreadable ({exc})") from exc
+    # a damaged file still gives what it can: cells past the header (key None) are dropped,
+    # a cell that is not a number reads as NaN
+    return [{k: _number(v) for k, v in r.items() if k is not None} for r in rows]
+
+
+def _number(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
@@ -274,10 +303,7 @@ def write_split(run_dir: Path, files: Sequence[str] | np.ndarray, train_idx: np.
 
 def read_split(run_dir: Path) -> dict[str, list[str]]:
     """The file names of the train and test sides of a run."""
-    try:
-        document = json.loads((run_dir / SPLIT_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CellaeError(f"{run_dir / SPLIT_FILE} is missing or unreadable") from exc
+    document = read_json_object(run_dir / SPLIT_FILE)
     if not all(isinstance(document.get(side), list) for side in ("train", "test")):
         raise CellaeError(f"{run_dir / SPLIT_FILE} has no train and test lists")
     return {side: [str(name) for name in document[side]] for side in ("train", "test")}

@@ -183,7 +183,7 @@ def summarise_run(run_dir: Path) -> RunSummary:
     metrics = runs.read_evaluation(run_dir)
     try:
         info = runs.read_run_info(run_dir)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except CellaeError:
         info = {}  # a damaged run.json leaves the run's status unknown, so it competes for nothing
     info = info if isinstance(info, dict) else {}
     rows = runs.read_metrics(run_dir)
