@@ -118,3 +118,24 @@ def test_a_damaged_run_file_is_a_one_line_error_or_read_around(trained_run, tmp_
         err = capsys.readouterr().err
         if code != 0:
             assert err.strip().startswith("cellae: error:") and "Traceback" not in err, err
+
+
+def test_a_bare_tensor_or_a_checkpoint_of_another_shape_is_a_one_line_error(trained_run, tmp_path,
+                                                                           capsys):
+    from cellae.cli import main
+
+    tensor_run = tmp_path / "tensor"
+    shutil.copytree(trained_run, tensor_run)
+    for name in (runs.BEST_CHECKPOINT, runs.LAST_CHECKPOINT):
+        torch.save(torch.zeros(3), tensor_run / runs.CHECKPOINT_DIR / name)
+    resized = tmp_path / "resized"
+    shutil.copytree(trained_run, resized)
+    values = yaml.safe_load((resized / runs.CONFIG_FILE).read_text())
+    values["model"]["latent_dim"] += 5
+    (resized / runs.CONFIG_FILE).write_text(yaml.safe_dump(values))
+    for run_dir, expected in ((tensor_run, "holds a Tensor, not a cellae checkpoint"),
+                              (resized, "does not fit the model config.yaml describes")):
+        for command in (["evaluate", str(run_dir)],
+                        ["embed", str(run_dir), "synthetic", "--out", str(tmp_path / "c.npz")]):
+            assert main(command) == 2
+            assert expected in capsys.readouterr().err

@@ -397,7 +397,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         with warnings.catch_warnings():
             # torch notes that cellae's checkpoints use pickle protocol 5; they load fine
             warnings.filterwarnings("ignore", message=r".*pickle protocol.*")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CellaeError(f"checkpoint not found: {path}") from exc
     except Exception as exc:  # noqa: BLE001 - every unpickling failure means the same to the user
@@ -409,6 +409,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                 "which could run code; only load checkpoints written by cellae"
             ) from exc
         raise CellaeError(f"cannot read checkpoint {path}: damaged or incomplete ({first_line})") from exc
+    if not isinstance(checkpoint, dict):
+        raise CellaeError(f"{path} holds a {type(checkpoint).__name__}, not a cellae checkpoint")
+    return checkpoint
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -574,6 +577,12 @@ def load_run(path: str | Path, checkpoint: str = "best", cache_dir: str | None =
         ckpt_path = best_checkpoint(run_dir)
     channels = 1 if config.data.color == "gray" else 3
     model = build_model(config.model, config.data.image_size, int(info.get("channels", channels)))
-    model.load_state_dict(model_state_from_checkpoint(load_checkpoint(ckpt_path)))
+    try:
+        model.load_state_dict(model_state_from_checkpoint(load_checkpoint(ckpt_path)))
+    except RuntimeError as exc:
+        # config.yaml edited after training, or a checkpoint of another run copied in
+        raise CellaeError(f"{ckpt_path} does not fit the model {CONFIG_FILE} describes (was "
+                          f"either edited or copied from another run?): "
+                          f"{str(exc).splitlines()[-1].strip()[:160]}") from exc
     model.eval()
     return LoadedRun(path=run_dir, config=config, model=model)
