@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import cellae
 from cellae.cli import main
@@ -160,3 +161,15 @@ def current_umask() -> int:
 def _folder(path):
     path.mkdir()
     return path
+
+
+def test_embed_csv_keeps_one_row_per_image_whatever_its_file_name(vae_run, tmp_path):
+    pd = pytest.importorskip("pandas")
+    folder = tmp_path / "data"
+    for name in ("Parasitized", "Uninfected"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((20, 20, 3), 40 * i + 30, np.uint8)).save(
+                folder / name / f"C1P1thinF_{i}\r,\"x\".png")
+    table = pd.read_csv(embed_source(vae_run, str(folder), tmp_path / "codes.csv"))
+    assert len(table) == 6 and table["file"].str.contains("\r").all()

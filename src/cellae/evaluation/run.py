@@ -366,7 +366,9 @@ def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False)
         import csv
 
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        # RFC 4180's line ends: with them csv quotes a field holding \r or \n (a file name may),
+        # where with "\n" alone a bare \r would end a row for most readers
+        writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow(list(table))
         writer.writerows(zip(*[np.asarray(v).tolist() for v in table.values()], strict=True))
         runs.write_atomic(out, buffer.getvalue())
