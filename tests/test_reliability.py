@@ -31,6 +31,7 @@ from cellae.data.cache import TEMP_PREFIX, prepare_cache
 from cellae.data.decode import BadImage, decode_image
 from cellae.data.inspection import inspect_source
 from cellae.data.sources import open_source
+from cellae.data.sources.class_folders import find_class_folders
 from cellae.errors import CellaeError
 from cellae.training import resume, train
 from conftest import cell_array, png_bytes
@@ -449,3 +450,14 @@ def test_zip_members_with_endless_names_or_declared_sizes_are_skipped(tmp_path):
     info.file_size = info.compress_size = 100 * 2**20
     with pytest.raises(BadImage, match="the zip says it holds 104,857,600 bytes"):
         source.read_bytes(0)
+
+
+@pytest.mark.slow
+def test_a_listing_of_20000_class_folders_is_linear(tmp_path):
+    # each folder's children are found in one pass; asking each of 20,000 folders for its own by
+    # scanning them all took minutes (this test would then run for as long)
+    files = [f"cells/class{i:05d}/C{i}P1thinF_{i}.png" for i in range(20_000)]
+    dirs = {"cells"} | {f"cells/class{i:05d}" for i in range(20_000)}
+    listing = find_class_folders(files, dirs, "cells.zip")
+    assert listing.root == "cells/" and len(listing.class_files) == 20_000
+    assert listing.class_files["class00007"] == ["cells/class00007/C7P1thinF_7.png"]
