@@ -451,3 +451,15 @@ def test_inspect_escapes_names_that_would_forge_lines(tmp_path):
     report = inspect_source(str(tmp_path))
     assert "bad\\rskipped: 0 files\\x1b[2K.png" in report
     assert "\r" not in report and "\x1b" not in report
+
+
+def test_a_class_folder_that_is_a_link_is_followed(tmp_path, make_kaggle_folder):
+    elsewhere = make_kaggle_folder(tmp_path / "store") / "cell_images" / "Uninfected"
+    root = tmp_path / "data"
+    (root / "Parasitized").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(cell_array(i)).save(root / "Parasitized" / f"C9P1thinF_{i}.png")
+    (root / "Uninfected").symlink_to(elsewhere, target_is_directory=True)
+    source = open_source(str(root))
+    assert source.class_names == ["uninfected", "infected"]
+    assert sum(1 for f in source.files if f.startswith("Uninfected/")) == 6  # its 6 images

@@ -40,13 +40,25 @@ class FolderSource(OnDiskFiles, ClassFolderSource):
 
 
 def _walk(root: Path) -> tuple[list[str], set[str], dict[str, int], dict[str, int]]:
-    """Files, folders, sizes and modification times under ``root``; links to folders are not
-    entered (loops)."""
+    """Files, folders, sizes and modification times under ``root``.
+
+    A link to a folder is followed (a class folder is often a link to where the images lie),
+    but a folder already seen by its real path is not entered again, so a link loop ends and
+    no image is counted twice.
+    """
     files, dirs, sizes, mtimes = [], set(), {}, {}
-    for current, subdirs, names in os.walk(root, followlinks=False):
+    seen = {os.path.realpath(root)}
+    for current, subdirs, names in os.walk(root, followlinks=True):
+        fresh = []
+        for d in sorted(subdirs):
+            real = os.path.realpath(Path(current) / d)
+            if real not in seen:
+                seen.add(real)
+                fresh.append(d)
+        subdirs[:] = fresh  # os.walk enters only these
         base = Path(current).relative_to(root).as_posix()
         base = "" if base == "." else f"{base}/"
-        dirs.update(f"{base}{d}" for d in subdirs if not (Path(current) / d).is_symlink())
+        dirs.update(f"{base}{d}" for d in subdirs)
         for name in names:
             path = Path(current) / name
             try:
