@@ -248,3 +248,16 @@ def test_eval_enabled_false_trains_without_evaluating(tmp_path):
                     tmp_path / "runs")
     assert runs.read_run_info(run_dir)["status"] == "finished"
     assert not (run_dir / "eval").exists() and not (run_dir / "figures").exists()
+
+
+def test_a_test_side_too_small_to_evaluate_fails_before_training(tmp_path):
+    config = tiny_config(tmp_path, data={"synthetic": {"n_images": 20, "n_patients": 10},
+                                         "test_fraction": 0.2})
+    with pytest.raises(CellaeError, match=r"the test side holds \d images; .* needs at least 5"):
+        train(config, tmp_path / "runs")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not (run_dir / runs.METRICS_FILE).exists()  # not one epoch was trained
+    assert runs.read_run_info(run_dir)["status"] == "failed"
+    without_eval = tiny_config(tmp_path, data={"synthetic": {"n_images": 20, "n_patients": 10}},
+                               eval={"enabled": False})
+    assert runs.read_run_info(train(without_eval, tmp_path / "more"))["status"] == "finished"

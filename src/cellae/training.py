@@ -337,12 +337,24 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
     )
 
 
+def _check_test_side(config: Config, n_test: int) -> None:
+    """Before training, not after it: a test side too small for the evaluation to draw."""
+    from cellae.evaluation.latent import MIN_TSNE_POINTS
+
+    if config.eval.enabled and n_test < MIN_TSNE_POINTS:
+        raise CellaeError(
+            f"the test side holds {n_test} images; the evaluation's t-SNE map needs at least "
+            f"{MIN_TSNE_POINTS}: raise data.test_fraction, give more images, or set "
+            f"eval.enabled=false")
+
+
 def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None) -> L.Trainer:
     L.seed_everything(config.seed, workers=True, verbose=False)
     cache = prepare_cache(config.data, progress=sys.stderr.isatty())
     train_idx, test_idx = split_indices(
         cache.patients, cache.labels, config.data.test_fraction, config.seed, by=config.data.split
     )
+    _check_test_side(config, len(test_idx))
     channels = int(cache.images.shape[1])
     is_launcher = os.environ.get("LOCAL_RANK") is None
     if is_launcher and ckpt_path is None:
