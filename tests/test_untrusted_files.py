@@ -139,3 +139,33 @@ def test_a_bare_tensor_or_a_checkpoint_of_another_shape_is_a_one_line_error(trai
                         ["embed", str(run_dir), "synthetic", "--out", str(tmp_path / "c.npz")]):
             assert main(command) == 2
             assert expected in capsys.readouterr().err
+
+
+def test_a_full_disk_during_report_evaluate_or_embed_is_one_line_and_leaves_no_debris(
+        trained_run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from cellae import files
+    from cellae.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    out = tmp_path / "out"
+    for command in (["report", str(run_dir), "--out", str(out / "r.html")],
+                    ["evaluate", str(run_dir)],
+                    ["embed", str(run_dir), "synthetic", "--out", str(out / "codes.npz")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "No space left on device" in err and "cannot write" in err, err
+    leftovers = [p for p in [*run_dir.rglob("*"), *tmp_path.glob("out/**/*")]
+                 if p.is_file() and p.name.endswith(".tmp")]
+    assert leftovers == []
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == {
+        p: b for p, b in before.items() if p.name != ".lock"}
+    assert not (out / "r.html").exists() and not (out / "codes.npz").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -220,6 +221,9 @@ def _run_data(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled data command {args.data_command}")
 
 
+_MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -239,6 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the reader went away (cellae data inspect ... | head): not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # the machine, not cellae: a full disk or quota, a read-only or vanished folder. Every
+        # file that matters is written atomically, so what was there before is still whole.
+        if args.debug or exc.errno not in _MACHINE_ERRORS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"cellae: error: cannot write{where}: {exc.strerror}; earlier files are intact",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,8 +26,11 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # a failed write names no file; the one being written is what the user needs
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

@@ -380,9 +380,11 @@ def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         pd.DataFrame(table).to_parquet(tmp, index=False)
+        tmp.replace(out)
     except ImportError as exc:
         raise CellaeError("writing .parquet needs pyarrow: pip install 'cellae[parquet]'") from exc
-    tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only by a failed write
     return out
 
 
