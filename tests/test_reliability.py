@@ -461,3 +461,17 @@ def test_a_listing_of_20000_class_folders_is_linear(tmp_path):
     listing = find_class_folders(files, dirs, "cells.zip")
     assert listing.root == "cells/" and len(listing.class_files) == 20_000
     assert listing.class_files["class00007"] == ["cells/class00007/C7P1thinF_7.png"]
+
+
+def test_a_file_name_in_latin_1_is_skipped_with_its_reason(tmp_path):
+    root = two_class_folder(tmp_path / "data")
+    latin = os.path.join(os.fsencode(root / "A"), "C1P1thinF_caf\xe9.png".encode("latin-1"))
+    with open(latin, "wb") as handle:
+        handle.write(png_bytes(cell_array(5)))
+    source = open_source(str(root))
+    assert len(source) == 6
+    assert dict(source.skipped) == {
+        "A/C1P1thinF_caf\\udce9.png": "its name is not UTF-8 (another encoding?); rename it to read it"}
+    config = DataConfig(source=str(root), cache_dir=str(tmp_path / "cache"), workers=1, image_size=32)
+    assert len(prepare_cache(config, progress=False).labels) == 6  # the cache holds the rest
+    assert "caf\\udce9" in inspect_source(str(root))

@@ -114,8 +114,10 @@ class ClassFolderSource(FileSource):
         empty = sorted(c for c, fs in with_images.items() if not fs)
         full = sorted(c for c, fs in with_images.items() if fs)
         if not full:
+            skipped = self.skipped
+            why = f"; {len(skipped)} skipped, as {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
             raise CellaeError(
-                f"no images found in {self.description} (class folders: {', '.join(empty)})"
+                f"no images found in {self.description} (class folders: {', '.join(empty)}){why}"
             )
         if len(full) == 1:
             raise CellaeError(

@@ -33,6 +33,14 @@ class FolderSource(OnDiskFiles, ClassFolderSource):
             raise CellaeError(f"no such folder: {root}")
         self.root = root
         files, dirs, self._sizes, self._mtimes = _walk(root)
+        # a name in another encoding (Latin-1 on an old disk) reaches Python as surrogates,
+        # which no UTF-8 file (the cache, split.json, a CSV) can hold
+        undecodable = [f for f in files if not _is_utf8(f)]
+        files = [f for f in files if _is_utf8(f)]
+        dirs = {d for d in dirs if _is_utf8(d)}
+        for name in undecodable:
+            self.skip(name.encode("utf-8", "backslashreplace").decode("ascii", "replace"),
+                      "its name is not UTF-8 (another encoding?); rename it to read it")
         self._set_listing(find_class_folders(files, dirs, str(root)), self._sizes)
 
     def fingerprint(self) -> str:
@@ -69,3 +77,11 @@ def _walk(root: Path) -> tuple[list[str], set[str], dict[str, int], dict[str, in
             sizes[f"{base}{name}"] = stat.st_size
             mtimes[f"{base}{name}"] = stat.st_mtime_ns
     return files, dirs, sizes, mtimes
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
