@@ -337,24 +337,25 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
     )
 
 
-def _check_test_side(config: Config, n_test: int) -> None:
+def _check_test_side(config: Config, n_test: int, evaluate: bool) -> None:
     """Before training, not after it: a test side too small for the evaluation to draw."""
     from cellae.evaluation.latent import MIN_TSNE_POINTS
 
-    if config.eval.enabled and n_test < MIN_TSNE_POINTS:
+    if evaluate and config.eval.enabled and n_test < MIN_TSNE_POINTS:
         raise CellaeError(
             f"the test side holds {n_test} images; the evaluation's t-SNE map needs at least "
             f"{MIN_TSNE_POINTS}: raise data.test_fraction, give more images, or set "
             f"eval.enabled=false")
 
 
-def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None) -> L.Trainer:
+def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None,
+         evaluate: bool) -> L.Trainer:
     L.seed_everything(config.seed, workers=True, verbose=False)
     cache = prepare_cache(config.data, progress=sys.stderr.isatty())
     train_idx, test_idx = split_indices(
         cache.patients, cache.labels, config.data.test_fraction, config.seed, by=config.data.split
     )
-    _check_test_side(config, len(test_idx))
+    _check_test_side(config, len(test_idx), evaluate)
     channels = int(cache.images.shape[1])
     is_launcher = os.environ.get("LOCAL_RANK") is None
     if is_launcher and ckpt_path is None:
@@ -462,7 +463,7 @@ def train(
         )
     print(f"training {config.model.family} '{config.name}' into {run_dir}", file=sys.stderr)
     with _held(run_dir):
-        trainer = _fit(config, run_dir, None, callbacks)
+        trainer = _fit(config, run_dir, None, callbacks, evaluate)
         return _finish(run_dir, config, trainer, evaluate)
 
 
@@ -506,5 +507,5 @@ def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | Non
             runs.truncate_metrics(run_dir, completed)
             runs.update_run_info(run_dir, status="running", resumed_from_epoch=completed)
         print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
-        trainer = _fit(config, run_dir, last, callbacks)
+        trainer = _fit(config, run_dir, last, callbacks, evaluate)
         return _finish(run_dir, config, trainer, evaluate)
