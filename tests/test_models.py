@@ -353,3 +353,21 @@ def test_registries_list_the_builtins() -> None:
 def test_a_family_refuses_another_familys_config() -> None:
     with pytest.raises(TypeError, match="VAEConfig"):
         FAMILIES.get("vae")(model_config(**TINY), 32, 3)
+
+
+def test_spot_mse_makes_a_dark_spot_cost_more_than_the_same_error_in_plain_cytoplasm() -> None:
+    target = torch.full((1, 3, 8, 8), 0.8)
+    target[:, :, 3, 3] = 0.2  # one dark spot in a uniform cell
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[:, :, 1:7, 1:7] = 1.0
+    spot = loss("spot_mse", gain=2.0)
+    weights = spot.weights(mask, target)
+    assert weights[0, 0, 3, 3] > 3 * weights[0, 0, 4, 4]  # the spot outweighs the cytoplasm
+    assert weights[0, 0, 0, 0] == 1.0  # background keeps background_weight
+    logits = torch.logit(target.clamp(0.01, 0.99))
+    missed_spot, missed_plain = logits.clone(), logits.clone()
+    missed_spot[:, :, 3, 3] = torch.logit(torch.tensor(0.8))  # the spot reconstructed as cytoplasm
+    missed_plain[:, :, 4, 4] = torch.logit(torch.tensor(0.2))  # the same error elsewhere
+    assert spot(missed_spot, target, mask)[0] > 2 * spot(missed_plain, target, mask)[0]
+    assert loss("spot_mse", gain=0.0)(missed_spot, target, mask)[0] == pytest.approx(
+        loss("mse")(missed_spot, target, mask)[0].item())  # gain 0 is the plain loss

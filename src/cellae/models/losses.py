@@ -50,7 +50,11 @@ class ReconstructionLoss(LossConfig):
         raise NotImplementedError
 
     def weights(self, mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-        """Per-pixel weights, or None when every pixel counts the same."""
+        """Per-pixel weights, or None when every pixel counts the same.
+
+        ``like`` is the target (B, C, H, W): its shape and dtype, and for a loss that weighs
+        pixels by what they show, its values.
+        """
         return None
 
     def __call__(
@@ -62,7 +66,7 @@ class ReconstructionLoss(LossConfig):
         weighted one, so that loss / weight is a per-pixel figure comparable across image sizes.
         """
         values = self.elementwise(logits, target)
-        weights = self.weights(mask, logits)
+        weights = self.weights(mask, target)
         if weights is None:
             loss = per_image(values)
             return loss, torch.full_like(loss, float(logits[0].numel()))
