@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import cellae
+from cellae import runs
 from cellae.cli import main
 from cellae.evaluation.run import embed_source, evaluate_run
 from cellae.training import train
@@ -173,3 +174,10 @@ def test_embed_csv_keeps_one_row_per_image_whatever_its_file_name(vae_run, tmp_p
                 folder / name / f"C1P1thinF_{i}\r,\"x\".png")
     table = pd.read_csv(embed_source(vae_run, str(folder), tmp_path / "codes.csv"))
     assert len(table) == 6 and table["file"].str.contains("\r").all()
+
+
+def test_evaluating_a_run_trained_without_evaluation_finishes_it(tmp_path):
+    run_dir = train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "runs", evaluate=False)
+    runs.update_run_info(run_dir, status="trained")  # as training leaves it before evaluation
+    evaluate_run(run_dir, quiet=True)
+    assert runs.read_run_info(run_dir)["status"] == "finished"

@@ -297,6 +297,9 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False,
     evaluation.metrics["figures"] = draw(evaluation, loaded, cache, runs.figures_dir(run_dir, data), rows)
     evaluation.metrics["seconds"] = round(time.perf_counter() - started, 2)
     write(evaluation, cache, out_dir)
+    if data is None and runs.read_run_info(run_dir).get("status") == "trained":
+        # trained in full and now evaluated: what training's own evaluation would have left
+        runs.update_run_info(run_dir, status="finished")
     result = evaluation.metrics
     if not quiet:
         print(f"{run_dir.name}: {headline(result)}  [{result['seconds']:.1f} s]")
