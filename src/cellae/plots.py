@@ -49,7 +49,7 @@ def _uint8(images: np.ndarray) -> np.ndarray:
     return array
 
 
-def _show(ax: Axes, image: np.ndarray) -> None:
+def show_image(ax: Axes, image: np.ndarray) -> None:
     """One (C, H, W) uint8 image, pixels kept sharp, no ticks or frame."""
     if image.shape[0] == 1:
         ax.imshow(image[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -120,7 +120,7 @@ def plot_inputs(
         ax.set_axis_off()
     for ax, i in zip(axes.flat, picked, strict=False):
         ax.set_axis_on()
-        _show(ax, images[i])
+        show_image(ax, images[i])
         label = int(labels[i])
         ax.set_title(_class_name(class_names, label), fontsize=9, pad=3,
                      color=colours[label % len(colours)] if colours else "black")
@@ -441,7 +441,7 @@ def plot_reconstructions(
         top, bottom = axes[3 * block, column], axes[3 * block + 1, column]
         for ax, image in ((top, originals[i]), (bottom, recons[i])):
             ax.set_axis_on()
-            _show(ax, image)
+            show_image(ax, image)
         label = int(labels[i])
         top.set_title(_class_name(class_names, label), fontsize=9, pad=3,
                       color=colours[label % len(colours)] if colours else "black")
@@ -505,7 +505,7 @@ def plot_traversals(
     for r, (dim, nats) in enumerate(zip(dims, kl, strict=True)):
         for c, value in enumerate(values):
             ax = axes[r, c]
-            _show(ax, images[r, c])
+            show_image(ax, images[r, c])
             if r == 0:
                 ax.set_title(f"{value:+.2f}", fontsize=10)
         axes[r, 0].set_ylabel(f"z[{dim}]\nKL {nats:.3g}", fontsize=10, rotation=0, ha="right",

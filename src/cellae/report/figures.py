@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cellae import runs
 from cellae.columns import SAME_OBJECTIVE
+from cellae.plots import show_image
 from cellae.report.collect import RunSummary, config_value
 
 DPI = 110
@@ -148,17 +149,6 @@ def _drawn_cells(summary: RunSummary) -> _Drawn | None:
     return _Drawn(summary, arrays, {str(f): i for i, f in enumerate(files.tolist())})
 
 
-def _show(ax: Axes, image: np.ndarray) -> None:
-    if image.shape[0] == 1:
-        ax.imshow(image[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:
-        ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
-
 def _class_of(first: _Drawn, row: int) -> str:
     labels, names = first.arrays.get("labels"), first.arrays.get("class_names")
     if labels is None or row >= len(labels):
@@ -192,12 +182,12 @@ def _draw_same_cells(drawn: Sequence[_Drawn], files: Sequence[str], input_label:
     fig = Figure(figsize=(1.35 * len(files) + 1.6, 1.4 * (len(drawn) + 1) + 0.6))
     axes = fig.subplots(len(drawn) + 1, len(files), squeeze=False)
     for column, name in enumerate(files):
-        _show(axes[0, column], first.arrays["originals"][first.row_of[name]])
+        show_image(axes[0, column], first.arrays["originals"][first.row_of[name]])
         axes[0, column].set_title(_class_of(first, first.row_of[name]), fontsize=9)
         for line, d in enumerate(drawn, start=1):
             row = d.row_of[name]
             recon = d.arrays["reconstructions"][row]
-            _show(axes[line, column], recon)
+            show_image(axes[line, column], recon)
             axes[line, column].set_xlabel(_mse(d.arrays["originals"][row], recon), fontsize=7,
                                           labelpad=1)
     labels = [input_label] + [_label(d.summary) for d in drawn]
