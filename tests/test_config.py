@@ -163,9 +163,11 @@ def test_hostile_yaml_is_refused_in_one_line_before_any_work(tmp_path):
             f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)),
         "cycle.yaml": "a: &a [*a]\n",
         "twice.yaml": "train: {epochs: 5}\nmodel: {latent_dim: 8}\ntrain: {lr: 0.01}\n",
+        "deep.yaml": "[" * 6000,
     }
     expected = {"aliases.yaml": "490,329,064 values", "cycle.yaml": "a cycle",
-                "twice.yaml": "line 3, column 1): the key 'train' is given twice"}
+                "twice.yaml": "line 3, column 1): the key 'train' is given twice",
+                "deep.yaml": "nests too deeply"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(CellaeError, match="not valid YAML") as info:
@@ -178,3 +180,5 @@ def test_hostile_yaml_is_refused_in_one_line_before_any_work(tmp_path):
     # aliases in moderation, and a merge whose keys are overridden, stay allowed
     assert load_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, y: 3}\nc: [*a, *a]\n") == {
         "a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}, "c": [{"x": 1, "y": 2}] * 2}
+    # a merged mapping constructed after the one that merges it is not mistaken for a repeat
+    load_yaml("a: &a {x: 1}\nouter: {b: &b {<<: *a, x: 2}}\nc: {<<: *b}\n")

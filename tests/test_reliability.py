@@ -475,3 +475,15 @@ def test_a_file_name_in_latin_1_is_skipped_with_its_reason(tmp_path):
     config = DataConfig(source=str(root), cache_dir=str(tmp_path / "cache"), workers=1, image_size=32)
     assert len(prepare_cache(config, progress=False).labels) == 6  # the cache holds the rest
     assert "caf\\udce9" in inspect_source(str(root))
+
+
+def test_a_zip_with_a_doubled_slash_in_its_member_names_is_listed(tmp_path):
+    import zipfile
+
+    archive = tmp_path / "double.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"cell_images//Parasitized/C1P1thinF_{i}.png", png_bytes(cell_array(i)))
+            zf.writestr(f"cell_images//Uninfected/C2P2thinF_{i}.png", png_bytes(cell_array(i + 3)))
+    source = open_source(str(archive))  # the search for the class folders ends
+    assert len(source) == 6 and source.class_names == ["uninfected", "infected"]

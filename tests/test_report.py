@@ -352,3 +352,13 @@ def test_a_report_of_too_many_runs_is_refused_before_it_reads_them(tmp_path, mon
     with pytest.raises(CellaeError, match="3 runs found; a report compares at most 2"):
         write_report([tmp_path / "runs"], tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_report_replaces_the_figures_folder_of_a_report_made_before_the_mark(tmp_path):
+    run = fake_run(tmp_path, "a")
+    old = tmp_path / "r_files"
+    (old / "00-a").mkdir(parents=True)
+    (old / "00-a" / "latent_tsne.png").write_bytes(b"png")
+    (old / "learning_curves_all.png").write_bytes(b"png")
+    write_report([run], tmp_path / "r.html")
+    assert (old / ".cellae-report").is_file() and (old / "00-a" / "latent_tsne.png").read_bytes() != b"png"

@@ -261,3 +261,24 @@ def test_a_test_side_too_small_to_evaluate_fails_before_training(tmp_path):
     without_eval = tiny_config(tmp_path, data={"synthetic": {"n_images": 20, "n_patients": 10}},
                                eval={"enabled": False})
     assert runs.read_run_info(train(without_eval, tmp_path / "more"))["status"] == "finished"
+
+
+def test_the_lock_never_writes_through_a_link(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    precious = tmp_path / "bashrc"
+    precious.write_text("my settings\n")
+    (run_dir / runs.LOCK_FILE).symlink_to(precious)
+    with pytest.raises(CellaeError, match="cannot take"), runs.run_lock(run_dir):
+        pass
+    assert precious.read_text() == "my settings\n"
+
+
+def test_resume_copes_with_a_damaged_metrics_csv(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 2})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, tmp_path / "runs", evaluate=False, callbacks=[StopAfterEpoch(1)])
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir / runs.METRICS_FILE).write_text("")
+    resumed = resume(run_dir, evaluate=False)
+    assert [int(r["epoch"]) for r in metric_rows(resumed)] == [2]  # epoch 1's row was lost

@@ -249,8 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug or exc.errno not in _MACHINE_ERRORS:
             raise
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"cellae: error: cannot write{where}: {exc.strerror}; earlier files are intact",
-              file=sys.stderr)
+        # permission errors come from reading as well as writing; a full disk only from writing
+        verb = "access" if exc.errno in (errno.EACCES, errno.EPERM) else "write"
+        print(f"cellae: error: cannot {verb}{where}: {exc.strerror}; files written earlier are "
+              f"intact", file=sys.stderr)
         return 2
 
 

@@ -518,8 +518,9 @@ class _BoundedLoader(yaml.SafeLoader):
     drop the first.
     """
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-        # the keys as written, before a merge (<<: *base) brings in keys they may override
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        # checked as written, once, before any merge (<<: *base) flattens keys into the node
+        node = super().compose_mapping_node(anchor)
         seen: set[tuple[str, str]] = set()
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
@@ -530,7 +531,7 @@ class _BoundedLoader(yaml.SafeLoader):
                     None, None, f"the key '{key_node.value}' is given twice in one mapping",
                     key_node.start_mark)
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        return node
 
 
 def _expanded_size(value: Any, known: dict[int, int]) -> int:
@@ -556,6 +557,8 @@ def load_yaml(text: str) -> Any:
     loader = _BoundedLoader(text)
     try:
         values = loader.get_single_data()
+    except RecursionError as exc:
+        raise yaml.YAMLError("it nests too deeply to be a config") from exc
     finally:
         loader.dispose()
     size = _expanded_size(values, {})

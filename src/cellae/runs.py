@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -144,7 +145,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     the lock of a killed run never needs clearing by hand, and the next process takes it over.
     """
     path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # never through a link: a run folder from someone else could point .lock at your files
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise CellaeError(f"cannot take {path}: {exc.strerror} (a link or not a file?)") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CellaeError(f"{path} is not a regular file; remove it to train in {run_dir}")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -152,6 +160,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
         raise CellaeError(f"{run_dir} is in use by process {holder}; wait for it to end "
                           f"(or stop it) before training in this run folder") from None
+    except OSError as exc:
+        # a file system without flock (some cluster and FUSE mounts): train unguarded, as before
+        os.close(fd)
+        warnings.warn(f"cannot lock {path} ({exc.strerror}); nothing stops a second process "
+                      f"from training in this run folder meanwhile", stacklevel=3)
+        yield
+        return
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -281,11 +296,18 @@ def truncate_metrics(run_dir: Path, completed_epochs: int) -> None:
     path = run_dir / METRICS_FILE
     if not path.exists():
         return
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = [r for r in reader if int(float(r["epoch"])) <= completed_epochs]
-        columns = list(reader.fieldnames or [])
-    _write_metrics(path, columns, rows)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            # a row whose epoch is not a number is damage, not an epoch: dropped with the rest
+            rows = [r for r in reader if _number(r.get("epoch")) <= completed_epochs]
+            columns = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CellaeError(f"{path} is unreadable ({exc})") from exc
+    if not columns or "epoch" not in columns:
+        path.unlink()  # no header to keep: the resumed epochs start the file afresh
+        return
+    _write_metrics(path, columns, [{k: v for k, v in r.items() if k is not None} for r in rows])
 
 
 def write_split(run_dir: Path, files: Sequence[str] | np.ndarray, train_idx: np.ndarray,

@@ -481,7 +481,7 @@ def _held(run_dir: Path) -> Iterator[None]:
         except Exception as exc:
             # an interruption has said "interrupted" already, a NaN loss "failed"; a run.json
             # that cannot be read or written (a full disk) must not hide the error itself
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, CellaeError):
                 if runs.read_run_info(run_dir).get("status") == "running":
                     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     runs.update_run_info(run_dir, status="failed", error=reason)

@@ -40,7 +40,8 @@ from cellae.data.sources import Source, open_source
 from cellae.errors import CellaeError
 from cellae.files import write_atomic
 
-FORMAT_VERSION = 1
+# 2: patients read from every NIH name form (C51AP12thinF_ is C51A), so older caches differ
+FORMAT_VERSION = 2
 TEMP_PREFIX = ".building-"
 META_FILE = "meta.json"
 ARRAYS = ("images", "masks", "labels", "patients", "files")

@@ -12,6 +12,7 @@ marked best only among runs it can be compared with (see :mod:`cellae.report.com
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,22 @@ def _settings_note(n_runs: int, n_settings: int) -> str:
             "finished runs averaged, ± is their sample standard deviation.")
 
 
+def _written_by_older_report(folder: Path) -> bool:
+    """Whether ``folder`` holds only what a report before the mark wrote: PNG figures, and
+    folders ``NN-<run>`` of PNG figures, with no link among them."""
+    for entry in folder.iterdir():
+        if entry.is_symlink():
+            return False
+        if entry.is_dir():
+            if not re.fullmatch(r"\d{2}-.+", entry.name) or not all(
+                    f.is_file() and not f.is_symlink() and f.suffix == ".png"
+                    for f in entry.iterdir()):
+                return False
+        elif entry.suffix != ".png":
+            return False
+    return True
+
+
 def _own_files_dir(out: Path) -> Path:
     """The folder of the Markdown's figures beside ``out``, emptied if an earlier report made it.
 
@@ -72,7 +89,7 @@ def _own_files_dir(out: Path) -> Path:
         raise CellaeError(f"{files_dir} is in the way of the report's figures and was not "
                           f"written by cellae report; move it or choose another --out")
     if files_dir.is_dir():
-        if not (files_dir / FILES_MARK).is_file():
+        if not (files_dir / FILES_MARK).is_file() and not _written_by_older_report(files_dir):
             raise CellaeError(f"{files_dir} exists and was not written by cellae report, so it "
                               f"is left as it is; move it or choose another --out")
         shutil.rmtree(files_dir)

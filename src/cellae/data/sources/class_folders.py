@@ -58,7 +58,8 @@ def find_class_folders(files: list[str], dirs: set[str], where: str) -> Listing:
         subfolders[parent].add(name)
 
     def children(prefix: str) -> list[str]:
-        return sorted(subfolders.get(prefix.rstrip("/"), ()))
+        # prefix is "" or a folder plus the one "/" added below (a zip may hold "a//b")
+        return sorted(subfolders.get(prefix[:-1], ()))
 
     prefix = ""
     while True:
