@@ -432,15 +432,21 @@ def test_devices_and_workers_are_held_to_what_the_machine_has(tmp_path, monkeypa
     assert "data.workers is 48 but this machine gives 2 cores; using 2" in capsys.readouterr().err
 
 
-def test_zip_members_with_endless_names_or_declared_sizes_are_skipped(tmp_path):
-    import zipfile
-
-    archive = tmp_path / "cells.zip"
+def two_class_zip(archive: Path, classes: tuple[str, str], extra: dict[str, bytes]) -> Path:
+    """A zip of two class folders (``classes``, as member prefixes) of 3 good cells each, plus
+    ``extra`` members."""
     with zipfile.ZipFile(archive, "w") as zf:
         for i in range(3):
-            zf.writestr(f"A/C1P1thinF_{i}.png", png_bytes(cell_array(i)))
-            zf.writestr(f"B/C2P2thinF_{i}.png", png_bytes(cell_array(i + 3)))
-        zf.writestr("A/" + "x" * 65_000 + ".png", png_bytes(cell_array(7)))
+            zf.writestr(f"{classes[0]}/C1P1thinF_{i}.png", png_bytes(cell_array(i)))
+            zf.writestr(f"{classes[1]}/C2P2thinF_{i}.png", png_bytes(cell_array(i + 3)))
+        for name, data in extra.items():
+            zf.writestr(name, data)
+    return archive
+
+
+def test_zip_members_with_endless_names_or_declared_sizes_are_skipped(tmp_path):
+    archive = two_class_zip(tmp_path / "cells.zip", ("A", "B"),
+                            {"A/" + "x" * 65_000 + ".png": png_bytes(cell_array(7))})
     source = open_source(str(archive))
     assert len(source) == 6
     ((name, reason),) = source.skipped
@@ -478,12 +484,7 @@ def test_a_file_name_in_latin_1_is_skipped_with_its_reason(tmp_path):
 
 
 def test_a_zip_with_a_doubled_slash_in_its_member_names_is_listed(tmp_path):
-    import zipfile
-
-    archive = tmp_path / "double.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for i in range(3):
-            zf.writestr(f"cell_images//Parasitized/C1P1thinF_{i}.png", png_bytes(cell_array(i)))
-            zf.writestr(f"cell_images//Uninfected/C2P2thinF_{i}.png", png_bytes(cell_array(i + 3)))
+    archive = two_class_zip(tmp_path / "double.zip",
+                            ("cell_images//Parasitized", "cell_images//Uninfected"), {})
     source = open_source(str(archive))  # the search for the class folders ends
     assert len(source) == 6 and source.class_names == ["uninfected", "infected"]
