@@ -28,7 +28,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 
 from cellae import __version__, runs
 from cellae.config import Config
-from cellae.data.cache import available_cores, prepare_cache
+from cellae.data.cache import CellCache, available_cores, prepare_cache
 from cellae.data.datamodule import CellDataModule
 from cellae.data.sources.labels import unmatched_warning
 from cellae.data.splits import split_indices
@@ -349,9 +349,11 @@ def _check_test_side(config: Config, n_test: int, evaluate: bool) -> None:
 
 
 def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None,
-         evaluate: bool) -> L.Trainer:
+         evaluate: bool, cache: CellCache | None = None) -> L.Trainer:
+    """Train in ``run_dir``; ``cache`` is the data when the caller has prepared it already."""
     L.seed_everything(config.seed, workers=True, verbose=False)
-    cache = prepare_cache(config.data, progress=sys.stderr.isatty())
+    if cache is None:
+        cache = prepare_cache(config.data, progress=sys.stderr.isatty())
     train_idx, test_idx = split_indices(
         cache.patients, cache.labels, config.data.test_fraction, config.seed, by=config.data.split
     )
@@ -448,12 +450,13 @@ def train(
 ) -> Path:
     """Train ``config`` into a new run folder under ``out`` and return its path."""
     inherited = os.environ.get(RUN_DIR_ENV)
+    cache: CellCache | None = None  # a DDP worker opens the cache its launcher prepared
     if inherited and os.environ.get("LOCAL_RANK") is not None:
         run_dir = Path(inherited)
     else:
         _devices(config, _accelerator(config))  # before any work, as every other config mistake
         # the data first: a cache build that is interrupted or fails leaves no run folder behind
-        prepare_cache(config.data, progress=sys.stderr.isatty())
+        cache = prepare_cache(config.data, progress=sys.stderr.isatty())
         run_dir = runs.new_run_dir(out, config.name, timestamped=timestamped)
         runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
         runs.update_run_info(
@@ -463,7 +466,7 @@ def train(
         )
     print(f"training {config.model.family} '{config.name}' into {run_dir}", file=sys.stderr)
     with _held(run_dir):
-        trainer = _fit(config, run_dir, None, callbacks, evaluate)
+        trainer = _fit(config, run_dir, None, callbacks, evaluate, cache)
         return _finish(run_dir, config, trainer, evaluate)
 
 
