@@ -16,7 +16,14 @@ from cellae.errors import CellaeError
 def _add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     from typing import get_args
 
-    from cellae.config import IMAGE_SIZES, BackgroundMode, ColorMode, DataConfig, ResizeMode
+    from cellae.config import (
+        IMAGE_SIZES,
+        BackgroundMode,
+        ColorMode,
+        DataConfig,
+        NormalizeMode,
+        ResizeMode,
+    )
 
     # defaults and choices are the data config's, so the command and a YAML run agree
     defaults = DataConfig()
@@ -27,6 +34,8 @@ def _add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", choices=get_args(ResizeMode), default=defaults.resize)
     parser.add_argument("--background", choices=get_args(BackgroundMode),
                         default=defaults.background)
+    parser.add_argument("--normalize", choices=get_args(NormalizeMode), default=defaults.normalize,
+                        help="per_cell: standardise each cell's interior colour (needs fill_mean)")
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help="where caches are kept")
     parser.add_argument("--workers", type=int, default=defaults.workers,
                         help="processes for decoding (0: all cores)")
@@ -201,7 +210,7 @@ def _run_data(args: argparse.Namespace) -> int:
         data = validate_data(
             DataConfig(
                 source=args.source, image_size=args.size, color=args.color, resize=args.resize,
-                background=args.background, cache_dir=args.cache_dir, strict=args.strict,
+                background=args.background, normalize=args.normalize, cache_dir=args.cache_dir, strict=args.strict,
                 workers=args.workers,
             )
         )

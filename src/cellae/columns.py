@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 # config keys that fix what the images are: a reconstruction number compares only within them
-SAME_IMAGES = ("data.source", "data.image_size", "data.color", "data.resize", "data.background")
+SAME_IMAGES = ("data.source", "data.image_size", "data.color", "data.resize", "data.background",
+               "data.normalize")
 # ... and what the loss is: a loss compares only among runs that minimised the same objective
 SAME_OBJECTIVE = SAME_IMAGES + ("model.family", "model.loss", "model.beta", "model.latent_l1",
                                 "model.free_bits")
 # config keys that fix which cells are scored: a latent metric compares only within them
-SAME_TEST_CELLS = ("data.source", "data.split", "data.test_fraction")
+SAME_TEST_CELLS = ("data.source", "data.split", "data.test_fraction", "data.folds", "data.fold")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ IMAGE_SIZES = (32, 64, 128)
 ColorMode = Literal["rgb", "gray"]
 ResizeMode = Literal["stretch", "pad"]
 BackgroundMode = Literal["keep", "fill_mean"]
+NormalizeMode = Literal["none", "per_cell"]
+AugmentMode = Literal["none", "dihedral"]
 SplitMode = Literal["patient", "image"]
 
 
@@ -36,6 +38,7 @@ MAX_LATENT_DIM = 4096
 MAX_WIDTH = 4096
 MAX_STAGES = 7
 MAX_NAME_LENGTH = 100
+MAX_FOLDS = 100
 
 
 @dataclass
@@ -58,8 +61,16 @@ class DataConfig:
     color: ColorMode = "rgb"
     resize: ResizeMode = "stretch"
     background: BackgroundMode = "keep"
+    # per_cell: each cell's interior standardised per channel, so the stain's shade is gone
+    normalize: NormalizeMode = "none"
     split: SplitMode = "patient"
     test_fraction: float = 0.2
+    # k-fold by patient: 0 keeps the single split of test_fraction; k > 1 puts fold `fold` of
+    # k patient groups in test (the same groups whatever the seed, so seeds can be compared)
+    folds: int = 0
+    fold: int = 0
+    # classes the model trains on (empty: all); an anomaly model trains on the healthy class
+    train_classes: list[str] = field(default_factory=list)
     cache_dir: str = ".cellae-cache"
     strict: bool = False
     workers: int = 0
@@ -205,6 +216,8 @@ class TrainConfig:
     deterministic: bool = True
     tensorboard: bool = False
     data_on_device: Literal["auto", "always", "never"] = "auto"
+    # dihedral: each training image turned or mirrored at random (cells have no orientation)
+    augment: AugmentMode = "none"
 
 
 @dataclass
@@ -336,6 +349,16 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
     check(d.image_size in IMAGE_SIZES, f"{prefix}.image_size", f"one of {IMAGE_SIZES}", d.image_size)
     check(0.0 < d.test_fraction < 1.0, f"{prefix}.test_fraction", "between 0 and 1", d.test_fraction)
     check(d.workers >= 0, f"{prefix}.workers", "0 (all cores) or more", d.workers)
+    if d.normalize == "per_cell":
+        # the standardised interior needs the padding and the blended rim painted over first
+        check(d.background == "fill_mean", f"{prefix}.background",
+              "'fill_mean' when data.normalize is 'per_cell'", d.background)
+    check(d.folds == 0 or 2 <= d.folds <= MAX_FOLDS, f"{prefix}.folds",
+          f"0 (one split by test_fraction) or 2 to {MAX_FOLDS}", d.folds)
+    check(0 <= d.fold < max(d.folds, 1), f"{prefix}.fold",
+          f"a fold number from 0 to {max(d.folds, 1) - 1}", d.fold)
+    check(len(set(d.train_classes)) == len(d.train_classes), f"{prefix}.train_classes",
+          "a list without repeats", d.train_classes)
     s = d.synthetic
     check(s.n_images >= 10, f"{prefix}.synthetic.n_images", "at least 10", s.n_images)
     check(s.n_patients >= 2, f"{prefix}.synthetic.n_patients", "at least 2", s.n_patients)

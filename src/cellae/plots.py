@@ -34,7 +34,7 @@ NOT_SCHEDULES = ("epoch", "lr", "seconds", "images_per_second")
 SCHEDULE_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive")
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     """Rendered in memory and written atomically, so a half-written PNG never has the real name."""
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=DPI, format="png", facecolor="white")
@@ -75,7 +75,7 @@ def _patient_colours(n: int) -> list[Any]:
     return [palette(order[i % 20]) for i in range(n)]
 
 
-def _class_name(class_names: Sequence[str], label: int) -> str:
+def class_name(class_names: Sequence[str], label: int) -> str:
     return class_names[label] if 0 <= label < len(class_names) else f"class {label}"
 
 
@@ -122,15 +122,15 @@ def plot_inputs(
         ax.set_axis_on()
         show_image(ax, images[i])
         label = int(labels[i])
-        ax.set_title(_class_name(class_names, label), fontsize=9, pad=3,
+        ax.set_title(class_name(class_names, label), fontsize=9, pad=3,
                      color=colours[label % len(colours)] if colours else "black")
     counts = ", ".join(
-        f"{int((labels[picked] == c).sum())} {_class_name(class_names, int(c))}"
+        f"{int((labels[picked] == c).sum())} {class_name(class_names, int(c))}"
         for c in np.unique(labels[picked])
     )
     fig.suptitle(f"{run}: test inputs drawn at random ({counts})", fontsize=12)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _column(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
@@ -330,7 +330,7 @@ def plot_learning_curves(
         _legend_below(ax, *([twins[ax]] if ax in twins else []))
     fig.suptitle(f"{run}: learning curves", fontsize=13)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_latent_tsne(
@@ -369,7 +369,7 @@ def plot_latent_tsne(
                      alpha=0.75, linewidths=0)
     handles = [
         Line2D([], [], marker="o", linestyle="", color=colours[int(c)], markersize=8,
-               label=f"{_class_name(class_names, int(c))} ({int((labels == c).sum())})")
+               label=f"{class_name(class_names, int(c))} ({int((labels == c).sum())})")
         for c in np.unique(labels)
     ]
     by_class.legend(handles=handles, title="class (images)", fontsize=9, loc="best")
@@ -403,7 +403,7 @@ def plot_latent_tsne(
              "Patches of one colour on the right = the codes group by slide.",
              ha="center", fontsize=9, color="dimgray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_reconstructions(
@@ -443,7 +443,7 @@ def plot_reconstructions(
             ax.set_axis_on()
             show_image(ax, image)
         label = int(labels[i])
-        top.set_title(_class_name(class_names, label), fontsize=9, pad=3,
+        top.set_title(class_name(class_names, label), fontsize=9, pad=3,
                       color=colours[label % len(colours)] if colours else "black")
         error = np.mean((originals[i] / 255.0 - recons[i] / 255.0) ** 2)
         bottom.set_xlabel(f"MSE {error:.4f}", fontsize=8, labelpad=2)
@@ -452,7 +452,7 @@ def plot_reconstructions(
             bottom.set_ylabel("reconstruction", fontsize=10)
     fig.suptitle(f"{run}: test images (original) and their reconstructions", fontsize=12)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_image_grid(images: np.ndarray, path: Path, title: str, *, run: str,
@@ -477,7 +477,7 @@ def plot_image_grid(images: np.ndarray, path: Path, title: str, *, run: str,
     ax.set_axis_off()
     ax.set_title(f"{run}: {title}", fontsize=12)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_traversals(
@@ -514,4 +514,4 @@ def plot_traversals(
                  "rows: latent dimensions by KL, highest first; columns: the value that "
                  "dimension is set to, the others stay at the base", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)

@@ -11,11 +11,16 @@ A sweep file names a base config and the values to vary::
       model.latent_dim: [20, 50]
     # runs:                           # ... or an explicit list of combinations
     #   - {name: ae-z20, model.family: ae, model.latent_dim: 20, model.latent_l1: 0.0001}
+    folds: 5                          # optional: each combination on 5 patient folds ...
+    seeds: [0, 1, 2]                  # ... and 3 training seeds: 15 runs, named <name>-f<k>-s<seed>
 
 Each combination is an ordinary run folder inside one sweep folder, named by its values
 (``vae-fill_mean-z50``) or by its own ``name``. A key that only one family takes belongs in the
 combinations of that family (an explicit ``runs`` list), never in the shared base. ``--resume`` keeps finished runs, resumes an unfinished one from its
 checkpoint and trains the rest; a failing run is reported and the others go on.
+
+With ``folds`` or ``seeds``, a setting is scored as the mean and spread of its repeats, never by
+one split or its best seed: the sweep ends by writing ``summary.md`` (see :mod:`cellae.summary`).
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ import yaml
 from cellae import runs
 from cellae.config import apply_overrides, config_from_dict, from_older_cellae, read_yaml
 from cellae.errors import CellaeError
+from cellae.summary import REPEAT, write_summary
 
 SWEEP_FILE = "sweep.yaml"
-SWEEP_KEYS = {"name", "base", "config", "set", "grid", "runs"}
+SWEEP_KEYS = {"name", "base", "config", "set", "grid", "runs", "folds", "seeds"}
 # every run is checked before the first starts; a grid past this is a typo, not a study
 MAX_RUNS = 1000
 # short prefixes so that names read like the study's (z50, beta4)
@@ -126,6 +132,7 @@ def load_sweep(path: Path, overrides: list[str] | None = None, resumed: bool = F
         if len(combinations) > MAX_RUNS:
             raise CellaeError(f"sweep file {path} lists {len(combinations):,} runs; a sweep has at "
                               f"most {MAX_RUNS:,}: split it into several sweep files")
+    combinations = _repeats(path, combinations, values.get("folds", 0), values.get("seeds"))
     sweep = Sweep(name=str(values.get("name", path.stem)), base=base, combinations=combinations,
                   resumed=resumed)
     names = [sweep.run_name(c) for c in combinations]
@@ -135,6 +142,34 @@ def load_sweep(path: Path, overrides: list[str] | None = None, resumed: bool = F
     for combination in combinations:
         config_from_dict(sweep.config_values(combination), check_paths=False)
     return sweep
+
+
+def _repeats(path: Path, combinations: list[dict[str, Any]], folds: Any,
+             seeds: Any) -> list[dict[str, Any]]:
+    """Each combination once per patient fold and training seed, named ``<name>-f<k>-s<seed>``."""
+    if folds in (0, None) and seeds is None:
+        return combinations
+    if not isinstance(folds, int) or isinstance(folds, bool) or not (folds == 0 or folds >= 2):
+        raise CellaeError(f"sweep file {path}: 'folds' must be 0 or an integer of 2 or more, got {folds!r}")
+    seeds = [0] if seeds is None else seeds
+    if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise CellaeError(f"sweep file {path}: 'seeds' must be a list of distinct integers, got {seeds!r}")
+    size = len(combinations) * max(folds, 1) * len(seeds)
+    if size > MAX_RUNS:
+        raise CellaeError(f"sweep file {path}: {len(combinations)} settings x {max(folds, 1)} folds x "
+                          f"{len(seeds)} seeds make {size:,} runs; a sweep has at most {MAX_RUNS:,}")
+    blank = Sweep(name="", base={}, combinations=[])
+    repeated = []
+    for combination in combinations:
+        setting = blank.run_name(combination)
+        for fold in range(max(folds, 1)):
+            for seed in seeds:
+                repeat = {k: v for k, v in combination.items() if k != "name"}
+                if folds:
+                    repeat |= {"data.folds": folds, "data.fold": fold}
+                repeated.append(repeat | {"seed": seed, "name": f"{setting}-f{fold}-s{seed}"})
+    return repeated
 
 
 def _run_one(sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool) -> str:
@@ -202,6 +237,13 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
     failed = [n for n, r in results.items() if r["status"] == "failed"]
     summary = ", ".join(f"{n}: {r['status']}" for n, r in results.items())
     print(f"[sweep {sweep.name}] {summary}", file=sys.stderr)
+    if evaluate and any(REPEAT.match(name) for name in order):
+        try:
+            written = write_summary(sweep_dir, sweep.name)
+            print(f"[sweep {sweep.name}] mean and spread over folds and seeds: {written}",
+                  file=sys.stderr)
+        except CellaeError as exc:
+            print(f"[sweep {sweep.name}] no summary: {exc}", file=sys.stderr)
     if failed:
         raise CellaeError(
             f"{len(failed)} of {len(results)} runs failed ({', '.join(failed)}); see {sweep_dir / runs.SWEEP_STATUS_FILE}, "

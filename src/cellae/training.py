@@ -28,10 +28,11 @@ from lightning.pytorch.trainer.states import TrainerStatus
 
 from cellae import __version__, runs
 from cellae.config import Config
+from cellae.data.augment import augment
 from cellae.data.cache import CellCache, available_cores, prepare_cache
 from cellae.data.datamodule import CellDataModule
 from cellae.data.sources.labels import unmatched_warning
-from cellae.data.splits import split_indices
+from cellae.data.splits import split_indices, training_rows
 from cellae.errors import CellaeError
 from cellae.images import unit_float
 from cellae.models import build_model
@@ -69,6 +70,8 @@ class CellaeModule(L.LightningModule):
 
     def _step(self, batch: Any, side: str) -> torch.Tensor:
         images, masks = batch[0], batch[1]
+        if side == "train":
+            images, masks = augment(self.config.train.augment, images, masks)
         x = unit_float(images)
         mask = masks.float()
         output = self.model(x)
@@ -354,9 +357,12 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
     L.seed_everything(config.seed, workers=True, verbose=False)
     if cache is None:
         cache = prepare_cache(config.data, progress=sys.stderr.isatty())
+    d = config.data
     train_idx, test_idx = split_indices(
-        cache.patients, cache.labels, config.data.test_fraction, config.seed, by=config.data.split
+        cache.patients, cache.labels, d.test_fraction, config.seed, by=d.split, folds=d.folds,
+        fold=d.fold,
     )
+    fit_idx = training_rows(train_idx, cache.labels, cache.class_names, d.train_classes)
     _check_test_side(config, len(test_idx), evaluate)
     channels = int(cache.images.shape[1])
     is_launcher = os.environ.get("LOCAL_RANK") is None
@@ -370,9 +376,11 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
             print(warning, file=sys.stderr, flush=True)
         runs.update_run_info(run_dir, channels=channels, data={
             "cache": str(cache.path), "class_names": list(cache.class_names), **summary,
-            "files_without_patient": unmatched, **({"warning": warning} if warning else {})})
+            "files_without_patient": unmatched, **({"warning": warning} if warning else {}),
+            **({"trained_on": {"classes": list(d.train_classes), "images": len(fit_idx)}}
+               if d.train_classes else {})})
     datamodule = CellDataModule(
-        cache, train_idx, test_idx, config.train.batch_size, seed=config.seed,
+        cache, fit_idx, test_idx, config.train.batch_size, seed=config.seed,
         num_workers=config.train.num_workers, data_on_device=config.train.data_on_device,
     )
     module = CellaeModule(config, channels)
@@ -401,7 +409,7 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
             status="trained",
             epochs_completed=trainer.current_epoch,
             fit_seconds=round(time.perf_counter() - started, 2),
-            train_images_per_second=round(len(train_idx) * len(rows) / epoch_seconds, 1)
+            train_images_per_second=round(len(fit_idx) * len(rows) / epoch_seconds, 1)
             if epoch_seconds else None,
             best_checkpoint=Path(trainer.checkpoint_callback.best_model_path).name or None,
             devices=trainer.num_devices,

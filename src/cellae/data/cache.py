@@ -41,7 +41,8 @@ from cellae.errors import CellaeError
 from cellae.files import write_atomic
 
 # 2: patients read from every NIH name form (C51AP12thinF_ is C51A), so older caches differ
-FORMAT_VERSION = 2
+# 3: fill_mean paints a wider rim, also where the crop's frame cuts the cell
+FORMAT_VERSION = 3
 TEMP_PREFIX = ".building-"
 META_FILE = "meta.json"
 ARRAYS = ("images", "masks", "labels", "patients", "files")

@@ -7,8 +7,13 @@ fixed ``image_size``. Four choices matter for what a model can learn, so they ar
 * ``resize``: ``stretch`` to the square, as the original study did (cells change shape), or
   ``pad``, which keeps the aspect ratio and centres the cell on black.
 * ``background``: ``keep`` the black padding, or ``fill_mean``: paint the padding and a thin
-  band at the cell's edge with the cell's mean colour, so that a reconstruction loss is not
-  dominated by the sharp black outline and frame shape.
+  band at the cell's edge (also where the cell is cut by the crop's frame) with the cell's
+  mean colour, so that a reconstruction loss is not dominated by the sharp black outline and
+  frame shape.
+* ``normalize``: ``none``, or ``per_cell``: standardise each channel of the cell's interior
+  by the cell's own mean and standard deviation (stored as ``128 + 32 z``, the outside at
+  128), so the stain's shade and strength, which differ by slide and not by infection, are
+  gone and what is left is the pattern inside the cell.
 
 The mask is computed on the original crop, where the padding is exactly black, and resized
 with the same filter and geometry as the image, so both stay aligned.
@@ -23,7 +28,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from cellae.config import BackgroundMode, ColorMode, DataConfig, ResizeMode
+from cellae.config import BackgroundMode, ColorMode, DataConfig, NormalizeMode, ResizeMode
 
 # The padding is exactly 0; stained cell pixels never come near this, even dark parasites.
 DARK_THRESHOLD = 10
@@ -32,6 +37,12 @@ DARK_THRESHOLD = 10
 RESAMPLE = Image.Resampling.BILINEAR
 _LUMA = (299, 587, 114)  # ITU-R 601, in thousandths so that rounding stays in integers
 _SQUARE = np.ones((3, 3), dtype=bool)
+# per_cell keeps z from -4 to +4 standard deviations in uint8: parasites lie 2-4 below the
+# cell's mean, and a wider range would spend the 8 bits on the rare outliers
+STANDARD_MID = 128
+STANDARD_SCALE = 32
+# in uint8 grey levels: below this the cell is flat (a synthetic blank, a saturated crop)
+MIN_STD = 2.0
 _DATA_DEFAULTS = DataConfig()
 
 
@@ -48,6 +59,7 @@ class PreprocessSettings:
     color: ColorMode = _DATA_DEFAULTS.color
     resize: ResizeMode = _DATA_DEFAULTS.resize
     background: BackgroundMode = _DATA_DEFAULTS.background
+    normalize: NormalizeMode = _DATA_DEFAULTS.normalize
 
     def __post_init__(self) -> None:
         # Any positive size works here (tests and tools use odd ones); the run config keeps to
@@ -74,13 +86,14 @@ class PreprocessSettings:
 
     @property
     def rim(self) -> int:
-        """Pixels of the cell's edge that ``fill_mean`` paints over: 1 at 32, 2 at 64, 4 at 128.
+        """Pixels of the cell's edge that ``fill_mean`` paints over: 2 at 32, 3 at 64, 6 at 128.
 
-        The resized edge blends cell and black over about a pixel, and real crops have a
-        segmentation seam there; the band scales with the image so it covers both. Below 32
-        it stays 1, since the blended pixel is there at any size.
+        The resized edge blends cell and black over about a pixel, real crops have a
+        segmentation seam there, and the membrane is a pale ring inside it; with two pixels at
+        64 the ring still showed as a faint outline on the fill. The band scales with the
+        image; below 22 px it stays 1, since the blended pixel is there at any size.
         """
-        return max(1, self.image_size // 32)
+        return max(1, round(3 * self.image_size / 64))
 
 
 # every Literal-typed setting, with the values its config alias allows
@@ -182,13 +195,30 @@ def preprocess(
     )
 
     if settings.background == "fill_mean" and inside.any():
-        # border_value=1: a cell cut by the frame has no black edge there to paint over
+        # border_value=0: where the frame cuts a cell, the crop's edge is the segmentation's
+        # edge too (pale membrane, a blended pixel); kept, it showed as cream stubs on the fill
         core = ndimage.binary_erosion(
-            inside, structure=_SQUARE, iterations=settings.rim, border_value=1
+            inside, structure=_SQUARE, iterations=settings.rim, border_value=0
         )
         if core.any():  # a cell smaller than the rim keeps its whole interior
             inside = core
         fill = np.rint(out[:, inside].mean(axis=1)).astype(np.uint8)
         out = np.where(inside[None], out, fill[:, None, None])
+        if settings.normalize == "per_cell":
+            out = standardise_interior(out, inside)
 
     return out, inside.astype(np.uint8)
+
+
+def standardise_interior(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``image`` (C, S, S uint8) with each channel of the ``inside`` pixels standardised.
+
+    Stored as ``STANDARD_MID + STANDARD_SCALE * z``, clipped to 0-255; outside is the mean.
+    """
+    pixels = image[:, inside].astype(np.float64)
+    mean = pixels.mean(axis=1)
+    # a flat cell has no pattern to scale up; its one grey level maps to the mean
+    std = np.maximum(pixels.std(axis=1), MIN_STD)
+    z = (image.astype(np.float64) - mean[:, None, None]) / std[:, None, None]
+    standard = np.clip(np.rint(STANDARD_MID + STANDARD_SCALE * z), 0, 255).astype(np.uint8)
+    return np.where(inside[None], standard, np.uint8(STANDARD_MID))

@@ -8,6 +8,7 @@ A random split by image (stratified by class) is there for comparison.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import get_args
 
@@ -19,6 +20,8 @@ from cellae.errors import CellaeError
 SPLITS = get_args(SplitMode)
 # random orders of the patients tried; the one whose test share is closest to the target wins
 PATIENT_SPLIT_TRIES = 256
+# k-fold studies keep their folds fixed across training seeds, so seed spread is model spread
+FOLD_SEED = 0
 
 
 def split_indices(
@@ -27,8 +30,15 @@ def split_indices(
     test_fraction: float,
     seed: int,
     by: SplitMode = "patient",
+    folds: int = 0,
+    fold: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted int64 indices of the train and test images, deterministic for a given ``seed``."""
+    """Sorted int64 indices of the train and test images, deterministic for a given ``seed``.
+
+    With ``folds`` > 1 the images are cut into that many folds (whole patients each, with
+    ``by="patient"``) and fold ``fold`` is the test side; ``test_fraction`` and ``seed`` are
+    not used, so every training seed of a k-fold study sees the same folds.
+    """
     if by not in SPLITS:
         raise CellaeError(f"data.split must be one of {', '.join(SPLITS)}, got {by!r}")
     if not 0.0 < test_fraction < 1.0:
@@ -39,6 +49,8 @@ def split_indices(
         raise ValueError(f"{len(patients)} patients but {len(labels)} labels")
     if len(np.unique(labels)) < 2:
         raise CellaeError("every image has the same label: a split needs at least two classes")
+    if folds > 1:
+        return _fold_split(patients, labels, by, folds, fold)
     rng = np.random.default_rng(seed)
     if by == "image":
         test = _image_split(labels, test_fraction, rng)
@@ -47,6 +59,49 @@ def split_indices(
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test] = True
     return np.flatnonzero(~is_test).astype(np.int64), np.flatnonzero(is_test).astype(np.int64)
+
+
+def _fold_split(patients: np.ndarray, labels: np.ndarray, by: SplitMode, folds: int,
+                fold: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if not 0 <= fold < folds:
+        raise CellaeError(f"data.fold must be from 0 to {folds - 1}, got {fold}")
+    groups = patients if by == "patient" else np.arange(len(labels)).astype(str)
+    n_groups = len(np.unique(groups))
+    if n_groups < folds:
+        unit = "patients" if by == "patient" else "images"
+        raise CellaeError(f"data.folds={folds} needs at least {folds} {unit}, found {n_groups}")
+    # StratifiedGroupKFold balances each fold's class shares while keeping a patient whole
+    if by == "patient":
+        cutter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=FOLD_SEED)
+    else:
+        cutter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=FOLD_SEED)
+    with warnings.catch_warnings():
+        # "The least populated class has fewer members than n_splits": said below, per fold
+        warnings.simplefilter("ignore", UserWarning)
+        train, test = list(cutter.split(np.zeros(len(labels)), labels, groups))[fold]
+    return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64)
+
+
+def training_rows(train_idx: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                  train_classes: Sequence[str]) -> np.ndarray:
+    """The train rows whose class is one of ``train_classes`` (all of them when it is empty).
+
+    The split itself keeps every class: a probe of the latent space still fits on the train
+    patients' cells of every class, though the model learnt from some classes only.
+    """
+    if not train_classes:
+        return train_idx
+    names = [str(n) for n in class_names]
+    unknown = [c for c in train_classes if c not in names]
+    if unknown:
+        raise CellaeError(f"data.train_classes names '{unknown[0]}', which is not a class of "
+                          f"this source; its classes: {', '.join(names)}")
+    wanted = np.isin(np.asarray(labels)[train_idx], [names.index(c) for c in train_classes])
+    if not wanted.any():
+        raise CellaeError(f"the train side holds no image of {', '.join(train_classes)}")
+    return train_idx[wanted]
 
 
 def _image_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

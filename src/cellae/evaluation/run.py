@@ -27,7 +27,7 @@ from cellae.config import SYNTHETIC, Config
 from cellae.data.cache import CellCache, prepare_cache
 from cellae.data.splits import split_indices
 from cellae.errors import CellaeError
-from cellae.evaluation import latent, metrics
+from cellae.evaluation import anomaly, latent, metrics
 from cellae.evaluation.latent_metrics import METRICS, LatentSplit
 from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
@@ -82,12 +82,15 @@ def encode_images(model: CellAutoencoder, images: np.ndarray, rows: np.ndarray |
 
 
 @torch.no_grad()
-def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache, idx: np.ndarray) -> dict[str, Any]:
-    """Losses and image-quality numbers of the test side, accumulated batch by batch."""
+def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
+                            idx: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """Losses and image-quality numbers of the test side, accumulated batch by batch, and each
+    image's interior error (the anomaly score)."""
     device = next(model.parameters()).device
     totals: dict[str, float] = {}
     psnr_parts: list[dict[str, Any]] = []
     ssim_values = []
+    errors = []
     n = 0
     for start, x in zip(range(0, len(idx), BATCH), _batches(cache.images, idx, device), strict=True):
         rows = idx[start:start + BATCH]
@@ -98,7 +101,9 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache, idx: np.nd
             totals[key] = totals.get(key, 0.0) + float(value) * len(rows)
         original = x.cpu().numpy()
         recon = output.recon.cpu().numpy()
-        psnr_parts.append(metrics.mse_psnr(original, recon, np.asarray(cache.masks[rows])) | {"n": len(rows)})
+        masks = np.asarray(cache.masks[rows])
+        psnr_parts.append(metrics.mse_psnr(original, recon, masks) | {"n": len(rows)})
+        errors.append(anomaly.interior_errors(original, recon, masks))
         ssim_values.append(metrics.ssim(original, recon) * len(rows))
         n += len(rows)
     result: dict[str, Any] = {k: v / n for k, v in totals.items()}
@@ -110,7 +115,7 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache, idx: np.nd
         result[key] = float(np.nansum(values * weights) / weights[~np.isnan(values)].sum())
     result["ssim"] = float(sum(ssim_values) / n)
     result["n_images"] = n
-    return result
+    return result, np.concatenate(errors)
 
 
 def _latent_block(config: Config, train_codes: np.ndarray, train_labels: np.ndarray,
@@ -139,7 +144,7 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     codes = encode_images(model, cache.images, every)
     n_train = len(train_idx)
     train_codes, test_codes = codes[:n_train], codes[n_train:]
-    reconstruction = _reconstruction_numbers(model, cache, test_idx)
+    reconstruction, errors = _reconstruction_numbers(model, cache, test_idx)
     result: dict[str, Any] = {
         "source": source,
         "family": model.family,
@@ -147,6 +152,9 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
         "data": runs.data_summary(labels, patients, cache.class_names, train_idx, test_idx),
         "reconstruction": reconstruction,
     }
+    if config.data.train_classes:
+        result["anomaly"] = anomaly.anomaly_numbers(errors, labels[test_idx], cache.class_names,
+                                                    config.data.train_classes)
     probe = _latent_block(config, train_codes, labels[train_idx], test_codes, labels[test_idx])
     probe["test_patients"] = result["data"]["test"]["patients"]
     result["probe"] = probe
@@ -166,6 +174,8 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
             raise ValueError(f"a family may not be named {model.family!r}: metrics.json uses it")
         result[model.family] = family_numbers
     columns = list(RECONSTRUCTION_COLUMNS)
+    if "anomaly" in result:
+        columns += list(anomaly.COLUMNS)
     columns += [c for name in e.metrics for c in METRICS.get(name).columns]
     columns += list(model.report_columns)
     result["columns"] = [c.to_dict() for c in columns]
@@ -210,6 +220,10 @@ def draw(evaluation: Evaluation, loaded: runs.LoadedRun, cache: CellCache, figur
         best = int(min(finite, key=lambda r: r["test_loss"])["epoch"]) if finite else None
         plots.plot_learning_curves(rows, figures / "learning_curves.png", best_epoch=best,
                                    run=run, titles=model.term_titles)
+    if "anomaly" in evaluation.metrics:
+        anomaly.plot_error_maps(np.asarray(cache.images[shown]), evaluation.reconstructions,
+                                np.asarray(cache.masks[shown]), labels[shown], class_names,
+                                figures / "error_maps.png", run=run)
     model.draw_figures(evaluation.family_view, evaluation.metrics.get(model.family, {}), figures)
     return sorted(p.name for p in figures.glob("*.png"))
 
@@ -249,6 +263,8 @@ def headline(result: dict[str, Any]) -> str:
                      f"AUROC {_fmt(probe.get('auroc'))}")
     if "accuracy" in pca:
         parts.append(f"PCA acc {pca['accuracy']:.3f} AUROC {_fmt(pca.get('auroc'))}")
+    if "anomaly" in result:
+        parts.append(f"anomaly AUROC {_fmt(result['anomaly'].get('auroc'))}")
     family = result.get("family", "")
     for column in result.get("columns", []):
         if column["key"].startswith(f"{family}."):

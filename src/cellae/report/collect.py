@@ -23,7 +23,7 @@ from cellae.errors import CellaeError
 
 # the study's order: latent map, reconstructions, curves; then the rest. The evaluation's grid of
 # inputs was called samples.png before it was called inputs.png: a report reads runs of both.
-FIGURE_ORDER = ("latent_tsne.png", "reconstructions.png", "learning_curves.png", "inputs.png",
+FIGURE_ORDER = ("latent_tsne.png", "reconstructions.png", "error_maps.png", "learning_curves.png", "inputs.png",
                 "samples.png", "prior_samples.png", "traversals.png")
 FINISHED = "finished"
 # a figure larger than this is not one cellae drew (they are well under 1 MB)

@@ -1,0 +1,136 @@
+"""Mean and spread of a sweep's repeated runs: each setting over patient folds and seeds.
+
+A sweep with ``folds`` and ``seeds`` trains every setting once per (fold, seed) and names the
+runs ``<setting>-f<fold>-s<seed>``. On a few dozen patients one split is too noisy to rank
+settings, so the summary gives, per setting and per number of its evaluation: the mean over
+all runs, the standard deviation over runs (folds and seeds together: the spread a user
+should expect on new patients) and the standard deviation over seeds of the fold-averaged
+number (how much the setting depends on its training seed alone). No best seed is picked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellae import runs
+from cellae.errors import CellaeError
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_MARKDOWN = "summary.md"
+REPEAT = re.compile(r"^(?P<setting>.+)-f(?P<fold>\d+)-s(?P<seed>\d+)$")
+# the headline numbers, in this order, when a run has them; the rest follow as they come
+LEADING = ("probe.accuracy", "probe.auroc", "probe.knn_accuracy", "pca_baseline.accuracy",
+           "pca_baseline.auroc", "anomaly.auroc", "reconstruction.psnr_interior")
+
+
+def _value(metrics: dict[str, Any], key: str) -> float | None:
+    value: Any = metrics
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _runs(sweep_dir: Path) -> list[tuple[str, int, int, dict[str, Any]]]:
+    found = []
+    for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        match = REPEAT.match(run_dir.name)
+        metrics_path = run_dir / runs.EVAL_DIR / runs.EVAL_METRICS_FILE
+        if match is None or not runs.is_run_dir(run_dir) or not metrics_path.is_file():
+            continue
+        try:
+            metrics = runs.read_json_object(metrics_path)
+        except CellaeError:
+            continue  # a damaged run is left out; the count n says so
+        found.append((match["setting"], int(match["fold"]), int(match["seed"]), metrics))
+    return found
+
+
+def summarise(sweep_dir: Path) -> dict[str, Any]:
+    """Per setting: for each number, mean, sd over runs, sd over seeds, n runs, and its title."""
+    found = _runs(sweep_dir)
+    if not found:
+        raise CellaeError(f"{sweep_dir} holds no evaluated run named <setting>-f<fold>-s<seed>")
+    titles: dict[str, str] = {}
+    for *_, metrics in found:
+        for column in metrics.get("columns", []):
+            if isinstance(column, dict) and isinstance(column.get("key"), str):
+                titles.setdefault(column["key"], str(column.get("title", column["key"])))
+    keys = [k for k in LEADING if k in titles] + [k for k in titles if k not in LEADING]
+    settings: dict[str, dict[str, Any]] = {}
+    for setting in dict.fromkeys(s for s, *_ in found):
+        members = [(fold, seed, m) for s, fold, seed, m in found if s == setting]
+        numbers = {}
+        for key in keys:
+            by_seed: dict[int, list[float]] = defaultdict(list)
+            values = []
+            for _, seed, metrics in members:
+                value = _value(metrics, key)
+                if value is not None:
+                    by_seed[seed].append(value)
+                    values.append(value)
+            if not values:
+                continue
+            seed_means = [float(np.mean(v)) for v in by_seed.values()]
+            numbers[key] = {
+                "mean": float(np.mean(values)),
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "seed_sd": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else None,
+                "n": len(values),
+            }
+        settings[setting] = {
+            "runs": len(members),
+            "folds": sorted({fold for fold, _, _ in members}),
+            "seeds": sorted({seed for _, seed, _ in members}),
+            "numbers": numbers,
+        }
+    return {"settings": settings, "titles": titles, "keys": keys}
+
+
+def _cell(number: dict[str, Any] | None) -> str:
+    if number is None:
+        return "–"
+    spread = f" ± {number['sd']:.3f}" if number["sd"] is not None else ""
+    return f"{number['mean']:.3f}{spread}"
+
+
+def to_markdown(summary: dict[str, Any], title: str) -> str:
+    keys, titles, settings = summary["keys"], summary["titles"], summary["settings"]
+    lines = [
+        f"# {title}: mean ± sd over folds and seeds",
+        "",
+        "Each cell: mean over every (fold, seed) run, ± the standard deviation over those runs. "
+        "`seed sd` is the standard deviation over seeds of the fold-averaged probe accuracy.",
+        "",
+        "| setting | runs | " + " | ".join(titles[k] for k in keys) + " | seed sd (probe acc) |",
+        "|---|---|" + "---|" * len(keys) + "---|",
+    ]
+    for name, setting in settings.items():
+        numbers = setting["numbers"]
+        seed_sd = numbers.get("probe.accuracy", {}).get("seed_sd")
+        lines.append(
+            f"| {name} | {setting['runs']} ({len(setting['folds'])} folds x "
+            f"{len(setting['seeds'])} seeds) | "
+            + " | ".join(_cell(numbers.get(k)) for k in keys)
+            + f" | {'–' if seed_sd is None else f'{seed_sd:.3f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path, title: str | None = None) -> Path:
+    """``summary.json`` and ``summary.md`` in ``sweep_dir``; returns the Markdown's path."""
+    summary = summarise(sweep_dir)
+    runs.write_atomic(sweep_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    path = sweep_dir / SUMMARY_MARKDOWN
+    runs.write_atomic(path, to_markdown(summary, title or sweep_dir.name))
+    return path

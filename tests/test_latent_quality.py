@@ -1,0 +1,228 @@
+"""The options of the latent-quality study: clean fill, per-cell standardisation, patient folds,
+training classes (anomaly mode), dihedral augmentation, and the sweep's mean and spread."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cellae import runs
+from cellae.config import config_from_dict
+from cellae.data.augment import dihedral
+from cellae.data.preprocess import STANDARD_MID, STANDARD_SCALE, PreprocessSettings, preprocess
+from cellae.data.splits import split_indices, training_rows
+from cellae.errors import CellaeError
+from cellae.evaluation.anomaly import anomaly_numbers, interior_errors
+from cellae.summary import summarise, write_summary
+from cellae.sweep import load_sweep
+from conftest import cell_array
+from tiny import tiny_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def cut_cell(height: int = 90, width: int = 70) -> np.ndarray:
+    """A cell whose right side is cut by the crop's frame, with a pale membrane ring."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    radius = np.hypot((yy - height / 2) / (height / 2), (xx - width * 0.75) / (width * 0.6))
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[radius < 1.0] = (235, 225, 205)  # the pale membrane
+    image[radius < 0.95] = (190, 120, 150)  # the stained interior
+    return image
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_fill_mean_leaves_no_stub_where_the_frame_cuts_the_cell(size):
+    image, mask = preprocess(cut_cell(), PreprocessSettings(size, background="fill_mean"))
+    # nothing of the cell's edge stays on the frame: every frame pixel is the fill colour
+    fill = image[:, 0, 0]
+    frame = np.concatenate([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], axis=1)
+    assert (frame == fill[:, None]).all()
+    assert not mask[0].any() and not mask[-1].any() and not mask[:, -1].any()
+    # and no pixel of the pale membrane ring is left inside, at most a faint blend with it
+    # (the ring lies 45 to 105 grey levels from the stain)
+    interior = image[:, mask == 1]
+    assert np.abs(interior.astype(int) - np.array([[190], [120], [150]])).max() <= 10
+
+
+def test_per_cell_standardises_each_channel_of_the_interior():
+    cell = cell_array(5, 80, 80, colour=(200, 120, 140))
+    cell[35:42, 35:42] = (90, 20, 110)  # a dark parasite
+    image, mask = preprocess(cell, PreprocessSettings(64, background="fill_mean", normalize="per_cell"))
+    inside = image[:, mask == 1].astype(float)
+    # the parasite's darkest pixels clip at 0 (z below -4), which lifts the mean a little
+    np.testing.assert_allclose(inside.mean(axis=1), STANDARD_MID, atol=3)
+    np.testing.assert_allclose(inside.std(axis=1), STANDARD_SCALE, rtol=0.05)
+    assert (image[:, mask == 0] == STANDARD_MID).all()
+    # the parasite is several standard deviations below the cell's mean in every channel
+    assert (image[:, 28:34, 28:34].max(axis=(1, 2)) < STANDARD_MID - 2 * STANDARD_SCALE).all()
+    # two stains of one cell give the same standardised image
+    paler = np.where(cell > 0, np.clip(cell.astype(int) + 25, 0, 255), 0).astype(np.uint8)
+    again, _ = preprocess(paler, PreprocessSettings(64, background="fill_mean", normalize="per_cell"))
+    assert np.abs(again.astype(int) - image.astype(int)).max() <= 2
+
+
+def test_per_cell_needs_the_fill(tmp_path):
+    with pytest.raises(CellaeError, match="'fill_mean' when data.normalize is 'per_cell'"):
+        tiny_config(tmp_path, data={"normalize": "per_cell"})
+
+
+def test_patient_folds_cover_every_patient_once_and_ignore_the_seed():
+    rng = np.random.default_rng(0)
+    patients = np.repeat([f"C{i}" for i in range(23)], rng.integers(5, 40, 23))
+    labels = rng.integers(0, 2, len(patients))
+    tested = []
+    for fold in range(5):
+        train, test = split_indices(patients, labels, 0.2, seed=0, folds=5, fold=fold)
+        again = split_indices(patients, labels, 0.2, seed=7, folds=5, fold=fold)
+        np.testing.assert_array_equal(test, again[1])  # the same folds whatever the seed
+        assert not set(patients[train]) & set(patients[test])
+        assert len(train) + len(test) == len(patients)
+        assert set(labels[test]) == {0, 1}
+        tested.extend(test.tolist())
+    assert sorted(tested) == list(range(len(patients)))  # each image in test exactly once
+
+
+def test_folds_are_checked(tmp_path):
+    with pytest.raises(CellaeError, match="data.folds=5 needs at least 5 patients, found 3"):
+        split_indices(np.array(["a", "b", "c"] * 4), np.arange(12) % 2, 0.2, 0, folds=5)
+    with pytest.raises(CellaeError, match="'data.fold' must be a fold number from 0 to 4"):
+        tiny_config(tmp_path, data={"folds": 5, "fold": 5})
+    with pytest.raises(CellaeError, match="'data.folds' must be 0"):
+        tiny_config(tmp_path, data={"folds": 1})
+
+
+def test_training_rows_keep_the_named_classes_only():
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    rows = np.array([0, 1, 2, 3])
+    np.testing.assert_array_equal(training_rows(rows, labels, ["Parasitized", "Uninfected"], []), rows)
+    np.testing.assert_array_equal(
+        training_rows(rows, labels, ["Parasitized", "Uninfected"], ["Uninfected"]), [1, 3])
+    with pytest.raises(CellaeError, match="names 'Healthy', which is not a class.*Parasitized"):
+        training_rows(rows, labels, ["Parasitized", "Uninfected"], ["Healthy"])
+
+
+def test_dihedral_turns_image_and_mask_together_by_a_symmetry_of_the_square():
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 8, 8)
+    masks = (images[:, 0] > 0.5).to(torch.uint8)
+    before = images.clone()
+    turned, turned_masks = dihedral(images, masks)
+    seen = set()
+    for image, mask, out, out_mask in zip(images, masks, turned, turned_masks, strict=True):
+        candidates = [torch.rot90(m, k, dims=(-2, -1)) for m in (image, image.flip(-1)) for k in range(4)]
+        match = [i for i, c in enumerate(candidates) if torch.equal(c, out)]
+        assert len(match) == 1
+        mask_candidates = [torch.rot90(m, k, dims=(-2, -1)) for m in (mask, mask.flip(-1)) for k in range(4)]
+        assert torch.equal(mask_candidates[match[0]], out_mask)
+        seen.add(match[0])
+    assert len(seen) == 8
+    assert torch.equal(images, before)  # the batch given is left as it was
+
+
+def test_anomaly_auroc_scores_the_interior_error():
+    originals = np.full((4, 3, 8, 8), 0.5, dtype=np.float32)
+    recons = originals.copy()
+    masks = np.zeros((4, 8, 8), dtype=np.uint8)
+    masks[:, 2:6, 2:6] = 1
+    recons[2:, :, 3, 3] = 0.0  # the two anomalous cells are missed inside
+    recons[:2, :, 0, 0] = 0.0  # an error outside the cell does not count
+    errors = interior_errors(originals, recons, masks)
+    np.testing.assert_allclose(errors, [0, 0, 0.25 / 16, 0.25 / 16])
+    numbers = anomaly_numbers(errors, np.array([1, 1, 0, 0]), ["Parasitized", "Uninfected"],
+                              ["Uninfected"])
+    assert numbers["auroc"] == 1.0 and numbers["n_normal"] == 2 and numbers["n_anomalous"] == 2
+    single = anomaly_numbers(errors, np.array([1, 1, 1, 1]), ["Parasitized", "Uninfected"], ["Uninfected"])
+    assert single["auroc"] is None and "undefined" in single["auroc_note"]
+
+
+def test_an_anomaly_run_trains_on_one_class_and_scores_the_other(tmp_path):
+    from cellae.training import train
+
+    config = tiny_config(tmp_path, data={"train_classes": ["uninfected"], "background": "fill_mean",
+                                         "normalize": "per_cell", "folds": 3, "fold": 1},
+                         train={"augment": "dihedral", "epochs": 2})
+    run_dir = train(config, tmp_path / "runs")
+    info = runs.read_run_info(run_dir)
+    split = runs.read_split(run_dir)
+    assert info["data"]["trained_on"]["classes"] == ["uninfected"]
+    # the model saw only uninfected cells; the split (and the probe) keeps every class
+    assert info["data"]["trained_on"]["images"] == info["data"]["train"]["per_class"]["uninfected"]
+    assert len(split["train"]) == info["data"]["train"]["images"]
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["anomaly"]["auroc"] <= 1.0
+    assert metrics["anomaly"]["n_anomalous"] == metrics["data"]["test"]["per_class"]["infected"]
+    assert "anomaly.auroc" in [c["key"] for c in metrics["columns"]]
+    assert (run_dir / "figures" / "error_maps.png").is_file()
+
+
+def test_a_sweep_repeats_each_setting_over_folds_and_seeds(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "config": {}, "folds": 3, "seeds": [4, 5],
+        "runs": [{"name": "plain"}, {"name": "std", "data.background": "fill_mean"}],
+    }))
+    sweep = load_sweep(path)
+    names = [sweep.run_name(c) for c in sweep.combinations]
+    assert names[:6] == ["plain-f0-s4", "plain-f0-s5", "plain-f1-s4", "plain-f1-s5",
+                         "plain-f2-s4", "plain-f2-s5"]
+    assert len(names) == 12
+    values = sweep.config_values(sweep.combinations[-1])
+    config = config_from_dict(values, check_paths=False)
+    assert (config.data.folds, config.data.fold, config.seed) == (3, 2, 5)
+    assert config.data.background == "fill_mean" and config.name == "std-f2-s5"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"folds": 1}, "'folds' must be 0 or an integer of 2 or more"),
+    ({"seeds": [1, 1]}, "'seeds' must be a list of distinct integers"),
+    ({"seeds": []}, "'seeds' must be a list of distinct integers"),
+    ({"folds": 100, "seeds": list(range(11))}, "make 1,100 runs"),
+])
+def test_bad_repeats_are_refused(tmp_path, extra, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"config": {}, "runs": [{"name": "a"}], **extra}))
+    with pytest.raises(CellaeError, match=message):
+        load_sweep(path)
+
+
+def fake_run(sweep_dir: Path, name: str, accuracy: float) -> None:
+    run_dir = sweep_dir / name
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / runs.CONFIG_FILE).write_text("name: x\n")
+    (run_dir / runs.RUN_INFO_FILE).write_text("{}")
+    (run_dir / "eval" / "metrics.json").write_text(json.dumps({
+        "probe": {"accuracy": accuracy},
+        "columns": [{"key": "probe.accuracy", "title": "probe accuracy"}],
+    }))
+
+
+def test_the_summary_gives_mean_and_spread_never_the_best_seed(tmp_path):
+    accuracies = {("a", 0, 0): 0.6, ("a", 0, 1): 0.8, ("a", 1, 0): 0.7, ("a", 1, 1): 0.9,
+                  ("b", 0, 0): 0.5}
+    for (setting, fold, seed), accuracy in accuracies.items():
+        fake_run(tmp_path, f"{setting}-f{fold}-s{seed}", accuracy)
+    (tmp_path / "not-a-repeat").mkdir()
+    summary = summarise(tmp_path)
+    a = summary["settings"]["a"]["numbers"]["probe.accuracy"]
+    assert a["mean"] == pytest.approx(0.75) and a["n"] == 4
+    assert a["sd"] == pytest.approx(np.std([0.6, 0.8, 0.7, 0.9], ddof=1))
+    # seed 0 averages 0.65 over the folds, seed 1 0.85
+    assert a["seed_sd"] == pytest.approx(np.std([0.65, 0.85], ddof=1))
+    b = summary["settings"]["b"]["numbers"]["probe.accuracy"]
+    assert b["sd"] is None and b["seed_sd"] is None
+    text = write_summary(tmp_path, "study").read_text()
+    assert "| a | 4 (2 folds x 2 seeds) | 0.750 ± 0.129 |" in text
+    assert "| b | 1 (1 folds x 1 seeds) | 0.500 |" in text
+
+
+def test_the_shipped_latent_quality_sweep_and_configs_load():
+    sweep = load_sweep(CONFIGS / "sweeps" / "latent_quality.yaml")
+    assert len(sweep.combinations) % 15 == 0
+    for combination in sweep.combinations:
+        config_from_dict(sweep.config_values(combination), check_paths=False)
