@@ -108,6 +108,16 @@ def test_training_rows_keep_the_named_classes_only():
         training_rows(rows, labels, ["Parasitized", "Uninfected"], ["Healthy"])
 
 
+def test_a_class_or_fold_mistake_leaves_no_run_folder(tmp_path):
+    from cellae.training import train
+
+    with pytest.raises(CellaeError, match="names 'Healthy'"):
+        train(tiny_config(tmp_path, data={"train_classes": ["Healthy"]}), tmp_path / "runs")
+    with pytest.raises(CellaeError, match="data.folds=7 needs at least 7 patients, found 6"):
+        train(tiny_config(tmp_path, data={"folds": 7}), tmp_path / "runs")
+    assert not list((tmp_path / "runs").glob("*"))
+
+
 def test_dihedral_turns_image_and_mask_together_by_a_symmetry_of_the_square():
     torch.manual_seed(0)
     images = torch.rand(64, 3, 8, 8)

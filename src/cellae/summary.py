@@ -62,10 +62,13 @@ def summarise(sweep_dir: Path) -> dict[str, Any]:
     if not found:
         raise CellaeError(f"{sweep_dir} holds no evaluated run named <setting>-f<fold>-s<seed>")
     titles: dict[str, str] = {}
+    digits: dict[str, int] = {}
     for *_, metrics in found:
         for column in metrics.get("columns", []):
             if isinstance(column, dict) and isinstance(column.get("key"), str):
                 titles.setdefault(column["key"], str(column.get("title", column["key"])))
+                given = column.get("digits", 3)
+                digits.setdefault(column["key"], given if isinstance(given, int) and 0 <= given <= 6 else 3)
     keys = [k for k in LEADING if k in titles] + [k for k in titles if k not in LEADING]
     settings: dict[str, dict[str, Any]] = {}
     for setting in dict.fromkeys(s for s, *_ in found):
@@ -94,14 +97,14 @@ def summarise(sweep_dir: Path) -> dict[str, Any]:
             "seeds": sorted({seed for _, seed, _ in members}),
             "numbers": numbers,
         }
-    return {"settings": settings, "titles": titles, "keys": keys}
+    return {"settings": settings, "titles": titles, "digits": digits, "keys": keys}
 
 
-def _cell(number: dict[str, Any] | None) -> str:
+def _cell(number: dict[str, Any] | None, digits: int) -> str:
     if number is None:
         return "–"
-    spread = f" ± {number['sd']:.3f}" if number["sd"] is not None else ""
-    return f"{number['mean']:.3f}{spread}"
+    spread = f" ± {number['sd']:.{digits}f}" if number["sd"] is not None else ""
+    return f"{number['mean']:.{digits}f}{spread}"
 
 
 def to_markdown(summary: dict[str, Any], title: str) -> str:
@@ -121,7 +124,7 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
         lines.append(
             f"| {name} | {setting['runs']} ({len(setting['folds'])} folds x "
             f"{len(setting['seeds'])} seeds) | "
-            + " | ".join(_cell(numbers.get(k)) for k in keys)
+            + " | ".join(_cell(numbers.get(k), summary["digits"].get(k, 3)) for k in keys)
             + f" | {'–' if seed_sd is None else f'{seed_sd:.3f}'} |"
         )
     return "\n".join(lines) + "\n"

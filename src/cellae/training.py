@@ -351,6 +351,17 @@ def _check_test_side(config: Config, n_test: int, evaluate: bool) -> None:
             f"eval.enabled=false")
 
 
+def _sides(config: Config, cache: CellCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The train and test rows of the run's split, and the train rows the model learns from."""
+    d = config.data
+    train_idx, test_idx = split_indices(
+        cache.patients, cache.labels, d.test_fraction, config.seed, by=d.split, folds=d.folds,
+        fold=d.fold,
+    )
+    return train_idx, test_idx, training_rows(train_idx, cache.labels, cache.class_names,
+                                              d.train_classes)
+
+
 def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None,
          evaluate: bool, cache: CellCache | None = None) -> L.Trainer:
     """Train in ``run_dir``; ``cache`` is the data when the caller has prepared it already."""
@@ -358,11 +369,7 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
     if cache is None:
         cache = prepare_cache(config.data, progress=sys.stderr.isatty())
     d = config.data
-    train_idx, test_idx = split_indices(
-        cache.patients, cache.labels, d.test_fraction, config.seed, by=d.split, folds=d.folds,
-        fold=d.fold,
-    )
-    fit_idx = training_rows(train_idx, cache.labels, cache.class_names, d.train_classes)
+    train_idx, test_idx, fit_idx = _sides(config, cache)
     _check_test_side(config, len(test_idx), evaluate)
     channels = int(cache.images.shape[1])
     is_launcher = os.environ.get("LOCAL_RANK") is None
@@ -465,6 +472,7 @@ def train(
         _devices(config, _accelerator(config))  # before any work, as every other config mistake
         # the data first: a cache build that is interrupted or fails leaves no run folder behind
         cache = prepare_cache(config.data, progress=sys.stderr.isatty())
+        _sides(config, cache)  # a split or class mistake, too, leaves no run folder behind
         run_dir = runs.new_run_dir(out, config.name, timestamped=timestamped)
         runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
         runs.update_run_info(
