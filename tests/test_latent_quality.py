@@ -237,3 +237,21 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
     assert len(sweep.combinations) % 15 == 0
     for combination in sweep.combinations:
         config_from_dict(sweep.config_values(combination), check_paths=False)
+
+
+def test_spot_features_see_a_dark_spot_and_survive_a_flat_cell():
+    from cellae.evaluation.spot_features import spot_features
+
+    settings = PreprocessSettings(32, background="fill_mean")
+    plain = cell_array(5, 80, 80, colour=(200, 120, 140))
+    infected = plain.copy()
+    infected[30:40, 35:45] = (90, 20, 110)
+    flat = np.where(plain > 0, 150, 0).astype(np.uint8)
+    images, masks = zip(*(preprocess(c, settings) for c in (plain, infected, flat)), strict=True)
+    features = spot_features(np.stack(images), np.stack(masks))
+    assert np.isfinite(features).all()
+    share_dark, _, lowest, _, largest = features.T
+    assert share_dark[1] > 0.02 > share_dark[0]
+    assert lowest[1] < -3 < lowest[0]
+    assert largest[1] > 0.02 > largest[0]
+    np.testing.assert_array_equal(features[2, [0, 1, 4]], 0)

@@ -27,7 +27,8 @@ SUMMARY_MARKDOWN = "summary.md"
 REPEAT = re.compile(r"^(?P<setting>.+)-f(?P<fold>\d+)-s(?P<seed>\d+)$")
 # the headline numbers, in this order, when a run has them; the rest follow as they come
 LEADING = ("probe.accuracy", "probe.auroc", "probe.knn_accuracy", "pca_baseline.accuracy",
-           "pca_baseline.auroc", "anomaly.auroc", "reconstruction.psnr_interior")
+           "pca_baseline.auroc", "spot_baseline.accuracy", "spot_baseline.auroc", "anomaly.auroc",
+           "reconstruction.psnr_interior")
 
 
 def _value(metrics: dict[str, Any], key: str) -> float | None:

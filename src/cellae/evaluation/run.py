@@ -29,6 +29,8 @@ from cellae.data.splits import split_indices
 from cellae.errors import CellaeError
 from cellae.evaluation import anomaly, latent, metrics
 from cellae.evaluation.latent_metrics import METRICS, LatentSplit
+from cellae.evaluation.spot_features import COLUMNS as SPOT_COLUMNS
+from cellae.evaluation.spot_features import spot_features
 from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
 
@@ -132,6 +134,11 @@ def _pixels(cache: CellCache, idx: np.ndarray) -> np.ndarray:
     return np.asarray(cache.images[np.sort(idx)]).reshape(len(idx), -1).astype(np.float32) / 255.0
 
 
+def _spots(cache: CellCache, idx: np.ndarray) -> np.ndarray:
+    rows = np.sort(idx)
+    return spot_features(np.asarray(cache.images[rows]), np.asarray(cache.masks[rows]))
+
+
 def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx: np.ndarray,
             source: str) -> Evaluation:
     """Every number of one evaluation, with the codes and images its figures need."""
@@ -164,6 +171,10 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     result["pca_baseline"] = _latent_block(
         config, pca_train, labels[np.sort(train_idx)], pca_test, labels[np.sort(test_idx)]
     )
+    result["spot_baseline"] = _latent_block(
+        config, _spots(cache, train_idx), labels[np.sort(train_idx)], _spots(cache, test_idx),
+        labels[np.sort(test_idx)],
+    )
     view = FamilyEvaluation(
         test_batches=lambda: _batches(cache.images, test_idx, loaded.device),
         test_codes=test_codes, test_losses=reconstruction, eval=e, seed=seed, title=config.name,
@@ -177,6 +188,8 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     if "anomaly" in result:
         columns += list(anomaly.COLUMNS)
     columns += [c for name in e.metrics for c in METRICS.get(name).columns]
+    if "accuracy" in result["spot_baseline"]:
+        columns += list(SPOT_COLUMNS)
     columns += list(model.report_columns)
     result["columns"] = [c.to_dict() for c in columns]
 
@@ -263,6 +276,9 @@ def headline(result: dict[str, Any]) -> str:
                      f"AUROC {_fmt(probe.get('auroc'))}")
     if "accuracy" in pca:
         parts.append(f"PCA acc {pca['accuracy']:.3f} AUROC {_fmt(pca.get('auroc'))}")
+    spots = result.get("spot_baseline", {})
+    if "accuracy" in spots:
+        parts.append(f"spot features acc {spots['accuracy']:.3f} AUROC {_fmt(spots.get('auroc'))}")
     if "anomaly" in result:
         parts.append(f"anomaly AUROC {_fmt(result['anomaly'].get('auroc'))}")
     family = result.get("family", "")
