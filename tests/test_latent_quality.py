@@ -104,6 +104,9 @@ def test_training_rows_keep_the_named_classes_only():
     np.testing.assert_array_equal(training_rows(rows, labels, ["Parasitized", "Uninfected"], []), rows)
     np.testing.assert_array_equal(
         training_rows(rows, labels, ["Parasitized", "Uninfected"], ["Uninfected"]), [1, 3])
+    # the malaria sources name their classes in lower case; the folder's spelling names them too
+    np.testing.assert_array_equal(
+        training_rows(rows, labels, ["infected", "uninfected"], ["Uninfected"]), [1, 3])
     with pytest.raises(CellaeError, match="names 'Healthy', which is not a class.*Parasitized"):
         training_rows(rows, labels, ["Parasitized", "Uninfected"], ["Healthy"])
 
@@ -155,13 +158,13 @@ def test_anomaly_auroc_scores_the_interior_error():
 def test_an_anomaly_run_trains_on_one_class_and_scores_the_other(tmp_path):
     from cellae.training import train
 
-    config = tiny_config(tmp_path, data={"train_classes": ["uninfected"], "background": "fill_mean",
+    config = tiny_config(tmp_path, data={"train_classes": ["Uninfected"], "background": "fill_mean",
                                          "normalize": "per_cell", "folds": 3, "fold": 1},
                          train={"augment": "dihedral", "epochs": 2})
     run_dir = train(config, tmp_path / "runs")
     info = runs.read_run_info(run_dir)
     split = runs.read_split(run_dir)
-    assert info["data"]["trained_on"]["classes"] == ["uninfected"]
+    assert info["data"]["trained_on"]["classes"] == ["Uninfected"]
     # the model saw only uninfected cells; the split (and the probe) keeps every class
     assert info["data"]["trained_on"]["images"] == info["data"]["train"]["per_class"]["uninfected"]
     assert len(split["train"]) == info["data"]["train"]["images"]

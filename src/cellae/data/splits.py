@@ -84,6 +84,20 @@ def _fold_split(patients: np.ndarray, labels: np.ndarray, by: SplitMode, folds: 
     return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64)
 
 
+def class_labels(class_names: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    """The labels of the classes ``wanted`` names, matched without regard to case.
+
+    The malaria sources call their classes "uninfected" and "infected" whatever the folders are
+    called; "Uninfected", as the Kaggle folder spells it, names the same class.
+    """
+    names = [str(n).casefold() for n in class_names]
+    unknown = [c for c in wanted if str(c).casefold() not in names]
+    if unknown:
+        raise CellaeError(f"data.train_classes names '{unknown[0]}', which is not a class of "
+                          f"this source; its classes: {', '.join(map(str, class_names))}")
+    return [names.index(str(c).casefold()) for c in wanted]
+
+
 def training_rows(train_idx: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                   train_classes: Sequence[str]) -> np.ndarray:
     """The train rows whose class is one of ``train_classes`` (all of them when it is empty).
@@ -93,12 +107,7 @@ def training_rows(train_idx: np.ndarray, labels: np.ndarray, class_names: Sequen
     """
     if not train_classes:
         return train_idx
-    names = [str(n) for n in class_names]
-    unknown = [c for c in train_classes if c not in names]
-    if unknown:
-        raise CellaeError(f"data.train_classes names '{unknown[0]}', which is not a class of "
-                          f"this source; its classes: {', '.join(names)}")
-    wanted = np.isin(np.asarray(labels)[train_idx], [names.index(c) for c in train_classes])
+    wanted = np.isin(np.asarray(labels)[train_idx], class_labels(class_names, train_classes))
     if not wanted.any():
         raise CellaeError(f"the train side holds no image of {', '.join(train_classes)}")
     return train_idx[wanted]

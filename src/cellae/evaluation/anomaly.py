@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from cellae import plots
 from cellae.columns import SAME_TEST_CELLS, Column
+from cellae.data.splits import class_labels
 from cellae.images import unit_float_array
 
 COLUMNS = (
@@ -45,8 +46,7 @@ def interior_errors(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray
 def anomaly_numbers(errors: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                     normal_classes: Sequence[str]) -> dict[str, Any]:
     """ROC AUC of the interior error for "not one of ``normal_classes``", with the mean errors."""
-    names = [str(n) for n in class_names]
-    normal = np.isin(np.asarray(labels), [names.index(c) for c in normal_classes if c in names])
+    normal = np.isin(np.asarray(labels), class_labels(class_names, normal_classes))
     result: dict[str, Any] = {
         "normal_classes": list(normal_classes),
         "n_normal": int(normal.sum()),
