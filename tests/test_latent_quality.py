@@ -236,10 +236,18 @@ def test_the_summary_gives_mean_and_spread_never_the_best_seed(tmp_path):
 
 
 def test_the_shipped_latent_quality_sweep_and_configs_load():
+    from cellae.config import load_config
+
     sweep = load_sweep(CONFIGS / "sweeps" / "latent_quality.yaml")
     assert len(sweep.combinations) % 15 == 0
     for combination in sweep.combinations:
         config_from_dict(sweep.config_values(combination), check_paths=False)
+    best = load_config(CONFIGS / "malaria" / "best.yaml", check_paths=False)
+    anomaly = load_config(CONFIGS / "malaria" / "anomaly.yaml", check_paths=False)
+    assert best.model.latent_dim == 20 and best.data.normalize == "per_cell"
+    assert anomaly.data.train_classes == ["Uninfected"]
+    # the anomaly model is the best model but for the classes it learns from
+    assert best.model == anomaly.model and best.train == anomaly.train
 
 
 def test_spot_features_see_a_dark_spot_and_survive_a_flat_cell():
