@@ -35,14 +35,15 @@ CELLS = [f"cell_{i}.png" for i in range(10)]
 def fake_run(parent: Path, name: str, *, family: str = "ae", background: str = "keep",
              seed: int = 0, status: str = "finished", test_loss: float = 10.0,
              accuracy: float = 0.6, pca: float = 0.55, cells: list[str] | None = CELLS,
-             colour: int = 100, declared: list[dict] | None = None) -> Path:
+             colour: int = 100, declared: list[dict] | None = None, fold: int | None = None) -> Path:
     """A run folder as training and evaluation leave it, with made-up numbers: ``test_loss`` is
     its last epoch's, ``cells`` the test cells its evaluation drew (None: evaluated before
     reconstructions.npz existed)."""
     run_dir = parent / name
     (run_dir / "figures").mkdir(parents=True)
+    folds = {} if fold is None else {"folds": 5, "fold": fold}
     config = config_from_dict({"name": name, "seed": seed, "model": {"family": family},
-                               "data": {"background": background}}, check_paths=False)
+                               "data": {"background": background, **folds}}, check_paths=False)
     runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
     runs.write_json(run_dir / runs.RUN_INFO_FILE, {
         "name": name, "seed": seed, "status": status, "epochs_completed": 3, "fit_seconds": 12.5,
@@ -234,6 +235,16 @@ def test_settings_average_over_seeds_and_mark_on_means(tmp_path):
     assert "**0.750 ± 0.071**" in out.with_suffix(".md").read_text()
     # the per-run table stays, one row per run
     assert set(rows_of(page, "runs")) == {"ae-s0", "ae-s1", "ae-s2", "vae-s0"}
+
+
+def test_a_k_fold_setting_averages_over_folds_and_seeds(tmp_path):
+    for fold, seed, accuracy in ((0, 0, 0.7), (0, 1, 0.8), (1, 0, 0.6), (1, 1, 0.9)):
+        fake_run(tmp_path, f"ae-f{fold}-s{seed}", seed=seed, fold=fold, accuracy=accuracy)
+    page = write_report([tmp_path], tmp_path / "r.html").read_text()
+    settings = rows_of(page, "settings")
+    assert len(settings) == 1
+    (row,) = settings.values()
+    assert row["n"][0] == "4" and row["probe accuracy"][0] == "0.750 ± 0.129"
 
 
 def test_table_rows_link_to_each_runs_section(tmp_path):

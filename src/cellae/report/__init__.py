@@ -4,7 +4,7 @@ The HTML file is self-contained (figures embedded as data URIs, no external scri
 offline; ``report.md`` beside it holds the same content with the figures as files in
 ``<stem>_files/``. Every string that comes from a run, a config or a file name is escaped.
 
-The page shows runs grouped into settings (configs equal but for the seed) with mean ± standard
+The page shows runs grouped into settings (configs equal but for the seed and fold) with mean ± standard
 deviation, every run's numbers and status, the learning curves of all runs on one plot, the same
 test cells reconstructed by every run, and a section per run with its own figures. A number is
 marked best only among runs it can be compared with (see :mod:`cellae.report.compare`).
@@ -55,8 +55,8 @@ def _settings_note(n_runs: int, n_settings: int) -> str:
     if n_settings == n_runs:
         return ("Every setting has one run, so there is no spread to show; runs that differ only in "
                 "seed are averaged here.")
-    return ("Runs whose configs differ only in seed (and name) form one setting; n counts the "
-            "finished runs averaged, ± is their sample standard deviation.")
+    return ("Runs whose configs differ only in seed, patient fold (data.fold) and name form one "
+            "setting; n counts the finished runs averaged, ± is their sample standard deviation.")
 
 
 def _written_by_older_report(folder: Path) -> bool:

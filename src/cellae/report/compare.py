@@ -18,8 +18,9 @@ from typing import Any, Protocol
 from cellae.columns import Column
 from cellae.report.collect import RunSummary, config_value, flatten_config
 
-# what may differ between runs of one setting: seeds are repeats, names are labels
-REPEAT_KEYS = ("seed", "name")
+# what may differ between runs of one setting: seeds and patient folds are repeats (a k-fold
+# study's mean and spread are over both), names are labels
+REPEAT_KEYS = ("seed", "name", "data.fold")
 
 
 class Competitor(Protocol):
@@ -63,7 +64,7 @@ class Spread:
 
 @dataclass
 class Setting:
-    """Runs whose configs differ only in seed (and name): one setting, repeated."""
+    """Runs whose configs differ only in seed, patient fold (and name): one setting, repeated."""
 
     runs: list[RunSummary]
 
@@ -99,7 +100,7 @@ def _setting_key(config: dict[str, Any]) -> str:
 
 
 def group_settings(summaries: Sequence[RunSummary]) -> list[Setting]:
-    """Runs grouped by everything in their config but seed and name, in order of first run."""
+    """Runs grouped by everything in their config but seed, fold and name, in order of first run."""
     settings: dict[str, Setting] = {}
     for summary in summaries:
         key = _setting_key(summary.config)
