@@ -222,7 +222,10 @@ def test_the_summary_gives_mean_and_spread_never_the_best_seed(tmp_path):
     for (setting, fold, seed), accuracy in accuracies.items():
         fake_run(tmp_path, f"{setting}-f{fold}-s{seed}", accuracy)
     (tmp_path / "not-a-repeat").mkdir()
+    # settings come in the sweep's order, not by name
+    runs.write_json(tmp_path / runs.SWEEP_STATUS_FILE, {"order": ["b-f0-s0", "a-f0-s0"]})
     summary = summarise(tmp_path)
+    assert list(summary["settings"]) == ["b", "a"]
     a = summary["settings"]["a"]["numbers"]["probe.accuracy"]
     assert a["mean"] == pytest.approx(0.75) and a["n"] == 4
     assert a["sd"] == pytest.approx(np.std([0.6, 0.8, 0.7, 0.9], ddof=1))
@@ -232,7 +235,8 @@ def test_the_summary_gives_mean_and_spread_never_the_best_seed(tmp_path):
     assert b["sd"] is None and b["seed_sd"] is None
     text = write_summary(tmp_path, "study").read_text()
     assert "| a | 4 (2 folds x 2 seeds) | 0.750 ± 0.129 |" in text
-    assert "| b | 1 (1 folds x 1 seeds) | 0.500 |" in text
+    assert "| b | 1 (1 fold x 1 seed) | 0.500 |" in text
+    assert text.index("| b |") < text.index("| a |")
 
 
 def test_the_shipped_latent_quality_sweep_and_configs_load():

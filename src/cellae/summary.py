@@ -42,9 +42,21 @@ def _value(metrics: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
+def _run_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's run folders in the sweep's own order (its settings as the file lists them),
+    then any others by name."""
+    folders = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    try:
+        order = runs.read_json_object(sweep_dir / runs.SWEEP_STATUS_FILE).get("order", [])
+    except CellaeError:
+        order = []
+    rank = {name: i for i, name in enumerate(order) if isinstance(name, str)}
+    return sorted(folders, key=lambda p: (rank.get(p.name, len(rank)), p.name))
+
+
 def _runs(sweep_dir: Path) -> list[tuple[str, int, int, dict[str, Any]]]:
     found = []
-    for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+    for run_dir in _run_dirs(sweep_dir):
         match = REPEAT.match(run_dir.name)
         metrics_path = run_dir / runs.EVAL_DIR / runs.EVAL_METRICS_FILE
         if match is None or not runs.is_run_dir(run_dir) or not metrics_path.is_file():
@@ -108,6 +120,10 @@ def _cell(number: dict[str, Any] | None, digits: int) -> str:
     return f"{number['mean']:.{digits}f}{spread}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def to_markdown(summary: dict[str, Any], title: str) -> str:
     keys, titles, settings = summary["keys"], summary["titles"], summary["settings"]
     lines = [
@@ -123,8 +139,8 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
         numbers = setting["numbers"]
         seed_sd = numbers.get("probe.accuracy", {}).get("seed_sd")
         lines.append(
-            f"| {name} | {setting['runs']} ({len(setting['folds'])} folds x "
-            f"{len(setting['seeds'])} seeds) | "
+            f"| {name} | {setting['runs']} ({_count(len(setting['folds']), 'fold')} x "
+            f"{_count(len(setting['seeds']), 'seed')}) | "
             + " | ".join(_cell(numbers.get(k), summary["digits"].get(k, 3)) for k in keys)
             + f" | {'–' if seed_sd is None else f'{seed_sd:.3f}'} |"
         )
