@@ -250,8 +250,9 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
     anomaly = load_config(CONFIGS / "malaria" / "anomaly.yaml", check_paths=False)
     assert best.model.latent_dim == 20 and best.data.normalize == "per_cell"
     assert anomaly.data.train_classes == ["Uninfected"]
-    # the anomaly model is the best model but for the classes it learns from
-    assert best.model == anomaly.model and best.train == anomaly.train
+    # the anomaly model is the best model but for the classes it learns from and its loss
+    assert best.train == anomaly.train and best.data.normalize == anomaly.data.normalize
+    assert best.model.loss.name == "spot_mse" and anomaly.model.loss.name == "masked_mse"
 
 
 def test_spot_features_see_a_dark_spot_and_survive_a_flat_cell():
