@@ -21,10 +21,11 @@ def test_settings_from_config_and_validation():
         DataConfig(image_size=32, color="gray", resize="pad", background="fill_mean")
     )
     assert settings.to_dict() == {
-        "image_size": 32, "color": "gray", "resize": "pad", "background": "fill_mean"
+        "image_size": 32, "color": "gray", "resize": "pad", "background": "fill_mean",
+        "normalize": "none",
     }
-    assert settings.channels == 1 and settings.rim == 1
-    assert PreprocessSettings(image_size=128).rim == 4
+    assert settings.channels == 1 and settings.rim == 2
+    assert PreprocessSettings(image_size=64).rim == 3 and PreprocessSettings(image_size=128).rim == 6
     assert PreprocessSettings() == PreprocessSettings.from_config(DataConfig())
 
 
