@@ -78,7 +78,8 @@ def plot_error_maps(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray
     n = len(a)
     columns = min(plots.GRID_COLUMNS, n)
     blocks = math.ceil(n / columns)
-    fig = Figure(figsize=(1.45 * columns + 1.0, 5.0 * blocks + 0.6))
+    # constrained layout makes room for the colour bar beside the grid, not over it
+    fig = Figure(figsize=(1.45 * columns + 1.6, 4.6 * blocks + 0.6), layout="constrained")
     heights = ([1.0, 1.0, 1.0, 0.25] * blocks)[:-1]
     axes = fig.subplots(len(heights), columns, squeeze=False, gridspec_kw={"height_ratios": heights})
     for ax in axes.flat:
@@ -102,6 +103,6 @@ def plot_error_maps(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray
             second.set_ylabel("reconstruction", fontsize=10)
             third.set_ylabel("squared error", fontsize=10)
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.3, label="squared error inside the cell")
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.5, label="squared error inside the cell")
     fig.suptitle(f"{run}: where the reconstruction fails (interior only)", fontsize=12)
     return plots.save(fig, path)
