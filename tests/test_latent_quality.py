@@ -205,14 +205,15 @@ def test_bad_repeats_are_refused(tmp_path, extra, message):
         load_sweep(path)
 
 
-def fake_run(sweep_dir: Path, name: str, accuracy: float) -> None:
+def fake_run(sweep_dir: Path, name: str, accuracy: float, auroc: float | None = None) -> None:
     run_dir = sweep_dir / name
     (run_dir / "eval").mkdir(parents=True)
     (run_dir / runs.CONFIG_FILE).write_text("name: x\n")
     (run_dir / runs.RUN_INFO_FILE).write_text("{}")
     (run_dir / "eval" / "metrics.json").write_text(json.dumps({
-        "probe": {"accuracy": accuracy},
-        "columns": [{"key": "probe.accuracy", "title": "probe accuracy"}],
+        "probe": {"accuracy": accuracy, "auroc": auroc},
+        "columns": [{"key": "probe.accuracy", "title": "probe accuracy"},
+                    {"key": "probe.auroc", "title": "probe AUROC"}],
     }))
 
 
@@ -220,7 +221,9 @@ def test_the_summary_gives_mean_and_spread_never_the_best_seed(tmp_path):
     accuracies = {("a", 0, 0): 0.6, ("a", 0, 1): 0.8, ("a", 1, 0): 0.7, ("a", 1, 1): 0.9,
                   ("b", 0, 0): 0.5}
     for (setting, fold, seed), accuracy in accuracies.items():
-        fake_run(tmp_path, f"{setting}-f{fold}-s{seed}", accuracy)
+        # the AUROC is undefined (None) on all but one of a's runs
+        auroc = 0.8 if (setting, fold, seed) == ("a", 0, 0) else None
+        fake_run(tmp_path, f"{setting}-f{fold}-s{seed}", accuracy, auroc)
     (tmp_path / "not-a-repeat").mkdir()
     # settings come in the sweep's order, not by name
     runs.write_json(tmp_path / runs.SWEEP_STATUS_FILE, {"order": ["b-f0-s0", "a-f0-s0"]})
@@ -234,7 +237,7 @@ def test_the_summary_gives_mean_and_spread_never_the_best_seed(tmp_path):
     b = summary["settings"]["b"]["numbers"]["probe.accuracy"]
     assert b["sd"] is None and b["seed_sd"] is None
     text = write_summary(tmp_path, "study").read_text()
-    assert "| a | 4 (2 folds x 2 seeds) | 0.750 ± 0.129 |" in text
+    assert "| a | 4 (2 folds x 2 seeds) | 0.750 ± 0.129 | 0.800 (n=1) |" in text
     assert "| b | 1 (1 fold x 1 seed) | 0.500 |" in text
     assert text.index("| b |") < text.index("| a |")
 
@@ -271,3 +274,41 @@ def test_spot_features_see_a_dark_spot_and_survive_a_flat_cell():
     assert lowest[1] < -3 < lowest[0]
     assert largest[1] > 0.02 > largest[0]
     np.testing.assert_array_equal(features[2, [0, 1, 4]], 0)
+
+
+def test_a_fold_without_a_class_on_one_side_is_refused():
+    # four patients, one of them holding every infected cell: some fold tests no infected cell
+    patients = np.repeat(["a", "b", "c", "d"], 10)
+    labels = np.r_[np.ones(10), np.zeros(30)].astype(int)
+    with pytest.raises(CellaeError, match="leaves class 1 out of its (train|test) side"):
+        for fold in range(4):
+            split_indices(patients, labels, 0.2, 0, folds=4, fold=fold)
+
+
+def test_an_anomaly_model_is_read_from_its_last_checkpoint(tmp_path):
+    from cellae.training import train
+
+    config = tiny_config(tmp_path, data={"train_classes": ["uninfected"]}, train={"epochs": 2},
+                         eval={"enabled": False})
+    run_dir = train(config, tmp_path / "runs", evaluate=False)
+    loaded = runs.load_run(run_dir, cache_dir=str(tmp_path / "cache"))
+    last = runs.load_checkpoint(run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT)
+    expected = runs.model_state_from_checkpoint(last)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value.cpu(), expected[key].cpu())
+
+
+def test_a_run_of_an_older_cellae_says_its_images_are_rebuilt(tmp_path, capsys):
+    from cellae.training import train
+
+    config = tiny_config(tmp_path, data={"background": "fill_mean"}, train={"epochs": 1})
+    run_dir = train(config, tmp_path / "runs", evaluate=False)
+    info = runs.read_run_info(run_dir)
+    capsys.readouterr()
+    runs.run_cache(run_dir, config)
+    assert "older cellae" not in capsys.readouterr().err
+    del info["data"]["cache_format"]
+    info["data"]["cache"] = str(tmp_path / "gone")
+    runs.write_json(run_dir / runs.RUN_INFO_FILE, info)
+    runs.run_cache(run_dir, config)
+    assert "trained on images of an older cellae (cache format before 3)" in capsys.readouterr().err

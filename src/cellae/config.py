@@ -357,8 +357,8 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
           f"0 (one split by test_fraction) or 2 to {MAX_FOLDS}", d.folds)
     check(0 <= d.fold < max(d.folds, 1), f"{prefix}.fold",
           f"a fold number from 0 to {max(d.folds, 1) - 1}", d.fold)
-    check(len(set(d.train_classes)) == len(d.train_classes), f"{prefix}.train_classes",
-          "a list without repeats", d.train_classes)
+    check(len({c.casefold() for c in d.train_classes}) == len(d.train_classes),
+          f"{prefix}.train_classes", "a list without repeats (in any case)", d.train_classes)
     s = d.synthetic
     check(s.n_images >= 10, f"{prefix}.synthetic.n_images", "at least 10", s.n_images)
     check(s.n_patients >= 2, f"{prefix}.synthetic.n_patients", "at least 2", s.n_patients)

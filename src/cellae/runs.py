@@ -545,13 +545,28 @@ def run_cache(run_dir: Path, config: Config) -> Any:
     """The cache the run was trained on (rebuilt from its data config if it was deleted)."""
     from cellae.data.cache import open_cache, prepare_cache
 
-    recorded = read_run_info(run_dir).get("data", {}).get("cache")
+    data = read_run_info(run_dir).get("data", {})
+    recorded = data.get("cache") if isinstance(data, dict) else None
     if recorded and Path(recorded).is_dir():
         try:
             return open_cache(Path(recorded))
         except CellaeError:
             pass
+    warn_if_older_images(run_dir, config)
     return prepare_cache(config.data, progress=sys.stderr.isatty())
+
+
+def warn_if_older_images(run_dir: Path, config: Config) -> None:
+    """Say so when the run's images are rebuilt by a cellae that preprocesses them differently."""
+    from cellae.data.cache import FORMAT_VERSION
+
+    data = read_run_info(run_dir).get("data", {})
+    trained = data.get("cache_format") if isinstance(data, dict) else None
+    # cache format 3 paints fill_mean's rim wider; a keep run's images did not change
+    if trained != FORMAT_VERSION and config.data.background != "keep":
+        print(f"warning: {run_dir.name} was trained on images of an older cellae (cache format "
+              f"{trained or 'before 3'}); they are rebuilt with this one's preprocessing, whose "
+              f"fill_mean rim is wider", file=sys.stderr)
 
 
 def split_rows(run_dir: Path, cache: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -582,6 +597,10 @@ def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.T
 def load_run(path: str | Path, checkpoint: str = "best", cache_dir: str | None = None) -> LoadedRun:
     """Open a run folder: its config and its model (best checkpoint unless ``checkpoint='last'``).
 
+    An anomaly model (``data.train_classes``) is always the last checkpoint: the "best" one has
+    the lowest loss on the test cells, anomalies included, so it would be the model that fails
+    least on what it should fail on, picked by the test patients.
+
     A cache it needs is built in ``cache_dir``, by default your own (``.cellae-cache`` here),
     never where the run's config says: a run folder may come from anyone, and its
     ``data.cache_dir`` would have cellae write, and clear temporary folders, wherever it names.
@@ -593,7 +612,8 @@ def load_run(path: str | Path, checkpoint: str = "best", cache_dir: str | None =
     own = cache_dir if cache_dir is not None else DataConfig().cache_dir
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache_dir=own))
     info = read_run_info(run_dir)
-    if checkpoint == "last":
+    if checkpoint == "last" or (config.data.train_classes
+                                and (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()):
         ckpt_path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     else:
         ckpt_path = best_checkpoint(run_dir)

@@ -113,11 +113,13 @@ def summarise(sweep_dir: Path) -> dict[str, Any]:
     return {"settings": settings, "titles": titles, "digits": digits, "keys": keys}
 
 
-def _cell(number: dict[str, Any] | None, digits: int) -> str:
+def _cell(number: dict[str, Any] | None, digits: int, runs: int) -> str:
     if number is None:
         return "–"
     spread = f" ± {number['sd']:.{digits}f}" if number["sd"] is not None else ""
-    return f"{number['mean']:.{digits}f}{spread}"
+    # a number some runs lack (undefined there, or from before it was computed) says so
+    partial = f" (n={number['n']})" if number["n"] < runs else ""
+    return f"{number['mean']:.{digits}f}{spread}{partial}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -141,7 +143,8 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
         lines.append(
             f"| {name} | {setting['runs']} ({_count(len(setting['folds']), 'fold')} x "
             f"{_count(len(setting['seeds']), 'seed')}) | "
-            + " | ".join(_cell(numbers.get(k), summary["digits"].get(k, 3)) for k in keys)
+            + " | ".join(_cell(numbers.get(k), summary["digits"].get(k, 3), setting["runs"])
+                         for k in keys)
             + f" | {'–' if seed_sd is None else f'{seed_sd:.3f}'} |"
         )
     return "\n".join(lines) + "\n"

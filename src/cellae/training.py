@@ -29,7 +29,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from cellae import __version__, runs
 from cellae.config import Config
 from cellae.data.augment import augment
-from cellae.data.cache import CellCache, available_cores, prepare_cache
+from cellae.data.cache import FORMAT_VERSION, CellCache, available_cores, prepare_cache
 from cellae.data.datamodule import CellDataModule
 from cellae.data.sources.labels import unmatched_warning
 from cellae.data.splits import split_indices, training_rows
@@ -382,7 +382,8 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
         if warning:
             print(warning, file=sys.stderr, flush=True)
         runs.update_run_info(run_dir, channels=channels, data={
-            "cache": str(cache.path), "class_names": list(cache.class_names), **summary,
+            "cache": str(cache.path), "cache_format": FORMAT_VERSION,
+            "class_names": list(cache.class_names), **summary,
             "files_without_patient": unmatched, **({"warning": warning} if warning else {}),
             **({"trained_on": {"classes": list(d.train_classes), "images": len(fit_idx)}}
                if d.train_classes else {})})
@@ -525,6 +526,7 @@ def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | Non
         if os.environ.get("LOCAL_RANK") is None:
             runs.truncate_metrics(run_dir, completed)
             runs.update_run_info(run_dir, status="running", resumed_from_epoch=completed)
+            runs.warn_if_older_images(run_dir, config)
         print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
         trainer = _fit(config, run_dir, last, callbacks, evaluate)
         return _finish(run_dir, config, trainer, evaluate)

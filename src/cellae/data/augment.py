@@ -22,7 +22,8 @@ def dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, t
     """Each (image (C, H, W), mask (H, W)) pair turned by one of the 8 symmetries of the square.
 
     The symmetry is drawn per image from torch's generator on the images' device, which the
-    run's seed fixes and its checkpoints keep.
+    run's seed fixes (a resumed run on the CPU draws as an uninterrupted one would; on a GPU
+    the turns after a resume differ, which changes nothing an augmentation is for).
     """
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"dihedral needs square images, got {tuple(images.shape[-2:])}")

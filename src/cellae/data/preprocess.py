@@ -91,7 +91,7 @@ class PreprocessSettings:
         The resized edge blends cell and black over about a pixel, real crops have a
         segmentation seam there, and the membrane is a pale ring inside it; with two pixels at
         64 the ring still showed as a faint outline on the fill. The band scales with the
-        image; below 22 px it stays 1, since the blended pixel is there at any size.
+        image; below 32 px it is 1, since the blended pixel is there at any size.
         """
         return max(1, round(3 * self.image_size / 64))
 
@@ -206,6 +206,8 @@ def preprocess(
         out = np.where(inside[None], out, fill[:, None, None])
         if settings.normalize == "per_cell":
             out = standardise_interior(out, inside)
+    elif settings.normalize == "per_cell":
+        out = np.full_like(out, STANDARD_MID)  # no cell found: nothing to standardise, all mean
 
     return out, inside.astype(np.uint8)
 

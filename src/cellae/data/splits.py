@@ -78,9 +78,16 @@ def _fold_split(patients: np.ndarray, labels: np.ndarray, by: SplitMode, folds: 
     else:
         cutter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=FOLD_SEED)
     with warnings.catch_warnings():
-        # "The least populated class has fewer members than n_splits": said below, per fold
+        # "The least populated class has fewer members than n_splits": checked below, per fold
         warnings.simplefilter("ignore", UserWarning)
         train, test = list(cutter.split(np.zeros(len(labels)), labels, groups))[fold]
+    for side, rows in (("train", train), ("test", test)):
+        missing = sorted(set(np.unique(labels).tolist()) - set(np.unique(labels[rows]).tolist()))
+        if missing:
+            raise CellaeError(
+                f"fold {fold} of {folds} leaves class {missing[0]} out of its {side} side (too "
+                f"few patients hold it); use fewer data.folds or add patients"
+            )
     return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64)
 
 

@@ -26,7 +26,8 @@ from cellae.data.splits import class_labels
 from cellae.images import unit_float_array
 
 COLUMNS = (
-    Column("anomaly.auroc", "anomaly AUROC (interior error)", "higher", 3, SAME_TEST_CELLS),
+    Column("anomaly.auroc", "anomaly AUROC (interior error)", "higher", 3,
+           SAME_TEST_CELLS + ("data.train_classes",)),
 )
 
 

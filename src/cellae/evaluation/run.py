@@ -159,7 +159,8 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
         "data": runs.data_summary(labels, patients, cache.class_names, train_idx, test_idx),
         "reconstruction": reconstruction,
     }
-    if config.data.train_classes:
+    names = {str(n).casefold() for n in cache.class_names}
+    if config.data.train_classes and all(c.casefold() in names for c in config.data.train_classes):
         result["anomaly"] = anomaly.anomaly_numbers(errors, labels[test_idx], cache.class_names,
                                                     config.data.train_classes)
     probe = _latent_block(config, train_codes, labels[train_idx], test_codes, labels[test_idx])

@@ -6,6 +6,7 @@ plug-ins a run names and opens a run folder whose family it does not know.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -18,7 +19,7 @@ from PIL import Image
 
 from cellae import runs
 from cellae.columns import SAME_IMAGES, SAME_OBJECTIVE, SAME_TEST_CELLS, Column
-from cellae.config import SYNTHETIC
+from cellae.config import SYNTHETIC, DataConfig, TrainConfig
 from cellae.errors import CellaeError
 
 # the study's order: latent map, reconstructions, curves; then the rest. The evaluation's grid of
@@ -176,10 +177,21 @@ def _figures(run_dir: Path) -> list[Path]:
     return [p for p in found if _is_own_png(p, root)]
 
 
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the data and train keys an older cellae did not write set to their
+    defaults (``data.normalize: none``), so old and new runs compare where they agree."""
+    filled = dict(config)
+    for section, defaults in (("data", DataConfig()), ("train", TrainConfig())):
+        given = config.get(section)
+        if isinstance(given, dict):
+            filled[section] = {**dataclasses.asdict(defaults), **given}
+    return filled
+
+
 def summarise_run(run_dir: Path) -> RunSummary:
     runs.require_run_dir(run_dir)
     # plain values: a report never imports the plug-ins a run names
-    config = runs.read_config_values(run_dir)
+    config = _with_defaults(runs.read_config_values(run_dir))
     metrics = runs.read_evaluation(run_dir)
     try:
         info = runs.read_run_info(run_dir)

@@ -70,7 +70,12 @@ class Setting:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.runs[0].config
+        """The first run's config without its patient fold: a k-fold setting spans them all."""
+        config = self.runs[0].config
+        data = config.get("data")
+        if isinstance(data, dict) and "fold" in data:
+            config = {**config, "data": {k: v for k, v in data.items() if k != "fold"}}
+        return config
 
     @property
     def finished(self) -> list[RunSummary]:
