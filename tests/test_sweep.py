@@ -132,3 +132,16 @@ def test_a_grid_too_large_is_refused_before_it_is_built(tmp_path):
                                     "runs": [{"seed": i} for i in range(1001)]}))
     with pytest.raises(CellaeError, match="lists 1,001 runs; a sweep has at most 1,000"):
         load_sweep(path)
+
+
+def test_a_sweep_resumes_from_its_folder_alone(tmp_path, capsys):
+    from cellae.cli import main
+    from cellae.sweep import run_sweep
+    from tiny import tiny_config
+
+    base = tiny_config(tmp_path, train={"epochs": 1}).to_dict()
+    sweep_file = write(tmp_path / "s.yaml", {"name": "one", "config": base, "runs": [{"name": "a"}]})
+    sweep_dir = run_sweep(sweep_file, tmp_path / "runs")
+    sweep_file.unlink()  # the folder holds its own frozen copy
+    assert main(["sweep", "--resume", str(sweep_dir)]) == 0
+    assert "a: kept" in capsys.readouterr().err

@@ -110,7 +110,8 @@ def _build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     sweep = commands.add_parser("sweep", help="train a grid of runs from one sweep file")
-    sweep.add_argument("sweep", nargs="?", help="sweep YAML (see configs/sweeps/)")
+    sweep.add_argument("sweep", nargs="?",
+                       help="sweep YAML (see configs/sweeps/); not needed with --resume")
     sweep.add_argument("--out", default="runs",
                        help="parent folder for the sweep folder (default: runs)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
@@ -178,11 +179,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         from cellae.sweep import run_sweep
 
-        if args.sweep is None:
+        if args.sweep is None and not args.resume:
             raise CellaeError("give a sweep file, e.g. cellae sweep configs/sweeps/quickstart.yaml")
         if args.resume and args.overrides:
             raise CellaeError("--set cannot change a sweep that is resumed; it keeps its values")
-        sweep_dir = run_sweep(Path(args.sweep), Path(args.out), resume=args.resume,
+        # a resumed sweep runs from the copy frozen into its folder; the file is not needed
+        sweep_dir = run_sweep(Path(args.sweep or ""), Path(args.out), resume=args.resume,
                               overrides=args.overrides)
         print(f"sweep folder: {sweep_dir}")
         return 0
