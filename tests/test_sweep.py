@@ -145,3 +145,25 @@ def test_a_sweep_resumes_from_its_folder_alone(tmp_path, capsys):
     sweep_file.unlink()  # the folder holds its own frozen copy
     assert main(["sweep", "--resume", str(sweep_dir)]) == 0
     assert "a: kept" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_stops_the_sweep(tmp_path, monkeypatch):
+    from cellae import sweep as sweep_module
+    from cellae.training import TrainingInterrupted
+    from tiny import tiny_config
+
+    base = tiny_config(tmp_path, train={"epochs": 1}).to_dict()
+    sweep_file = write(tmp_path / "s.yaml", {"name": "two", "config": base,
+                                              "runs": [{"name": "a"}, {"name": "b"}]})
+    started = []
+
+    def interrupted(sweep_dir, name, values, evaluate):
+        started.append(name)
+        raise TrainingInterrupted("training interrupted (Ctrl-C or SIGTERM)")
+
+    monkeypatch.setattr(sweep_module, "_run_one", interrupted)
+    with pytest.raises(TrainingInterrupted):
+        sweep_module.run_sweep(sweep_file, tmp_path / "runs")
+    assert started == ["a"]  # b was never begun
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((sweep_dir / "sweep.json").read_text())["runs"]["a"]["status"] == "interrupted"

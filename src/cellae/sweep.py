@@ -200,6 +200,8 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
     ``overrides`` apply to every run of a new sweep; a resumed sweep keeps the values it was
     started with (they are frozen into its ``sweep.yaml``).
     """
+    from cellae.training import TrainingInterrupted
+
     if resume:
         sweep_dir = Path(resume)
         if not (sweep_dir / SWEEP_FILE).is_file():
@@ -226,6 +228,15 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
         try:
             outcome = _run_one(sweep_dir, name, sweep.config_values(combination), evaluate)
             results[name] = {"status": outcome}
+        except TrainingInterrupted:
+            # Ctrl-C or SIGTERM stops the sweep, not just the run it reached; --resume goes on
+            results[name] = {"status": "interrupted",
+                             "seconds": round(time.perf_counter() - started, 1)}
+            runs.write_json(sweep_dir / runs.SWEEP_STATUS_FILE,
+                            {"name": sweep.name, "order": order, "runs": results})
+            print(f"[sweep {sweep.name}] interrupted in {name}; continue with "
+                  f"cellae sweep --resume {sweep_dir}", file=sys.stderr, flush=True)
+            raise
         except (CellaeError, RuntimeError, ValueError, OSError) as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"[sweep {sweep.name}] {name} failed: {message}", file=sys.stderr, flush=True)
