@@ -54,7 +54,7 @@ def _run_notes(summary: RunSummary) -> list[str]:
 def _settings_note(n_runs: int, n_settings: int) -> str:
     if n_settings == n_runs:
         return ("Every setting has one run, so there is no spread to show; runs that differ only in "
-                "seed are averaged here.")
+                "seed or patient fold are averaged here.")
     return ("Runs whose configs differ only in seed, patient fold (data.fold) and name form one "
             "setting; n counts the finished runs averaged, ± is their sample standard deviation.")
 

@@ -77,7 +77,7 @@ def render(title: str, summaries: Sequence[RunSummary], tables: tuple[Table, Tab
     lines = [f"# {md_escape(title)}", "",
              f"{len(summaries)} runs in {len(settings.rows)} settings. Best value per column in "
              "**bold** (among comparable runs only); unfinished runs' numbers in *italics*.", "",
-             "## Settings: mean ± standard deviation over seeds", "", md_escape(settings_note), "",
+             "## Settings: mean ± standard deviation over seeds and patient folds", "", md_escape(settings_note), "",
              *_table(settings), "## Runs", "", *_table(runs_),
              md_escape(MARKING_NOTE), "", md_escape(COLUMN_NOTE), ""]
     for figure in figures:

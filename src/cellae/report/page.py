@@ -138,7 +138,7 @@ def render(title: str, summaries: Sequence[RunSummary], tables: tuple[Table, Tab
         f"<h1>{_e(title)}</h1><p class=\"sub\">{len(summaries)} runs in {len(settings.rows)} "
         f"settings, written {stamp} by cellae {__version__}. Click a column title to sort; a "
         "run's name leads to its section.</p>",
-        "<h2>Settings: mean ± standard deviation over seeds</h2>",
+        "<h2>Settings: mean ± standard deviation over seeds and patient folds</h2>",
         _notes([settings_note]), _table(settings),
         "<h2>Runs</h2>", _table(runs_), _notes([MARKING_NOTE, COLUMN_NOTE]),
         *(_report_figure(f) for f in figures),
