@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 from cellae import plots
 from cellae.columns import SAME_TEST_CELLS, Column
 from cellae.data.splits import class_labels
+from cellae.evaluation.metrics import interior_mse
 from cellae.images import unit_float_array
 
 COLUMNS = (
@@ -36,12 +37,12 @@ def interior_errors(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray
 
     An image with an empty mask is scored over all its pixels.
     """
-    a, b = unit_float_array(originals), unit_float_array(recons)
-    inside = np.asarray(masks) != 0
-    squared = ((a - b) ** 2).mean(axis=1)  # (N, H, W)
-    pixels = inside.sum(axis=(1, 2))
-    interior = (squared * inside).sum(axis=(1, 2)) / np.maximum(pixels, 1)
-    return np.where(pixels > 0, interior, squared.mean(axis=(1, 2)))
+    interior = interior_mse(originals, recons, masks)
+    empty = np.isnan(interior)
+    if empty.any():
+        a, b = unit_float_array(originals[empty]), unit_float_array(recons[empty])
+        interior[empty] = ((a - b) ** 2).mean(axis=(1, 2, 3))
+    return interior
 
 
 def anomaly_numbers(errors: np.ndarray, labels: np.ndarray, class_names: Sequence[str],

@@ -62,24 +62,37 @@ def mse_psnr(
     }
     if masks is None:
         return result
-    inside = np.asarray(masks) != 0
-    if inside.shape != (a.shape[0], *a.shape[2:]):
-        expected = (a.shape[0], *a.shape[2:])
-        raise ValueError(f"masks must be shaped (N, H, W) = {expected}, got {inside.shape}")
-    pixels = inside.sum(axis=(1, 2))
-    kept = pixels > 0
-    if not kept.any():
+    interior = _interior(squared, masks)
+    interior = interior[~np.isnan(interior)]
+    if not len(interior):
         return result | dict.fromkeys(
             ("mse_interior", "psnr_interior", "psnr_interior_of_mean_mse"), None
         )
-    # Every channel of an interior pixel counts, so the denominator is pixels times channels.
-    interior_sum = (squared * inside[:, None]).sum(axis=(1, 2, 3))
-    interior = interior_sum[kept] / (pixels[kept] * a.shape[1])
     return result | {
         "mse_interior": float(interior.mean()),
         "psnr_interior": float(psnr_from_mse(interior).mean()),
         "psnr_interior_of_mean_mse": float(psnr_from_mse(interior.mean())),
     }
+
+
+def _interior(squared: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per image, the mean of ``squared`` (N, C, H, W) over the interior; NaN where it is empty."""
+    inside = np.asarray(masks) != 0
+    if inside.shape != (squared.shape[0], *squared.shape[2:]):
+        expected = (squared.shape[0], *squared.shape[2:])
+        raise ValueError(f"masks must be shaped (N, H, W) = {expected}, got {inside.shape}")
+    pixels = inside.sum(axis=(1, 2))
+    # Every channel of an interior pixel counts, so the denominator is pixels times channels.
+    interior_sum = (squared * inside[:, None]).sum(axis=(1, 2, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pixels > 0, interior_sum / (pixels * squared.shape[1]), np.nan)
+
+
+def interior_mse(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Mean squared error of each image over its interior pixels and channels (N,); NaN for an
+    image whose mask is empty."""
+    a, b = _pair(originals, recons)
+    return _interior((a - b) ** 2, masks)
 
 
 def ssim(originals: np.ndarray, recons: np.ndarray) -> float:
