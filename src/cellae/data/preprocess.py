@@ -35,7 +35,7 @@ DARK_THRESHOLD = 10
 # Pillow's BILINEAR widens its support when shrinking, so it averages like an area filter and,
 # unlike LANCZOS, cannot overshoot into a dark or bright halo at the cell's black edge.
 RESAMPLE = Image.Resampling.BILINEAR
-_LUMA = (299, 587, 114)  # ITU-R 601, in thousandths so that rounding stays in integers
+LUMA = (299, 587, 114)  # ITU-R 601, in thousandths so that rounding stays in integers
 _SQUARE = np.ones((3, 3), dtype=bool)
 # per_cell keeps z from -4 to +4 standard deviations in uint8: parasites lie 2-4 below the
 # cell's mean, and a wider range would spend the 8 bits on the rare outliers
@@ -148,7 +148,7 @@ def cell_mask(image: np.ndarray) -> np.ndarray:
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma of an ...x3 uint8 array, rounded half up, as uint8."""
-    weighted = rgb.astype(np.uint32) @ np.array(_LUMA, dtype=np.uint32)
+    weighted = rgb.astype(np.uint32) @ np.array(LUMA, dtype=np.uint32)
     return ((weighted + 500) // 1000).astype(np.uint8)
 
 

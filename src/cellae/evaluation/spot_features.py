@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from cellae.columns import SAME_TEST_CELLS, Column
+from cellae.data.preprocess import LUMA
 
 N_FEATURES = 5
 # below this the cell is flat: no spread to measure spots against (grey levels in [0, 1])
@@ -34,7 +35,7 @@ def spot_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(N, 5) float32 features of uint8 images (N, C, H, W) with masks (N, H, W)."""
     images = np.asarray(images)
     luma = images.astype(np.float32).mean(axis=1) / 255.0 if images.shape[1] != 3 else (
-        np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), images.astype(np.float32),
+        np.tensordot(np.array(LUMA, np.float32) / 1000, images.astype(np.float32),
                      axes=([0], [1])) / 255.0
     )
     inside = np.asarray(masks) != 0
