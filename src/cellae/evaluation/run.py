@@ -25,7 +25,7 @@ from cellae import plots, runs
 from cellae.columns import SAME_IMAGES, Column
 from cellae.config import SYNTHETIC, Config
 from cellae.data.cache import CellCache, prepare_cache
-from cellae.data.splits import split_indices
+from cellae.data.splits import class_labels, split_indices
 from cellae.errors import CellaeError
 from cellae.evaluation import anomaly, latent, metrics
 from cellae.evaluation.latent_metrics import METRICS, LatentSplit
@@ -139,6 +139,15 @@ def _spots(cache: CellCache, idx: np.ndarray) -> np.ndarray:
     return spot_features(np.asarray(cache.images[rows]), np.asarray(cache.masks[rows]))
 
 
+def _has_classes(cache: CellCache, wanted: list[str]) -> bool:
+    """Whether ``cache`` holds every class of ``wanted`` (another source may lack some)."""
+    try:
+        class_labels(cache.class_names, wanted)
+    except CellaeError:
+        return False
+    return True
+
+
 def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx: np.ndarray,
             source: str) -> Evaluation:
     """Every number of one evaluation, with the codes and images its figures need."""
@@ -159,8 +168,7 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
         "data": runs.data_summary(labels, patients, cache.class_names, train_idx, test_idx),
         "reconstruction": reconstruction,
     }
-    names = {str(n).casefold() for n in cache.class_names}
-    if config.data.train_classes and all(c.casefold() in names for c in config.data.train_classes):
+    if config.data.train_classes and _has_classes(cache, config.data.train_classes):
         result["anomaly"] = anomaly.anomaly_numbers(errors, labels[test_idx], cache.class_names,
                                                     config.data.train_classes)
     probe = _latent_block(config, train_codes, labels[train_idx], test_codes, labels[test_idx])
