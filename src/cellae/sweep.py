@@ -51,6 +51,25 @@ MAX_RUNS = 1000
 NAME_PREFIXES = {"model.latent_dim": "z", "model.beta": "beta", "train.epochs": "e", "seed": "s"}
 
 
+def combination_name(combination: dict[str, Any]) -> str:
+    """A run's folder name: its own ``name``, or its values (``vae-fill_mean-z50``)."""
+    if "name" in combination:
+        return runs.safe_folder_name(str(combination["name"]))
+    parts = []
+    for key, value in combination.items():
+        prefix = NAME_PREFIXES.get(key, "")
+        if not prefix and isinstance(value, int | float) and not isinstance(value, bool):
+            prefix = key.rsplit(".", 1)[-1]
+        if isinstance(value, list):
+            text = "_".join(map(str, value))
+        elif isinstance(value, str) and "/" in value:
+            text = runs.source_name(value)  # a data path: its folder or zip name
+        else:
+            text = str(value)
+        parts.append(f"{prefix}{text}")
+    return runs.safe_folder_name("-".join(parts))
+
+
 @dataclass
 class Sweep:
     name: str
@@ -60,21 +79,7 @@ class Sweep:
     resumed: bool = False
 
     def run_name(self, combination: dict[str, Any]) -> str:
-        if "name" in combination:
-            return runs.safe_folder_name(str(combination["name"]))
-        parts = []
-        for key, value in combination.items():
-            prefix = NAME_PREFIXES.get(key, "")
-            if not prefix and isinstance(value, int | float) and not isinstance(value, bool):
-                prefix = key.rsplit(".", 1)[-1]
-            if isinstance(value, list):
-                text = "_".join(map(str, value))
-            elif isinstance(value, str) and "/" in value:
-                text = runs.source_name(value)  # a data path: its folder or zip name
-            else:
-                text = str(value)
-            parts.append(f"{prefix}{text}")
-        return runs.safe_folder_name("-".join(parts))
+        return combination_name(combination)
 
     def config_values(self, combination: dict[str, Any]) -> dict[str, Any]:
         overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
@@ -159,10 +164,9 @@ def _repeats(path: Path, combinations: list[dict[str, Any]], folds: Any,
     if size > MAX_RUNS:
         raise CellaeError(f"sweep file {path}: {len(combinations)} settings x {max(folds, 1)} folds x "
                           f"{len(seeds)} seeds make {size:,} runs; a sweep has at most {MAX_RUNS:,}")
-    blank = Sweep(name="", base={}, combinations=[])
     repeated = []
     for combination in combinations:
-        setting = blank.run_name(combination)
+        setting = combination_name(combination)
         for fold in range(max(folds, 1)):
             for seed in seeds:
                 repeat = {k: v for k, v in combination.items() if k != "name"}
