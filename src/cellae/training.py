@@ -363,13 +363,14 @@ def _sides(config: Config, cache: CellCache) -> tuple[np.ndarray, np.ndarray, np
 
 
 def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None,
-         evaluate: bool, cache: CellCache | None = None) -> L.Trainer:
-    """Train in ``run_dir``; ``cache`` is the data when the caller has prepared it already."""
+         evaluate: bool, cache: CellCache | None = None,
+         sides: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> L.Trainer:
+    """Train in ``run_dir``; ``cache`` and its ``sides`` are given when the caller has them."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     if cache is None:
         cache = prepare_cache(config.data, progress=sys.stderr.isatty())
     d = config.data
-    train_idx, test_idx, fit_idx = _sides(config, cache)
+    train_idx, test_idx, fit_idx = sides if sides is not None else _sides(config, cache)
     _check_test_side(config, len(test_idx), evaluate)
     channels = int(cache.images.shape[1])
     is_launcher = os.environ.get("LOCAL_RANK") is None
@@ -466,14 +467,16 @@ def train(
 ) -> Path:
     """Train ``config`` into a new run folder under ``out`` and return its path."""
     inherited = os.environ.get(RUN_DIR_ENV)
-    cache: CellCache | None = None  # a DDP worker opens the cache its launcher prepared
+    # a DDP worker opens the cache its launcher prepared, and splits it as the launcher did
+    cache: CellCache | None = None
+    sides = None
     if inherited and os.environ.get("LOCAL_RANK") is not None:
         run_dir = Path(inherited)
     else:
         _devices(config, _accelerator(config))  # before any work, as every other config mistake
         # the data first: a cache build that is interrupted or fails leaves no run folder behind
         cache = prepare_cache(config.data, progress=sys.stderr.isatty())
-        _sides(config, cache)  # a split or class mistake, too, leaves no run folder behind
+        sides = _sides(config, cache)  # a split or class mistake, too, leaves no run folder behind
         run_dir = runs.new_run_dir(out, config.name, timestamped=timestamped)
         runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
         runs.update_run_info(
@@ -483,7 +486,7 @@ def train(
         )
     print(f"training {config.model.family} '{config.name}' into {run_dir}", file=sys.stderr)
     with _held(run_dir):
-        trainer = _fit(config, run_dir, None, callbacks, evaluate, cache)
+        trainer = _fit(config, run_dir, None, callbacks, evaluate, cache, sides)
         return _finish(run_dir, config, trainer, evaluate)
 
 
