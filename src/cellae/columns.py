@@ -19,6 +19,17 @@ SAME_OBJECTIVE = SAME_IMAGES + ("model.family", "model.loss", "model.beta", "mod
 SAME_TEST_CELLS = ("data.source", "data.split", "data.test_fraction", "data.folds", "data.fold")
 
 
+def metric_value(metrics: Any, dotted: str) -> float | None:
+    """The number at a dotted key of a run's JSON (``probe.accuracy`` in ``metrics.json``), or
+    None where there is none or it is not a number."""
+    value = metrics
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 @dataclass(frozen=True)
 class Column:
     """``key`` is a dotted path into ``metrics.json`` (``probe.accuracy``).

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cellae import runs
+from cellae.columns import metric_value
 from cellae.errors import CellaeError
 
 SUMMARY_JSON = "summary.json"
@@ -32,14 +33,8 @@ LEADING = ("probe.accuracy", "probe.auroc", "probe.knn_accuracy", "pca_baseline.
 
 
 def _value(metrics: dict[str, Any], key: str) -> float | None:
-    value: Any = metrics
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
+    value = metric_value(metrics, key)
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _run_dirs(sweep_dir: Path) -> list[Path]:

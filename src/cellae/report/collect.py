@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from cellae import runs
-from cellae.columns import SAME_IMAGES, SAME_OBJECTIVE, SAME_TEST_CELLS, Column
+from cellae.columns import SAME_IMAGES, SAME_OBJECTIVE, SAME_TEST_CELLS, Column, metric_value
 from cellae.config import SYNTHETIC, DataConfig, TrainConfig
 from cellae.errors import CellaeError
 
@@ -108,9 +108,9 @@ class RunSummary:
         elif key == "run.epochs_completed":
             value = self.epochs_completed
         elif key.startswith("run."):
-            value = _lookup(self.info, key.removeprefix("run."))
+            value = metric_value(self.info, key.removeprefix("run."))
         else:
-            value = _lookup(self.metrics, key)
+            value = metric_value(self.metrics, key)
         return value if value is not None and math.isfinite(value) else None
 
 
@@ -123,14 +123,6 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
-
-
-def _lookup(values: Any, dotted: str) -> float | None:
-    for part in dotted.split("."):
-        if not isinstance(values, dict) or part not in values:
-            return None
-        values = values[part]
-    return float(values) if isinstance(values, int | float) and not isinstance(values, bool) else None
 
 
 def _declared_columns(metrics: dict[str, Any]) -> list[Column]:
@@ -204,7 +196,7 @@ def summarise_run(run_dir: Path) -> RunSummary:
     data["source"] = (config.get("data") or {}).get("source", SYNTHETIC)
     return RunSummary(
         name=run_dir.name, path=run_dir, config=config, metrics=metrics, info=info, rows=rows,
-        test_loss=min(finite) if finite else _lookup(metrics, "reconstruction.loss"), data=data,
+        test_loss=min(finite) if finite else metric_value(metrics, "reconstruction.loss"), data=data,
         figures=_figures(run_dir), columns=_declared_columns(metrics),
     )
 
