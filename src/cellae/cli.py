@@ -114,11 +114,27 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="sweep YAML (see configs/sweeps/); not needed with --resume")
     sweep.add_argument("--out", default="runs",
                        help="parent folder for the sweep folder (default: runs)")
-    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR",
+                       help="continue an interrupted sweep, or collect a submitted one")
     sweep.add_argument(
         "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
         help="override config keys of every run, e.g. --set data.source=data/cell_images.zip",
     )
+    sweep.add_argument(
+        "--launcher", choices=("local", "slurm"), default=None,
+        help="local: one run after another here (default); slurm: one SLURM job per run "
+             "(needs cellae[slurm]), collected later with --resume",
+    )
+    slurm = sweep.add_argument_group(
+        "SLURM jobs (--launcher slurm; remembered by the sweep for later submissions)")
+    slurm.add_argument("--slurm-partition", metavar="NAME", help="partition to submit to")
+    slurm.add_argument("--slurm-time", type=int, metavar="MINUTES", help="time limit of each job")
+    slurm.add_argument("--slurm-gpus-per-node", type=int, metavar="N", help="GPUs per job (default 1)")
+    slurm.add_argument("--slurm-cpus-per-task", type=int, metavar="N", help="CPU cores per job")
+    slurm.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per job")
+    slurm.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option without its dashes, e.g. account=proj1 "
+                            "(repeatable)")
 
     report = commands.add_parser("report", help="compare runs in one HTML page")
     report.add_argument("runs", nargs="+", help="run or sweep folders")
@@ -183,10 +199,18 @@ def _run(args: argparse.Namespace) -> int:
             raise CellaeError("give a sweep file, e.g. cellae sweep configs/sweeps/quickstart.yaml")
         if args.resume and args.overrides:
             raise CellaeError("--set cannot change a sweep that is resumed; it keeps its values")
+        from cellae.sweep import runs_in_jobs, slurm_parameters
+
+        slurm = slurm_parameters(args.slurm_partition, args.slurm_time, args.slurm_gpus_per_node,
+                                 args.slurm_cpus_per_task, args.slurm_mem_gb, args.slurm_option)
+        if slurm and args.launcher != "slurm":
+            raise CellaeError("the --slurm-* options go with --launcher slurm")
         # a resumed sweep runs from the copy frozen into its folder; the file is not needed
         sweep_dir = run_sweep(Path(args.sweep or ""), Path(args.out), resume=args.resume,
-                              overrides=args.overrides)
+                              overrides=args.overrides, launcher=args.launcher, slurm=slurm)
         print(f"sweep folder: {sweep_dir}")
+        if runs_in_jobs(sweep_dir):
+            print(f"collect with: cellae sweep --resume {sweep_dir}")
         return 0
     if args.command == "report":
         from cellae.report import write_report

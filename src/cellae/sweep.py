@@ -21,17 +21,30 @@ checkpoint and trains the rest; a failing run is reported and the others go on.
 
 With ``folds`` or ``seeds``, a setting is scored as the mean and spread of its repeats, never by
 one split or its best seed: the sweep ends by writing ``summary.md`` (see :mod:`cellae.summary`).
+
+Runs that share their data settings share one cache (it is keyed by them): the first run builds
+it, the others open it. ``--launcher slurm`` (through submitit, ``pip install 'cellae[slurm]'``)
+builds each distinct cache once in the submitting process, submits each run that is not
+finished as its own job (logs in the sweep's ``submitit/`` folder) and returns; ``sweep.json``
+records each run's job id as ``submitted``, and the launcher and SLURM options. ``--resume``
+then collects: a finished run is kept, a run whose job is pending or running is reported and
+left to its job, and a run whose job ended unfinished is submitted again with ``--launcher
+slurm`` (with the recorded SLURM options, unless given anew) or run in this process without it.
+The summary is written once every run is finished.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import math
 import shutil
 import sys
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +60,15 @@ SWEEP_FILE = "sweep.yaml"
 SWEEP_KEYS = {"name", "base", "config", "set", "grid", "runs", "folds", "seeds"}
 # every run is checked before the first starts; a grid past this is a typo, not a study
 MAX_RUNS = 1000
+# local: one run after another in this process; slurm: one SLURM job per run, through submitit
+LAUNCHERS = ("local", "slurm")
+# submitit's scripts, pickles and logs of the jobs, inside the sweep folder
+SUBMITIT_DIR = "submitit"
+# a run whose job has been submitted and not yet collected (in the status file, with job_id)
+SUBMITTED = "submitted"
+# data keys that choose a run's training and test cells, not its cache: runs differing only
+# in these share one cache build
+SPLIT_KEYS = ("split", "test_fraction", "folds", "fold", "train_classes", "workers")
 # short prefixes so that names read like the study's (z50, beta4)
 NAME_PREFIXES = {"model.latent_dim": "z", "model.beta": "beta", "train.epochs": "e", "seed": "s"}
 
@@ -197,20 +219,227 @@ def _run_one(sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool)
     return "trained"
 
 
+class _RunJob:
+    """One run of a sweep as a submitit job: the same :func:`_run_one` as the local loop.
+
+    On a time-out or pre-emption submitit calls :meth:`checkpoint` and requeues the job under
+    the same id; the requeued job resumes the run from its last checkpoint, as ``--resume`` does.
+    """
+
+    def __call__(self, sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool) -> str:
+        return _run_one(sweep_dir, name, values, evaluate)
+
+    def checkpoint(self, *args: Any) -> Any:
+        return _submitit().helpers.DelayedSubmission(self, *args)
+
+
+def _submitit() -> Any:
+    try:
+        import submitit
+    except ImportError as exc:
+        raise CellaeError("--launcher slurm needs submitit: pip install 'cellae[slurm]'") from exc
+    return submitit
+
+
+def slurm_parameters(partition: str | None = None, minutes: int | None = None,
+                     gpus_per_node: int | None = None, cpus_per_task: int | None = None,
+                     mem_gb: float | None = None,
+                     options: list[str] | None = None) -> dict[str, Any]:
+    """submitit's parameters for the given ``--slurm-*`` options (those not given are left out).
+
+    ``options`` are ``KEY=VALUE`` sbatch options without their dashes (``account=proj1``), or a
+    bare ``KEY`` for a flag (``exclusive``); they go to submitit's slurm_additional_parameters.
+    """
+    given = {"slurm_partition": partition, "timeout_min": minutes, "gpus_per_node": gpus_per_node,
+             "cpus_per_task": cpus_per_task, "mem_gb": mem_gb}
+    parameters: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    extra: dict[str, Any] = {}
+    for option in options or []:
+        key, equals, value = option.partition("=")
+        key = key.strip().lstrip("-")
+        if not key:
+            raise CellaeError(f"--slurm-option takes KEY=VALUE, an sbatch option without its "
+                              f"dashes (e.g. account=proj1), got {option!r}")
+        extra[key] = value if equals else True
+    if extra:
+        parameters["slurm_additional_parameters"] = extra
+    return parameters
+
+
+def slurm_executor(folder: Path, parameters: dict[str, Any], cluster: str = "slurm") -> Any:
+    """submitit's executor for a sweep's jobs, logs in ``folder``.
+
+    ``cluster="local"`` runs the jobs as processes of this machine (submitit's LocalExecutor),
+    which is how the tests submit a sweep without SLURM.
+    """
+    submitit = _submitit()
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise CellaeError("--launcher slurm submits with sbatch, which this machine does not have; "
+                          "run the command on the cluster's login node")
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    executor.update_parameters(**{"gpus_per_node": 1, **parameters})
+    return executor
+
+
+def _finished(run_dir: Path) -> bool:
+    return runs.is_run_dir(run_dir) and runs.read_run_info(run_dir).get("status") == "finished"
+
+
+def _write_status(sweep_dir: Path, status: dict[str, Any]) -> None:
+    entries = status["runs"]
+    runs.write_json(sweep_dir / runs.SWEEP_STATUS_FILE,
+                    status | {"runs": {n: entries[n] for n in status["order"] if n in entries}})
+
+
+def runs_in_jobs(sweep_dir: Path) -> list[str]:
+    """The runs of a sweep folder that its status file has in SLURM jobs not yet collected."""
+    path = sweep_dir / runs.SWEEP_STATUS_FILE
+    entries = runs.read_json_object(path).get("runs", {}) if path.is_file() else {}
+    return [n for n, r in entries.items() if isinstance(r, dict) and r.get("status") == SUBMITTED]
+
+
+def _active_jobs(sweep: Sweep, sweep_dir: Path, previous: dict[str, Any],
+                 parameters: dict[str, Any],
+                 executor: Callable[..., Any]) -> dict[str, dict[str, Any]]:
+    """The runs whose jobs are still pending or running: they are reported, never started again.
+
+    A job that ended without finishing its run (failed, cancelled, out of time) is not among
+    them: that run is submitted again with ``--launcher slurm``, or run here otherwise.
+    """
+    names = {sweep.run_name(c) for c in sweep.combinations}
+    entries = previous.get("runs", {})
+    submitted = {name: str(entry["job_id"]) for name, entry in entries.items()
+                 if name in names and isinstance(entry, dict) and entry.get("status") == SUBMITTED
+                 and entry.get("job_id") and not _finished(sweep_dir / name)}
+    if not submitted:
+        return {}
+    made = executor(sweep_dir / SUBMITIT_DIR, parameters)
+    job_class = getattr(made, "_executor", made).job_class
+    # every job first, then their states: one sacct call for all of them
+    jobs = {name: job_class(folder=made.folder, job_id=job_id)
+            for name, job_id in submitted.items()}
+    active = {}
+    for name, job in jobs.items():
+        if not job.done():
+            active[name] = {"status": SUBMITTED, "job_id": job.job_id, "state": str(job.state)}
+        elif not _finished(sweep_dir / name):
+            print(f"[sweep {sweep.name}] job {job.job_id} of {name} ended ({job.state}) without "
+                  f"finishing the run; its log: {made.folder}", file=sys.stderr, flush=True)
+    return active
+
+
+def _cache_inputs(values: dict[str, Any]) -> str:
+    """What a run's data cache depends on: runs equal here share one cache."""
+    data = dataclasses.asdict(config_from_dict(values).data)
+    return json.dumps({k: v for k, v in data.items() if k not in SPLIT_KEYS}, sort_keys=True,
+                      default=str)
+
+
+def _prepare_caches(sweep: Sweep, todo: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """Build each distinct data cache of ``todo`` once, here, so that no two jobs race to build it.
+
+    Returns the runs whose cache could not be made, with the reason.
+    """
+    from cellae.data.cache import prepare_cache
+
+    groups: dict[str, list[str]] = {}
+    for name, values in todo:
+        groups.setdefault(_cache_inputs(values), []).append(name)
+    values_of = dict(todo)
+    failed: dict[str, str] = {}
+    for names in groups.values():
+        print(f"[sweep {sweep.name}] the data cache of {', '.join(names)}", file=sys.stderr,
+              flush=True)
+        try:
+            prepare_cache(config_from_dict(values_of[names[0]]).data,
+                          progress=sys.stderr.isatty())
+        except (CellaeError, RuntimeError, ValueError, OSError) as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"[sweep {sweep.name}] {', '.join(names)}: {message}", file=sys.stderr,
+                  flush=True)
+            failed |= dict.fromkeys(names, message)
+    return failed
+
+
+def _submit(sweep: Sweep, sweep_dir: Path, status: dict[str, Any], evaluate: bool,
+            executor: Callable[..., Any], job_ids: dict[str, str]) -> None:
+    """Submit every run that is neither finished nor in a job, each as its own job."""
+    results = status["runs"]
+    todo = []
+    for number, combination in enumerate(sweep.combinations, start=1):
+        name = sweep.run_name(combination)
+        where = f"[sweep {sweep.name}] run {number} of {len(sweep.combinations)}: {name}"
+        if name in results:
+            print(f"{where} is in job {results[name]['job_id']} ({results[name]['state']})",
+                  file=sys.stderr)
+        elif _finished(sweep_dir / name):
+            results[name] = {"status": "kept"}
+            if name in job_ids:
+                results[name]["job_id"] = job_ids[name]
+        else:
+            todo.append((name, sweep.config_values(combination)))
+    failed = _prepare_caches(sweep, todo)
+    results |= {name: {"status": "failed", "error": message} for name, message in failed.items()}
+    todo = [(name, values) for name, values in todo if name not in failed]
+    _write_status(sweep_dir, status)
+    if not todo:
+        return
+    made = executor(sweep_dir / SUBMITIT_DIR, status.get("slurm", {}))
+    # submitted from inside a job, a job would inherit that job's SLURM settings
+    with _submitit().helpers.clean_env():
+        for name, values in todo:
+            made.update_parameters(name=f"{sweep.name}.{name}")
+            try:
+                job = made.submit(_RunJob(), sweep_dir, name, values, evaluate)
+            except Exception as exc:  # sbatch's refusal comes in many types; say it and stop
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                results[name] = {"status": "failed", "error": f"not submitted: {message}"}
+                _write_status(sweep_dir, status)
+                raise CellaeError(
+                    f"submitting {name} failed: {message}; the runs before it are in their jobs "
+                    f"(see {sweep_dir / runs.SWEEP_STATUS_FILE}); fix the cause and continue with "
+                    f"cellae sweep --resume {sweep_dir} --launcher slurm"
+                ) from exc
+            results[name] = {"status": SUBMITTED, "job_id": str(job.job_id)}
+            _write_status(sweep_dir, status)
+            print(f"[sweep {sweep.name}] {name}: submitted as job {job.job_id}", file=sys.stderr,
+                  flush=True)
+
+
+def _read_status(sweep_dir: Path) -> dict[str, Any]:
+    path = sweep_dir / runs.SWEEP_STATUS_FILE
+    return runs.read_json_object(path) if path.is_file() else {}
+
+
 def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool = True,
-              overrides: list[str] | None = None) -> Path:
+              overrides: list[str] | None = None, launcher: str | None = None,
+              slurm: dict[str, Any] | None = None,
+              executor: Callable[..., Any] | None = None) -> Path:
     """Run every combination of a sweep file; return the sweep folder.
 
     ``overrides`` apply to every run of a new sweep; a resumed sweep keeps the values it was
     started with (they are frozen into its ``sweep.yaml``).
+
+    ``launcher="slurm"`` submits each run that is not finished as its own job and returns at
+    once: ``executor(folder, parameters)`` makes the submitit executor (by default
+    :func:`slurm_executor`), ``slurm`` holds its parameters (:func:`slurm_parameters`),
+    remembered in the status file for later submissions. A resumed sweep never starts a run
+    whose job is still pending or running; the summary is written once every run is finished.
     """
     from cellae.training import TrainingInterrupted
 
+    launcher = launcher or "local"
+    executor = executor or slurm_executor
+    if launcher not in LAUNCHERS:
+        raise CellaeError(f"unknown launcher '{launcher}'; choose one of {', '.join(LAUNCHERS)}")
+    if launcher == "slurm":
+        _submitit()  # before any folder is made
     if resume:
         sweep_dir = Path(resume)
         if not (sweep_dir / SWEEP_FILE).is_file():
             raise CellaeError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_FILE})")
         sweep = load_sweep(sweep_dir / SWEEP_FILE, resumed=True)
+        previous = _read_status(sweep_dir)
     else:
         sweep = load_sweep(path, overrides)
         # a data path that is wrong for one run is wrong for all: say so before starting any
@@ -220,24 +449,44 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
         # keep the sweep self-contained: the base config is inlined so the folder can move
         frozen = {"name": sweep.name, "config": sweep.base, "runs": sweep.combinations}
         runs.write_atomic(sweep_dir / SWEEP_FILE, yaml.safe_dump(frozen, sort_keys=False))
-    results: dict[str, dict[str, Any]] = {}
+        previous = {}
     order = [sweep.run_name(c) for c in sweep.combinations]
+    # the SLURM options given once hold for every later submission of this sweep
+    parameters = {**previous.get("slurm", {}), **(slurm or {})}
+    in_jobs = _active_jobs(sweep, sweep_dir, previous, parameters, executor)
+    # a run its job finished keeps that job's id in the status file
+    job_ids = {n: r["job_id"] for n, r in previous.get("runs", {}).items()
+               if isinstance(r, dict) and r.get("status") == SUBMITTED and "job_id" in r}
     # the order first, so that a report of a sweep stopped in its first run lists it right
-    runs.write_json(sweep_dir / runs.SWEEP_STATUS_FILE, {"name": sweep.name, "order": order, "runs": {}})
+    status: dict[str, Any] = {"name": sweep.name, "order": order, "launcher": launcher,
+                              "runs": dict(in_jobs)}
+    if parameters:
+        status["slurm"] = parameters
+    _write_status(sweep_dir, status)
+    results = status["runs"]
+    if launcher == "slurm":
+        _submit(sweep, sweep_dir, status, evaluate, executor, job_ids)
+        _finish(sweep, sweep_dir, order, results, evaluate, again=" --launcher slurm")
+        return sweep_dir
     for number, combination in enumerate(sweep.combinations, start=1):
         name = sweep.run_name(combination)
         started = time.perf_counter()
-        print(f"[sweep {sweep.name}] run {number} of {len(order)}: {name}", file=sys.stderr,
-              flush=True)
+        where = f"[sweep {sweep.name}] run {number} of {len(order)}: {name}"
+        if name in in_jobs:
+            print(f"{where} is in job {in_jobs[name]['job_id']} ({in_jobs[name]['state']})",
+                  file=sys.stderr, flush=True)
+            continue
+        print(where, file=sys.stderr, flush=True)
         try:
             outcome = _run_one(sweep_dir, name, sweep.config_values(combination), evaluate)
             results[name] = {"status": outcome}
+            if outcome == "kept" and name in job_ids:
+                results[name]["job_id"] = job_ids[name]
         except TrainingInterrupted:
             # Ctrl-C or SIGTERM stops the sweep, not just the run it reached; --resume goes on
             results[name] = {"status": "interrupted",
                              "seconds": round(time.perf_counter() - started, 1)}
-            runs.write_json(sweep_dir / runs.SWEEP_STATUS_FILE,
-                            {"name": sweep.name, "order": order, "runs": results})
+            _write_status(sweep_dir, status)
             print(f"[sweep {sweep.name}] interrupted in {name}; continue with "
                   f"cellae sweep --resume {sweep_dir}", file=sys.stderr, flush=True)
             raise
@@ -247,12 +496,23 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
             results[name] = {"status": "failed", "error": message,
                              "traceback": traceback.format_exc(limit=5)}
         results[name]["seconds"] = round(time.perf_counter() - started, 1)
-        runs.write_json(sweep_dir / runs.SWEEP_STATUS_FILE,
-                        {"name": sweep.name, "order": order, "runs": results})
+        _write_status(sweep_dir, status)
+    _finish(sweep, sweep_dir, order, status["runs"], evaluate)
+    return sweep_dir
+
+
+def _finish(sweep: Sweep, sweep_dir: Path, order: list[str], results: dict[str, dict[str, Any]],
+            evaluate: bool, again: str = "") -> None:
+    """Say how each run went; once no run is left in a job, write the summary of the repeats."""
+    results = {n: results[n] for n in order if n in results}
     failed = [n for n, r in results.items() if r["status"] == "failed"]
     summary = ", ".join(f"{n}: {r['status']}" for n, r in results.items())
     print(f"[sweep {sweep.name}] {summary}", file=sys.stderr)
-    if evaluate and any(REPEAT.match(name) for name in order):
+    waiting = [n for n, r in results.items() if r["status"] == SUBMITTED]
+    if waiting:
+        print(f"[sweep {sweep.name}] {len(waiting)} of {len(order)} runs are in their jobs; "
+              f"collect with: cellae sweep --resume {sweep_dir}", file=sys.stderr)
+    elif evaluate and any(REPEAT.match(name) for name in order):
         try:
             written = write_summary(sweep_dir, sweep.name)
             print(f"[sweep {sweep.name}] mean and spread over folds and seeds: {written}",
@@ -262,6 +522,5 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
     if failed:
         raise CellaeError(
             f"{len(failed)} of {len(results)} runs failed ({', '.join(failed)}); see {sweep_dir / runs.SWEEP_STATUS_FILE}, "
-            f"fix the cause and continue with --resume {sweep_dir}"
+            f"fix the cause and continue with --resume {sweep_dir}{again}"
         )
-    return sweep_dir
