@@ -210,6 +210,8 @@ class TrainConfig:
     grad_clip: float = 0.0
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Union[int, str] = "auto"  # noqa: UP007 - read by the validator at run time
+    # machines taking part; each runs train.devices processes (see docs/scaling.md)
+    num_nodes: int = 1
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = "auto"
     precision: Literal["32-true", "32", "16-mixed", "bf16-mixed"] = "32-true"
     num_workers: int = 0
@@ -406,6 +408,7 @@ def validate(config: Config, check_paths: bool = True) -> Config:
         "'auto' or a positive integer",
         t.devices,
     )
+    check(t.num_nodes >= 1, "train.num_nodes", "a positive integer", t.num_nodes)
     check(e.tsne_max_points >= 10, "eval.tsne_max_points", "at least 10", e.tsne_max_points)
     check(e.tsne_perplexity > 0, "eval.tsne_perplexity", "a positive number", e.tsne_perplexity)
     check(e.knn_k >= 1, "eval.knn_k", "a positive integer", e.knn_k)

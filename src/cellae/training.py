@@ -12,15 +12,22 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.environments import (
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -37,7 +44,8 @@ from cellae.errors import CellaeError
 from cellae.images import unit_float
 from cellae.models import build_model
 
-# set in the environment by the launching process so that DDP workers join its run folder
+# set in the environment by the launching process so that the DDP processes Lightning starts
+# for the other devices of its machine know its run folder
 RUN_DIR_ENV = "CELLAE_RUN_DIR"
 
 
@@ -272,6 +280,47 @@ def _devices(config: Config, accelerator: str) -> int | str:
     return devices
 
 
+def _devices_per_node(config: Config) -> int:
+    """The processes Lightning runs on each machine: one per device it trains on."""
+    accelerator = _accelerator(config)
+    devices = _devices(config, accelerator)
+    if devices == "auto":  # left as "auto" only off the CPU, where Lightning takes every device
+        return torch.cuda.device_count() if accelerator in ("gpu", "cuda") else 1
+    return int(devices)
+
+
+class Launch(NamedTuple):
+    """Where this process stands in a training launch."""
+
+    rank: int  # the global rank Lightning will give it; rank 0 owns the run folder
+    # started by a launcher (torchrun, srun, by hand, or Lightning's own for the other devices
+    # of a machine) that starts every process, so Lightning starts none from this one
+    external: bool
+
+
+def process_launch(config: Config) -> Launch:
+    """This process's global rank, read from the environment before the Trainer exists: the
+    run folder is chosen (and on rank 0 created) before there is a Trainer to ask.
+
+    LOCAL_RANK alone cannot tell: an external launcher sets it in every process, rank 0 too.
+    """
+    # the cluster launchers Lightning recognises, in the order it tries them; each numbers
+    # every process itself
+    for environment in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SLURM's srun advice: Lightning gives it itself
+            found = environment.detect()
+        if found:
+            return Launch(environment().global_rank(), external=True)
+    # Lightning's own environment: processes are counted node by node. LOCAL_RANK is set in a
+    # process started by hand and in those Lightning's launcher starts for the other devices;
+    # NODE_RANK (or torchrun's GROUP_RANK) is set on every machine but the first.
+    local_rank = os.environ.get("LOCAL_RANK")
+    node_rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    return Launch(node_rank * _devices_per_node(config) + int(local_rank or 0),
+                  external=local_rank is not None)
+
+
 def _quiet_lightning() -> None:
     """Silence advice that does not apply: our loaders yield row numbers, cut on the device."""
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -320,6 +369,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
     return L.Trainer(
         accelerator=accelerator,
         devices=devices,
+        num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
         max_epochs=t.epochs,
@@ -363,9 +413,10 @@ def _sides(config: Config, cache: CellCache) -> tuple[np.ndarray, np.ndarray, np
 
 
 def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None,
-         evaluate: bool, cache: CellCache | None = None,
+         evaluate: bool, owner: bool, cache: CellCache | None = None,
          sides: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> L.Trainer:
-    """Train in ``run_dir``; ``cache`` and its ``sides`` are given when the caller has them."""
+    """Train in ``run_dir``, which only its ``owner`` (global rank 0) writes; ``cache`` and its
+    ``sides`` are given when the caller has them."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     if cache is None:
         cache = prepare_cache(config.data, progress=sys.stderr.isatty())
@@ -373,8 +424,7 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
     train_idx, test_idx, fit_idx = sides if sides is not None else _sides(config, cache)
     _check_test_side(config, len(test_idx), evaluate)
     channels = int(cache.images.shape[1])
-    is_launcher = os.environ.get("LOCAL_RANK") is None
-    if is_launcher and ckpt_path is None:
+    if owner and ckpt_path is None:
         runs.write_split(run_dir, cache.files, train_idx, test_idx)
         summary = runs.data_summary(cache.labels, cache.patients, cache.class_names, train_idx, test_idx)
         # a file without a patient id is its own patient (see data.sources.labels)
@@ -393,7 +443,7 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
         num_workers=config.train.num_workers, data_on_device=config.train.data_on_device,
     )
     module = CellaeModule(config, channels)
-    if is_launcher and ckpt_path is None:
+    if owner and ckpt_path is None:
         runs.update_run_info(run_dir, parameters=sum(p.numel() for p in module.model.parameters()))
     trainer = build_trainer(config, run_dir, callbacks)
     os.environ[RUN_DIR_ENV] = str(run_dir)
@@ -402,7 +452,8 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except NonFiniteLossError as exc:
         kept = run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT
-        runs.update_run_info(run_dir, status="failed", error=str(exc))
+        if owner:
+            runs.update_run_info(run_dir, status="failed", error=str(exc))
         where = f"; the last good checkpoint is {kept}" if kept.exists() else ""
         raise NonFiniteLossError(f"{exc}{where}") from exc
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -422,6 +473,7 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
             if epoch_seconds else None,
             best_checkpoint=Path(trainer.checkpoint_callback.best_model_path).name or None,
             devices=trainer.num_devices,
+            nodes=trainer.num_nodes,
             accelerator=type(trainer.accelerator).__name__,
         )
     return trainer
@@ -445,7 +497,7 @@ def _interrupted(run_dir: Path, trainer: L.Trainer) -> TrainingInterrupted:
 
 def _finish(run_dir: Path, config: Config, trainer: L.Trainer, evaluate: bool) -> Path:
     if not trainer.is_global_zero:
-        # DDP workers stop here; the launching process evaluates and reports
+        # the other DDP processes stop here; global rank 0 evaluates and reports
         sys.exit(0)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -465,37 +517,56 @@ def train(
     callbacks: list[Callback] | None = None,
     timestamped: bool = True,
 ) -> Path:
-    """Train ``config`` into a new run folder under ``out`` and return its path."""
-    inherited = os.environ.get(RUN_DIR_ENV)
-    # a DDP worker opens the cache its launcher prepared, and splits it as the launcher did
-    cache: CellCache | None = None
-    sides = None
-    if inherited and os.environ.get("LOCAL_RANK") is not None:
-        run_dir = Path(inherited)
-    else:
-        _devices(config, _accelerator(config))  # before any work, as every other config mistake
-        # the data first: a cache build that is interrupted or fails leaves no run folder behind
-        cache = prepare_cache(config.data, progress=sys.stderr.isatty())
-        sides = _sides(config, cache)  # a split or class mistake, too, leaves no run folder behind
-        run_dir = runs.new_run_dir(out, config.name, timestamped=timestamped)
-        runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
-        runs.update_run_info(
-            run_dir, name=config.name, seed=config.seed, status="running",
-            cellae_version=__version__, torch_version=torch.__version__,
-            started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        )
+    """Train ``config`` into a new run folder under ``out`` and return its path.
+
+    Of the processes of a distributed run, global rank 0 alone creates and writes the run
+    folder; the others train beside it (see :func:`_rank_dir`)."""
+    _devices(config, _accelerator(config))  # before any work, as every other config mistake
+    if process_launch(config).rank > 0:
+        with _rank_dir() as run_dir:
+            # opens the cache and splits it as rank 0 does, in _fit
+            trainer = _fit(config, run_dir, None, callbacks, evaluate, owner=False)
+            return _finish(run_dir, config, trainer, evaluate)
+    # the data first: a cache build that is interrupted or fails leaves no run folder behind
+    cache = prepare_cache(config.data, progress=sys.stderr.isatty())
+    sides = _sides(config, cache)  # a split or class mistake, too, leaves no run folder behind
+    run_dir = runs.new_run_dir(out, config.name, timestamped=timestamped)
+    runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
+    runs.update_run_info(
+        run_dir, name=config.name, seed=config.seed, status="running",
+        cellae_version=__version__, torch_version=torch.__version__,
+        started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     print(f"training {config.model.family} '{config.name}' into {run_dir}", file=sys.stderr)
-    with _held(run_dir):
-        trainer = _fit(config, run_dir, None, callbacks, evaluate, cache, sides)
+    with _held(run_dir, owner=True):
+        trainer = _fit(config, run_dir, None, callbacks, evaluate, owner=True, cache=cache,
+                       sides=sides)
         return _finish(run_dir, config, trainer, evaluate)
 
 
 @contextlib.contextmanager
-def _held(run_dir: Path) -> Iterator[None]:
-    """The run folder's lock, taken by the launching process (the processes a DDP launch
-    starts, LOCAL_RANK set, work under their launcher's); and a run that fails, whatever the
-    error, says ``failed`` in run.json rather than staying ``running``."""
-    if os.environ.get("LOCAL_RANK") is not None:
+def _rank_dir() -> Iterator[Path]:
+    """The folder a process of global rank > 0 trains in; it writes nothing there (Lightning
+    saves checkpoints from rank 0 alone, into rank 0's folder).
+
+    Lightning's launcher hands the processes it starts its run folder (RUN_DIR_ENV). A process
+    that torchrun or srun started, on this machine or another, has no such folder to join and
+    must not make a run folder of its own: it gets a throwaway one.
+    """
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited:
+        yield Path(inherited)
+        return
+    with tempfile.TemporaryDirectory(prefix="cellae-rank-", ignore_cleanup_errors=True) as scratch:
+        yield Path(scratch)
+
+
+@contextlib.contextmanager
+def _held(run_dir: Path, owner: bool) -> Iterator[None]:
+    """The run folder's lock, taken by its owner, global rank 0 (the other processes of a DDP
+    run work under it); and a run that fails, whatever the error, says ``failed`` in run.json
+    rather than staying ``running``."""
+    if not owner:
         yield
         return
     with runs.run_lock(run_dir):
@@ -518,7 +589,10 @@ def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | Non
     last = run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT
     if not last.is_file():
         raise CellaeError(f"{run_dir} has no {runs.CHECKPOINT_DIR}/{runs.LAST_CHECKPOINT} to resume from")
-    with _held(run_dir):
+    # every process of a distributed resume is given this folder: on several machines it must
+    # be on a file system they share; only global rank 0 writes it
+    owner = process_launch(config).rank == 0
+    with _held(run_dir, owner):
         # read under the lock: a run still training would change it meanwhile
         state = runs.load_checkpoint(last)
         completed = int(state.get("epoch", -1)) + 1
@@ -526,10 +600,10 @@ def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | Non
                 and runs.read_run_info(run_dir).get("status") == "finished"):
             print(f"{run_dir} already finished all {config.train.epochs} epochs", file=sys.stderr)
             return run_dir
-        if os.environ.get("LOCAL_RANK") is None:
+        if owner:
             runs.truncate_metrics(run_dir, completed)
             runs.update_run_info(run_dir, status="running", resumed_from_epoch=completed)
             runs.warn_if_older_images(run_dir, config)
         print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
-        trainer = _fit(config, run_dir, last, callbacks, evaluate)
+        trainer = _fit(config, run_dir, last, callbacks, evaluate, owner)
         return _finish(run_dir, config, trainer, evaluate)
