@@ -50,6 +50,10 @@ def test_training_leaves_every_figure_and_number(vae_run):
     assert codes["codes"].shape == (n, 4)
     assert len(codes["labels"]) == len(codes["patients"]) == len(codes["files"]) == n
     assert set(codes["side"]) == {"train", "test"}
+    # each part's seconds, so a slow evaluation says which part to blame; they fit the total
+    parts = result["seconds_by_part"]
+    assert {"encode", "reconstruction", "tsne", "pca_baseline", "figures"} <= set(parts)
+    assert 0 < sum(parts.values()) <= result["seconds"] + 0.01
 
 
 def test_a_moved_run_evaluates_the_same_from_its_folder_alone(vae_run, tmp_path):

@@ -126,7 +126,10 @@ def cell_mask(image: np.ndarray) -> np.ndarray:
     enough to read as padding, but it lies inside the cell).
     """
     _check_rgb(image)
-    bright = image.max(axis=2) > DARK_THRESHOLD
+    # channel by channel: numpy's max over a last axis of 3 is some 15x slower, and this line
+    # was a quarter of a cache build
+    brightest = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
+    bright = brightest > DARK_THRESHOLD
     labels, count = ndimage.label(bright)
     if count == 0:
         return bright

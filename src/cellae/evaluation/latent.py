@@ -155,15 +155,21 @@ def pca_baseline(
     return pca.transform(train), pca.transform(test)
 
 
+# openTSNE's own switch-over point between its two gradient methods
+FFT_FROM_POINTS = 10_000
+
+
 def tsne_embedding(
     codes: np.ndarray, max_points: int, perplexity: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """2-D openTSNE embedding (FFT gradients, one thread, seeded) of at most ``max_points`` codes.
+    """2-D openTSNE embedding (seeded, on every core) of at most ``max_points`` codes.
 
     Returns the embedding (M, 2) and the indices into ``codes`` it belongs to (sorted; a seeded
     subsample above ``max_points``). The perplexity shrinks below (M - 1) / 3 for few points.
     """
     from openTSNE import TSNE  # slow to import; only evaluation needs it
+
+    from cellae.data.cache import available_cores
 
     codes = _codes(codes, "codes")
     chosen = _subsample(len(codes), max_points, seed)
@@ -174,13 +180,11 @@ def tsne_embedding(
     tsne = TSNE(
         n_components=2,
         perplexity=effective,
-        negative_gradient_method="fft",
-        # The default floor of 50 grid intervals makes small embeddings (spans under 50 units)
-        # several times slower for no visible gain; at 10 the intervals stay <= 1 unit wide
-        # once the span passes 10, as with the default on large data.
-        min_num_intervals=10,
+        # Barnes-Hut below 10,000 points, FFT interpolation above: measured in
+        # benchmarks/run.py, FFT's fixed grid cost made the sample's 900-point maps 4x slower
+        negative_gradient_method="bh" if m < FFT_FROM_POINTS else "fft",
         random_state=seed,
-        n_jobs=1,
+        n_jobs=available_cores(),
         verbose=False,
     )
     embedding = np.asarray(tsne.fit(codes[chosen]), dtype=np.float64)

@@ -9,6 +9,7 @@ and ``latents.npz``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import sys
@@ -35,6 +36,8 @@ from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
 
 BATCH = 256
+# top-level keys of metrics.json that are not a family's numbers
+RESERVED_KEYS = ("columns", "figures", "seconds", "seconds_by_part")
 # the reconstruction numbers every run shows in a report, before its latent metrics
 RECONSTRUCTION_COLUMNS = (
     Column("reconstruction.psnr_interior", "PSNR interior (dB)", "higher", 2, SAME_IMAGES),
@@ -56,6 +59,17 @@ class Evaluation:
     shown_rows: np.ndarray  # cache rows whose reconstructions are drawn
     reconstructions: np.ndarray  # uint8, of shown_rows
     family_view: FamilyEvaluation = field(repr=False)
+    # seconds spent in each part, so a slow evaluation says which part to blame
+    seconds_by_part: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _timed(parts: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        parts[name] = round(parts.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
 def _source_cache(config: Config, source: str | None) -> CellCache:
@@ -156,11 +170,14 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     labels = np.asarray(cache.labels)
     patients = np.asarray(cache.patients).astype(str)
 
+    parts: dict[str, float] = {}
     every = np.concatenate([train_idx, test_idx])
-    codes = encode_images(model, cache.images, every)
+    with _timed(parts, "encode"):
+        codes = encode_images(model, cache.images, every)
     n_train = len(train_idx)
     train_codes, test_codes = codes[:n_train], codes[n_train:]
-    reconstruction, errors = _reconstruction_numbers(model, cache, test_idx)
+    with _timed(parts, "reconstruction"):
+        reconstruction, errors = _reconstruction_numbers(model, cache, test_idx)
     result: dict[str, Any] = {
         "source": source,
         "family": model.family,
@@ -171,26 +188,30 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     if config.data.train_classes and _has_classes(cache, config.data.train_classes):
         result["anomaly"] = anomaly.anomaly_numbers(errors, labels[test_idx], cache.class_names,
                                                     config.data.train_classes)
-    probe = _latent_block(config, train_codes, labels[train_idx], test_codes, labels[test_idx])
+    with _timed(parts, "latent_metrics"):
+        probe = _latent_block(config, train_codes, labels[train_idx], test_codes, labels[test_idx])
     probe["test_patients"] = result["data"]["test"]["patients"]
     result["probe"] = probe
-    pca_train, pca_test = latent.pca_baseline(
-        _pixels(cache, train_idx), _pixels(cache, test_idx), int(model.latent_dim), seed
-    )
-    result["pca_baseline"] = _latent_block(
-        config, pca_train, labels[np.sort(train_idx)], pca_test, labels[np.sort(test_idx)]
-    )
-    result["spot_baseline"] = _latent_block(
-        config, _spots(cache, train_idx), labels[np.sort(train_idx)], _spots(cache, test_idx),
-        labels[np.sort(test_idx)],
-    )
+    with _timed(parts, "pca_baseline"):
+        pca_train, pca_test = latent.pca_baseline(
+            _pixels(cache, train_idx), _pixels(cache, test_idx), int(model.latent_dim), seed
+        )
+        result["pca_baseline"] = _latent_block(
+            config, pca_train, labels[np.sort(train_idx)], pca_test, labels[np.sort(test_idx)]
+        )
+    with _timed(parts, "spot_baseline"):
+        result["spot_baseline"] = _latent_block(
+            config, _spots(cache, train_idx), labels[np.sort(train_idx)],
+            _spots(cache, test_idx), labels[np.sort(test_idx)],
+        )
     view = FamilyEvaluation(
         test_batches=lambda: _batches(cache.images, test_idx, loaded.device),
         test_codes=test_codes, test_losses=reconstruction, eval=e, seed=seed, title=config.name,
     )
-    family_numbers = model.evaluation_numbers(view)
+    with _timed(parts, "family"):
+        family_numbers = model.evaluation_numbers(view)
     if family_numbers:
-        if model.family in result or model.family in ("columns", "figures", "seconds"):
+        if model.family in result or model.family in RESERVED_KEYS:
             raise ValueError(f"a family may not be named {model.family!r}: metrics.json uses it")
         result[model.family] = family_numbers
     columns = list(RECONSTRUCTION_COLUMNS)
@@ -202,12 +223,16 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     columns += list(model.report_columns)
     result["columns"] = [c.to_dict() for c in columns]
 
-    tsne, tsne_rows = latent.tsne_embedding(test_codes, e.tsne_max_points, e.tsne_perplexity, seed)
+    with _timed(parts, "tsne"):
+        tsne, tsne_rows = latent.tsne_embedding(test_codes, e.tsne_max_points, e.tsne_perplexity,
+                                                seed)
     shown = test_idx[plots.balanced_pick(labels[test_idx], e.n_reconstructions, seed)]
-    reconstructions = to_uint8(loaded.reconstruct(cache.images[shown]))
+    with _timed(parts, "reconstruction"):
+        reconstructions = to_uint8(loaded.reconstruct(cache.images[shown]))
     return Evaluation(
         metrics=result, codes=codes, rows=every, n_train=n_train, tsne=tsne, tsne_rows=tsne_rows,
         shown_rows=shown, reconstructions=reconstructions, family_view=view,
+        seconds_by_part=parts,
     )
 
 
@@ -335,8 +360,12 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     evaluation = compute(loaded, cache, train_idx, test_idx, source)
-    evaluation.metrics["figures"] = draw(evaluation, loaded, cache, runs.figures_dir(run_dir, data), rows)
+    parts = evaluation.seconds_by_part
+    with _timed(parts, "figures"):
+        evaluation.metrics["figures"] = draw(evaluation, loaded, cache,
+                                             runs.figures_dir(run_dir, data), rows)
     evaluation.metrics["seconds"] = round(time.perf_counter() - started, 2)
+    evaluation.metrics["seconds_by_part"] = parts
     write(evaluation, cache, out_dir)
     if data is None and runs.read_run_info(run_dir).get("status") == "trained":
         # trained in full and now evaluated: what training's own evaluation would have left

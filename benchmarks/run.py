@@ -1,0 +1,506 @@
+"""cellae against the hardware and the usual alternatives, measured side by side in one run.
+
+    python benchmarks/run.py [SOURCE] [--quick] [--out BENCHMARKS.md]
+
+Every figure is a ratio of two things timed in this process, one after the other, because
+the machines are shared and noisy: training through cellae against a bare PyTorch loop of the
+same model, the cache against a Pillow ``Dataset``, the cache build against a bare decode loop,
+openTSNE against scikit-learn. SOURCE is a folder of class subfolders of images; it defaults
+to the malaria sample beside the project and, where that is absent, to synthetic cells written
+out as PNG files. The table is printed and written into BENCHMARKS.md, between the markers of
+this machine's kind (CPU or GPU), so the other kind's latest table stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "data" / "malaria-sample" / "cell_images"
+MODEL_CONFIG = ROOT / "configs" / "malaria" / "{family}.yaml"
+SIZE = 64
+BATCH = 128
+GPU_BATCH = 1024
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table: what was measured, cellae's figure, the other's, their ratio."""
+
+    section: str
+    what: str
+    cellae: str
+    other: str
+    ratio: float | None
+    target: str = ""
+    met: bool | None = None
+
+
+@dataclasses.dataclass
+class Scale:
+    """How much work each section does: the full run, or ``--quick``."""
+
+    train_images: int
+    steps_timed: int
+    tsne_points: tuple[int, ...]
+    memory_images: int
+    data_images: int
+
+
+FULL = Scale(train_images=1536, steps_timed=10, tsne_points=(5000, 20000), memory_images=4504,
+             data_images=4504)
+QUICK = Scale(train_images=512, steps_timed=3, tsne_points=(2000,), memory_images=500,
+              data_images=1024)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def cores() -> int:
+    from cellae.data.cache import available_cores
+
+    return available_cores()
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- data
+
+
+def write_synthetic_pngs(folder: Path, n: int) -> Path:
+    """Synthetic cells as PNG files in class folders: a stand-in where no real images are."""
+    from PIL import Image
+
+    from cellae.config import DataConfig, SyntheticConfig
+    from cellae.data.sources import open_source
+
+    source = open_source(DataConfig(synthetic=SyntheticConfig(n_images=n)))
+    for i, name in enumerate(source.files):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(source.load(i)).save(path)
+    return folder
+
+
+def image_files(source: Path) -> list[Path]:
+    return sorted(p for p in source.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+class PillowCells(torch.utils.data.Dataset):
+    """The usual pipeline: each access opens a file, decodes it and resizes it with Pillow."""
+
+    def __init__(self, files: list[Path], size: int) -> None:
+        self.files = files
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as image:
+            pixels = np.asarray(image.convert("RGB").resize((self.size, self.size), Image.BILINEAR))
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+
+def bare_decode(files: list[Path], size: int) -> np.ndarray:
+    """A bare single-process decode-and-resize loop: what a cache build is measured against."""
+    from PIL import Image
+
+    out = np.empty((len(files), 3, size, size), np.uint8)
+    for i, path in enumerate(files):
+        with Image.open(path) as image:
+            out[i] = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+
+class StepClock:
+    """Times the steady state of one epoch: from the end of its first step to the end of its last."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.images: list[int] = []
+
+    def tick(self, images: int) -> None:
+        synchronize()
+        self.times.append(time.perf_counter())
+        self.images.append(images)
+
+    def rate(self) -> float:
+        return sum(self.images[1:]) / (self.times[-1] - self.times[0])
+
+
+def step_clock_callback(clock: StepClock, epoch: int) -> Any:
+    import lightning as L
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+            if trainer.current_epoch == epoch:
+                clock.tick(len(batch[0]))
+
+    return Clock()
+
+
+def run_config(family: str, cache_dir: str, source: Path, batch: int, precision: str) -> Any:
+    from cellae.config import load_config
+
+    return load_config(str(MODEL_CONFIG).format(family=family), [
+        f"data.source={source}", f"data.cache_dir={cache_dir}", f"data.image_size={SIZE}",
+        "train.epochs=2", f"train.batch_size={batch}", f"train.precision={precision}",
+        "eval.enabled=false", f"name=bench-{family}",
+    ], check_paths=False)
+
+
+def cellae_rate(config: Any, cache: Any, rows: np.ndarray, test: np.ndarray, out: Path) -> float:
+    """Images/s of training through cellae: its LightningModule, datamodule and Trainer."""
+    from cellae import runs, training
+
+    run_dir = runs.new_run_dir(out, config.name)
+    clock = StepClock()
+    training._fit(config, run_dir, None, [step_clock_callback(clock, epoch=1)], evaluate=False,
+                  cache=cache, sides=(rows, test, rows))
+    return clock.rate()
+
+
+def bare_rate(config: Any, cache: Any, rows: np.ndarray, device: torch.device, steps: int,
+              bf16_channels_last: bool = False) -> float:
+    """Images/s of a bare PyTorch loop of the same model and loss: data already on the device,
+    a new permutation per epoch, Adam; nothing else."""
+    from cellae.images import unit_float
+    from cellae.models import build_model
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, SIZE, int(cache.images.shape[1])).to(device)
+    if bf16_channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    images = torch.from_numpy(np.asarray(cache.images[np.sort(rows)])).to(device)
+    masks = torch.from_numpy(np.asarray(cache.masks[np.sort(rows)])).to(device)
+    batch = config.train.batch_size
+    clock = StepClock()
+    order = torch.randperm(len(rows), device=device)
+    for step in range(steps + 1):
+        start = (step * batch) % max(1, len(rows) - batch + 1)
+        pick = order[start:start + batch]
+        x = unit_float(images[pick])
+        if bf16_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_channels_last):
+            output = model(x)
+            losses = model.loss(x, masks[pick].float(), output, model.schedule(1.0))
+        losses["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.tick(len(pick))
+    return clock.rate()
+
+
+def flops_per_image(config: Any, channels: int, device: torch.device) -> float:
+    """Floating-point operations of one training step (forward, loss, backward), per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cellae.models import build_model
+
+    model = build_model(config.model, SIZE, channels).to(device)
+    x = torch.rand(16, channels, SIZE, SIZE, device=device)
+    mask = torch.ones(16, SIZE, SIZE, device=device)
+    with FlopCounterMode(display=False) as counter:
+        losses = model.loss(x, mask, model(x), model.schedule(1.0))
+        losses["loss"].backward()
+    return counter.get_total_flops() / 16
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """Dense matrix-multiply FLOP/s of this machine, measured here: the roof to compare with."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.rand(n, n, device=device, dtype=dtype)
+    b = torch.rand(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize()
+    repeats = 50 if device.type == "cuda" else 10
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def training_rows(cache: Any, source: Path, scale: Scale, device: torch.device) -> list[Row]:
+    rows_out: list[Row] = []
+    n = min(scale.train_images, len(cache) - 64)
+    train = np.arange(n)
+    test = np.arange(n, min(len(cache), n + 64))
+    out = Path(tempfile.mkdtemp(prefix="cellae-bench-runs-"))
+    roof = matmul_flops(device)
+    settings = [("32-true", BATCH, False)]
+    if device.type == "cuda":
+        settings.append(("bf16-mixed", GPU_BATCH, True))
+    for family in ("ae", "vae"):
+        for precision, batch, fast in settings:
+            config = run_config(family, str(cache.path.parent), source, batch, precision)
+            steps = max(scale.steps_timed, 2)
+            # the bare loop before and after cellae, so a drift of the machine's speed evens out
+            before = bare_rate(config, cache, train, device, steps, fast)
+            ours = cellae_rate(config, cache, train, test, out)
+            after = bare_rate(config, cache, train, device, steps, fast)
+            bare = (before + after) / 2
+            label = f"{family.upper()} {SIZE} px, batch {batch}, {precision}"
+            rows_out.append(Row("training loop", f"images/s, {label}", f"{ours:,.0f}",
+                                f"{bare:,.0f} (bare loop)", ours / bare, ">= 0.9", ours / bare >= 0.9))
+            if precision == "32-true":
+                flops = flops_per_image(config, int(cache.images.shape[1]), device)
+                achieved = flops * ours
+                rows_out.append(Row("training loop", f"FLOP/s achieved, {family.upper()} "
+                                    f"({flops / 1e9:.2f} GFLOP per image per step)",
+                                    f"{achieved / 1e9:,.1f} G", f"{roof / 1e9:,.1f} G (dense matmul)",
+                                    achieved / roof))
+            say(f"  {label}: cellae {ours:,.0f} images/s, bare loop {bare:,.0f} "
+                f"({before:,.0f} before, {after:,.0f} after)")
+    return rows_out
+
+
+# ---------------------------------------------------------------- data path and cache
+
+
+def rate_of(batches: Iterator[Any], count: Callable[[Any], int]) -> float:
+    started = time.perf_counter()
+    images = sum(count(b) for b in batches)
+    return images / (time.perf_counter() - started)
+
+
+def data_rows(cache: Any, files: list[Path], scale: Scale, training_rate: float) -> list[Row]:
+    from cellae.data.datamodule import CellDataModule
+
+    n = min(scale.data_images, len(cache), len(files))
+    rows = np.arange(n)
+    module = CellDataModule(cache, rows, rows[:0], BATCH, seed=0)
+    device = torch.device("cpu")
+    ours = rate_of((module.gather(b, device) for b in module.train_dataloader()),
+                   lambda b: len(b.images))
+    out = [Row("data path", f"images/s the loop receives ({n} images, batch {BATCH})",
+               f"{ours:,.0f}", f"{training_rate:,.0f} (training consumes)", ours / training_rate,
+               ">= 20", ours / training_rate >= 20)]
+    subset = files[:n]
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(PillowCells(subset, SIZE), batch_size=BATCH,
+                                             shuffle=True, num_workers=workers)
+        theirs = rate_of(iter(loader), len)
+        out.append(Row("data path", f"against a Pillow Dataset, DataLoader with {workers} workers",
+                       f"{ours:,.0f}", f"{theirs:,.0f}", ours / theirs))
+        say(f"  cache {ours:,.0f} images/s, Pillow with {workers} workers {theirs:,.0f}")
+    return out
+
+
+def cache_rows(source: Path, files: list[Path], work: Path) -> tuple[list[Row], Any]:
+    from cellae.config import DataConfig
+    from cellae.data.cache import prepare_cache
+
+    data = DataConfig(source=str(source), image_size=SIZE, cache_dir=str(work / "cache"))
+    started = time.perf_counter()
+    cache = prepare_cache(data, progress=False)
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    prepare_cache(data, progress=False)
+    reuse = time.perf_counter() - started
+    started = time.perf_counter()
+    bare_decode(files, SIZE)
+    bare = time.perf_counter() - started
+    say(f"  cache build {cold:.1f} s ({cache.meta['workers']} processes), bare decode loop "
+        f"{bare:.1f} s, reuse {reuse * 1000:.0f} ms")
+    return [
+        Row("cache build", f"cold build of {len(cache)} images, masks included "
+            f"({cache.meta['workers']} processes), seconds", f"{cold:.1f}",
+            f"{bare:.1f} (bare 1-process decode and resize)", bare / cold, ">= 1", bare / cold >= 1),
+        Row("cache build", "reuse, seconds", f"{reuse:.3f}", "", None, "< 1", reuse < 1),
+    ], cache
+
+
+def memory_rows(scale: Scale) -> list[Row]:
+    """Peak resident memory of a cache build of synthetic cells at 1x and 10x, each in a fresh
+    process so that neither inherits the other's pages."""
+    script = (
+        "import json, resource, sys, tempfile\n"
+        "from cellae.config import DataConfig, SyntheticConfig\n"
+        "from cellae.data.cache import prepare_cache\n"
+        "with tempfile.TemporaryDirectory() as d:\n"
+        "    prepare_cache(DataConfig(synthetic=SyntheticConfig(n_images=int(sys.argv[1])),\n"
+        f"                  image_size={SIZE}, cache_dir=d), progress=False)\n"
+        "print(json.dumps([resource.getrusage(w).ru_maxrss / 1024 for w in\n"
+        "                  (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]))\n"
+    )
+    peaks = {}
+    for factor in (1, 10):
+        n = scale.memory_images * factor
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True,
+                              text=True, check=True)
+        own, worker = json.loads(done.stdout.strip().splitlines()[-1])
+        peaks[factor] = (own, worker)
+        say(f"  cache build of {n} synthetic cells: peak {own:.0f} MB (builder), {worker:.0f} MB "
+            f"(largest worker), {time.perf_counter() - started:.0f} s")
+    growth = max(peaks[10]) / max(peaks[1])
+    return [Row("memory", f"peak resident MB of a cache build, {scale.memory_images * 10:,} "
+                f"against {scale.memory_images:,} synthetic cells (builder / largest worker)",
+                f"{peaks[10][0]:.0f} / {peaks[10][1]:.0f}", f"{peaks[1][0]:.0f} / {peaks[1][1]:.0f}",
+                growth, "<= 1.2", growth <= 1.2)]
+
+
+# ---------------------------------------------------------------- evaluation and t-SNE
+
+
+def evaluation_rows(cache: Any, source: Path, work: Path) -> list[Row]:
+    from cellae import runs
+    from cellae.config import load_config
+    from cellae.evaluation.run import evaluate_run
+    from cellae.training import train
+
+    config = load_config(str(MODEL_CONFIG).format(family="ae"), [
+        f"data.source={source}", f"data.cache_dir={cache.path.parent}", f"data.image_size={SIZE}",
+        "train.epochs=1", "name=bench-eval"], check_paths=False)
+    run_dir = train(config, work / "eval-runs", evaluate=False)
+    result = evaluate_run(run_dir, quiet=True)
+    parts = result.get("seconds_by_part", {})
+    n = result["reconstruction"]["n_images"]
+    detail = ", ".join(f"{k} {v:.1f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+    say(f"  evaluation {result['seconds']:.1f} s: {detail}")
+    del runs
+    return [Row("evaluation", f"seconds per run ({len(cache)} images, {n} test): {detail}",
+                f"{result['seconds']:.1f}", "", None, "< 10 s", result["seconds"] < 10)]
+
+
+def mixture(n: int, seed: int = 0, dims: int = 20, clusters: int = 10) -> np.ndarray:
+    """Latent-like points: a mixture of Gaussian clusters in 20 dimensions."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (clusters, dims))
+    return (centres[rng.integers(0, clusters, n)] + rng.normal(0, 1, (n, dims))).astype(np.float32)
+
+
+def tsne_rows(scale: Scale) -> list[Row]:
+    from sklearn.manifold import TSNE, trustworthiness
+
+    from cellae.evaluation.latent import tsne_embedding
+
+    out = []
+    for n in scale.tsne_points:
+        points = mixture(n)
+        started = time.perf_counter()
+        ours, _ = tsne_embedding(points, n, 30.0, 0)
+        ours_s = time.perf_counter() - started
+        started = time.perf_counter()
+        theirs = TSNE(n_components=2, perplexity=30.0, init="pca", random_state=0,
+                      n_jobs=-1).fit_transform(points)
+        theirs_s = time.perf_counter() - started
+        # trustworthiness holds an n x n distance matrix: score a seeded 5,000-point subset
+        pick = np.sort(np.random.default_rng(0).choice(n, size=min(n, 5000), replace=False))
+        t_ours = trustworthiness(points[pick], ours[pick], n_neighbors=10)
+        t_theirs = trustworthiness(points[pick], theirs[pick], n_neighbors=10)
+        speed = theirs_s / ours_s
+        say(f"  t-SNE of {n}: openTSNE {ours_s:.1f} s (trust {t_ours:.3f}), scikit-learn "
+            f"{theirs_s:.1f} s (trust {t_theirs:.3f})")
+        out.append(Row("t-SNE", f"seconds at {n:,} points (trustworthiness, 10 neighbours)",
+                       f"{ours_s:.1f} ({t_ours:.3f})", f"{theirs_s:.1f} ({t_theirs:.3f}) scikit-learn",
+                       speed, ">= 3x at 20,000, trust >=",
+                       (speed >= 3 and t_ours >= t_theirs - 1e-3) if n >= 20000 else None))
+    return out
+
+
+# ---------------------------------------------------------------- the table
+
+
+def machine() -> str:
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+              f"CPU ({platform.processor() or platform.machine()})")
+    return (f"{time.strftime('%Y-%m-%d')}, {device}, {cores()} cores available, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| section | what | cellae | the other | ratio | target | met |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(f"| {r.section} | {r.what} | {r.cellae} | {r.other} | {ratio} | {r.target} | {met} |")
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, kind: str, text: str) -> None:
+    """Replace this kind's block of ``path`` and keep the rest (the other kind's latest table)."""
+    start, end = f"<!-- {kind} table: written by benchmarks/run.py -->", f"<!-- end of {kind} table -->"
+    block = f"{start}\n{text}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else f"{old.rstrip()}\n\n{block}\n"
+    path.write_text(new)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", nargs="?", default=str(SAMPLE))
+    parser.add_argument("--quick", action="store_true", help="a smaller run, for a first look")
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"),
+                        help="the markdown file to update ('' for none)")
+    args = parser.parse_args()
+    scale = QUICK if args.quick else FULL
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="cellae-bench-"))
+    source = Path(args.source)
+    if not source.is_dir():
+        say(f"no images at {source}: writing {scale.data_images} synthetic cells as PNG files")
+        source = write_synthetic_pngs(work / "synthetic", scale.data_images)
+    files = image_files(source)
+    say(f"{machine()}\nsource: {source} ({len(files)} images)")
+    rows: list[Row] = []
+    say("cache build")
+    built, cache = cache_rows(source, files, work)
+    rows += built
+    say("training loop")
+    rows += training_rows(cache, source, scale, device)
+    say("data path")
+    rows += data_rows(cache, files, scale, float(rows[len(built)].cellae.replace(",", "")))
+    say("evaluation")
+    rows += evaluation_rows(cache, source, work)
+    say("t-SNE")
+    rows += tsne_rows(scale)
+    say("memory")
+    rows += memory_rows(scale)
+    minutes = (time.perf_counter() - started) / 60
+    kind = "GPU" if device.type == "cuda" else "CPU"
+    text = (f"### {kind}: {machine()}\n\n`python benchmarks/run.py{' --quick' if args.quick else ''}` "
+            f"on {source.name} ({len(files)} images), {minutes:.1f} min in all.\n\n{table(rows)}")
+    print(text)
+    if args.out:
+        write_markdown(Path(args.out), kind, text)
+        say(f"written into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    sys.exit(main())
