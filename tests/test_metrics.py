@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from cellae.evaluation.metrics import PSNR_CAP_DB, mse_psnr, ssim
+from cellae.evaluation.metrics import PSNR_CAP_DB, mse_psnr, ssim, ssim_per_image
 from cellae.models.vae import active_units, kl_per_dimension
 
 
@@ -109,6 +110,16 @@ def test_ssim_matches_scikit_image(channels: int) -> None:
         for a, b in zip(smooth, recons, strict=True)
     ])
     assert ssim(smooth, recons) == pytest.approx(expected, abs=1e-9)
+
+
+def test_ssim_on_float32_tensors_agrees_with_the_float64_figure() -> None:
+    """Evaluation computes SSIM on the model's device in float32, batch by batch."""
+    originals = random_images(6, 3, seed=4)
+    smooth = np.cumsum(originals, axis=-1) / np.arange(1, 33)
+    recons = np.clip(smooth + np.random.default_rng(5).normal(0, 0.1, smooth.shape), 0, 1)
+    per_image = ssim_per_image(torch.from_numpy(smooth).float(), torch.from_numpy(recons).float())
+    assert per_image.shape == (6,) and per_image.dtype == torch.float32
+    assert float(per_image.double().mean()) == pytest.approx(ssim(smooth, recons), abs=1e-4)
 
 
 def test_ssim_refuses_images_smaller_than_its_window() -> None:
