@@ -282,3 +282,36 @@ def test_resume_copes_with_a_damaged_metrics_csv(tmp_path):
     (run_dir / runs.METRICS_FILE).write_text("")
     resumed = resume(run_dir, evaluate=False)
     assert [int(r["epoch"]) for r in metric_rows(resumed)] == [2]  # epoch 1's row was lost
+
+
+def test_compile_that_fails_trains_uncompiled_with_a_warning(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def broken_compile(model, **kwargs):
+        calls.append(model)
+
+        def fails(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found\nlong inductor traceback")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    run_dir = train(tiny_config(tmp_path, train={"epochs": 1, "compile": True}), tmp_path / "runs",
+                    evaluate=False)
+    assert len(calls) == 1 and len(metric_rows(run_dir)) == 1
+    assert "torch.compile failed (no C++ compiler found); training without it" in capsys.readouterr().err
+    # the checkpoint holds the model's own keys, not a compiled wrapper's
+    assert not any("_orig_mod" in key or "_forward" in key for key in weights(run_dir))
+
+
+def test_channels_last_trains_to_the_same_losses(tmp_path):
+    """The memory layout is a speed setting: the arithmetic, and so the losses, stay (up to the
+    order of float sums, which Adam's normalised steps amplify in the weights themselves)."""
+    losses, keys = {}, {}
+    for layout in ("never", "always"):
+        config = tiny_config(tmp_path / layout, train={"epochs": 2, "channels_last": layout})
+        run_dir = train(config, tmp_path / layout / "runs", evaluate=False)
+        losses[layout] = [float(r[k]) for r in metric_rows(run_dir) for k in ("train_loss", "test_loss")]
+        keys[layout] = set(weights(run_dir))
+    assert keys["never"] == keys["always"]
+    assert losses["always"] == pytest.approx(losses["never"], rel=1e-4)

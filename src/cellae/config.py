@@ -220,6 +220,10 @@ class TrainConfig:
     data_on_device: Literal["auto", "always", "never"] = "auto"
     # dihedral: each training image turned or mirrored at random (cells have no orientation)
     augment: AugmentMode = "none"
+    # memory layout of images and weights: channels-last suits GPU tensor cores ("auto": on CUDA)
+    channels_last: Literal["auto", "always", "never"] = "auto"
+    # torch.compile the model; a model or machine it fails on trains uncompiled, with a warning
+    compile: bool = False
 
 
 @dataclass

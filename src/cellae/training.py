@@ -69,6 +69,14 @@ class CellaeModule(L.LightningModule):
         super().__init__()
         self.config = config
         self.model = build_model(config.model, config.data.image_size, channels)
+        # per side: the loss terms' names and, on the device, whether each went NaN/inf this
+        # epoch; read once per epoch (FiniteLossGuard), as reading it each step would wait
+        # for the device each step
+        self._nonfinite: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
+        # the forward pass training runs: the model, or its torch.compile'd wrapper (kept out
+        # of the module's children so the checkpoint's keys stay the model's own)
+        self._forward: list[Any] = [self.model]
+        self._channels_last = False
 
     def epochs_done(self) -> float:
         """Training progress in epochs, fractional within an epoch; what loss schedules follow."""
@@ -76,23 +84,34 @@ class CellaeModule(L.LightningModule):
             return math.inf
         return self.trainer.global_step / max(1, self.trainer.num_training_batches)
 
+    def on_fit_start(self) -> None:
+        t = self.config.train
+        on_gpu = self.device.type == "cuda"
+        self._channels_last = t.channels_last == "always" or (t.channels_last == "auto" and on_gpu)
+        if self._channels_last:
+            # cuDNN's tensor-core convolutions read NHWC; NCHW costs a transpose per layer
+            self.model.to(memory_format=torch.channels_last)
+        if t.compile:
+            self._forward = [compiled_or_eager(self.model, self._probe_batch())]
+
+    def _probe_batch(self) -> torch.Tensor:
+        size, channels = self.model.image_size, self.model.channels
+        return self._layout(torch.rand(2, channels, size, size, device=self.device))
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
+
     def _step(self, batch: Any, side: str) -> torch.Tensor:
         images, masks = batch[0], batch[1]
         if side == "train":
             images, masks = augment(self.config.train.augment, images, masks)
-        x = unit_float(images)
+        x = self._layout(unit_float(images))
         mask = masks.float()
-        output = self.model(x)
+        output = self._forward[0](x)
         # the test loss is always the full objective, as in evaluation: one definition of it
         weights = self.model.schedule(self.epochs_done()) if side == "train" else None
         losses = self.model.loss(x, mask, output, weights)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-            raise NonFiniteLossError(
-                f"{side} loss became {loss.item()} in epoch {self.current_epoch + 1} "
-                f"(non-finite parts: {', '.join(bad)}); lower train.lr or set train.grad_clip"
-            )
+        self._watch(side, losses)
         size = len(x)
         for key, value in losses.items():
             name = f"{side}_loss" if key == "loss" else f"{side}_{key}"
@@ -101,7 +120,31 @@ class CellaeModule(L.LightningModule):
         if weights:
             for key, value in weights.items():
                 self.log(key, value, on_step=False, on_epoch=True, batch_size=size)
-        return loss
+        return losses["loss"]
+
+    def _watch(self, side: str, losses: dict[str, torch.Tensor]) -> None:
+        """Note on the device, without waiting for it, whether a loss term is NaN or infinite."""
+        with torch.no_grad():
+            bad = torch.stack([~torch.isfinite(v) for v in losses.values()])
+            nan = torch.isnan(losses["loss"])
+        if side in self._nonfinite:
+            names, seen, seen_nan = self._nonfinite[side]
+            bad, nan = seen | bad, seen_nan | nan
+        self._nonfinite[side] = (list(losses), bad, nan)
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss went NaN or infinite since the last call."""
+        watched, self._nonfinite = self._nonfinite, {}
+        for side, (names, bad, nan) in watched.items():
+            flags = bad.tolist()  # the one read from the device per side and epoch
+            if any(flags):
+                parts = [name for name, flag in zip(names, flags, strict=True) if flag]
+                value = "nan" if bool(nan) else "infinite"
+                raise NonFiniteLossError(
+                    f"{side} loss became {value} in epoch {self.current_epoch + 1} "
+                    f"(non-finite parts: {', '.join(parts)}); lower train.lr or set "
+                    f"train.grad_clip"
+                )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -213,36 +256,80 @@ class LossProgressBar(TQDMProgressBar):
         return {k: f"{float(metrics[k]):.4g}" for k in self.shown(pl_module) if k in metrics}
 
 
+class FiniteLossGuard(Callback):
+    """Stops training at the end of an epoch whose loss went NaN or infinite, before its row is
+    written and before any checkpoint of its weights (it comes first among the callbacks)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(pl_module, CellaeModule):
+            pl_module.raise_if_nonfinite()
+
+
+def compiled_or_eager(model: torch.nn.Module, probe: torch.Tensor) -> Any:
+    """``torch.compile(model)`` where it compiles and runs a training step, else the model.
+
+    Compilation fails late, at the first call, and for reasons outside cellae (no C++ compiler,
+    an unsupported platform): a probe step finds out before training, and a failure costs a
+    warning instead of the run.
+    """
+    try:
+        compiled = torch.compile(model)
+        output = compiled(probe)
+        model.loss(probe, torch.ones_like(probe[:, 0]), output)["loss"].backward()
+    except Exception as exc:  # noqa: BLE001 - any compiler failure falls back the same way
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"train.compile: torch.compile failed ({reason[:200]}); training without it",
+              file=sys.stderr, flush=True)
+        return model
+    finally:
+        model.zero_grad(set_to_none=True)
+    return compiled
+
+
 class EpochLog(Callback):
     """Appends one row per epoch to ``metrics.csv`` and, off a terminal, prints one plain line
-    (a log file gets one line per epoch where a progress bar would fill it with redraws)."""
+    (a log file gets one line per epoch where a progress bar would fill it with redraws).
+
+    ``seconds`` is the whole epoch, its test pass included; ``images_per_second`` counts the
+    training steps' time alone, so that a large test side does not read as slow training.
+    """
 
     def __init__(self, run_dir: Path, plain_lines: bool) -> None:
         self.run_dir = run_dir
         self.plain_lines = plain_lines
         self._started = 0.0
         self._images = 0
+        self._test_started = 0.0
+        self._test_seconds = 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
         self._images = 0
+        self._test_seconds = 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         self._images += len(batch[0])
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._test_started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._test_seconds += time.perf_counter() - self._test_started
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         seconds = time.perf_counter() - self._started
+        training_seconds = seconds - self._test_seconds
         images = self._images * trainer.world_size
         row = {k: metrics.get(k, "") for k in pl_module.metric_columns()}
         row.update(
             epoch=trainer.current_epoch + 1,
             lr=trainer.optimizers[0].param_groups[0]["lr"],
             seconds=round(seconds, 3),
-            images_per_second=round(images / seconds, 1) if seconds > 0 else "",
+            images_per_second=round(images / training_seconds, 1) if training_seconds > 0 else "",
         )
         runs.append_metrics(self.run_dir, row)
         if self.plain_lines:
@@ -376,7 +463,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
         gradient_clip_val=t.grad_clip or None,
         # some GPU kernels have no deterministic version; warn there rather than refuse to train
         deterministic=True if (t.deterministic and accelerator == "cpu") else ("warn" if t.deterministic else False),
-        callbacks=[best, last, EpochLog(run_dir, plain_lines=not interactive)]
+        callbacks=[FiniteLossGuard(), best, last, EpochLog(run_dir, plain_lines=not interactive)]
         + ([LossProgressBar()] if interactive else []) + list(callbacks or []),
         logger=logger,
         enable_progress_bar=interactive,
@@ -463,13 +550,16 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
         raise _interrupted(run_dir, trainer) from exc
     if trainer.is_global_zero:
         rows = runs.read_metrics(run_dir)
-        epoch_seconds = sum(r.get("seconds", 0.0) for r in rows if math.isfinite(r.get("seconds", 0.0)))
+        # the training steps' own seconds per epoch, as images_per_second counted them
+        rates = [r["images_per_second"] for r in rows
+                 if isinstance(r.get("images_per_second"), float) and r["images_per_second"] > 0]
+        epoch_seconds = sum(len(fit_idx) / rate for rate in rates)
         runs.update_run_info(
             run_dir,
             status="trained",
             epochs_completed=trainer.current_epoch,
             fit_seconds=round(time.perf_counter() - started, 2),
-            train_images_per_second=round(len(fit_idx) * len(rows) / epoch_seconds, 1)
+            train_images_per_second=round(len(fit_idx) * len(rates) / epoch_seconds, 1)
             if epoch_seconds else None,
             best_checkpoint=Path(trainer.checkpoint_callback.best_model_path).name or None,
             devices=trainer.num_devices,
