@@ -164,52 +164,64 @@ def step_clock_callback(clock: StepClock, epoch: int) -> Any:
     return Clock()
 
 
-def run_config(family: str, cache_dir: str, source: Path, batch: int, precision: str) -> Any:
+def run_config(family: str, cache_dir: str, source: Path, batch: int, precision: str,
+               compiled: bool = False) -> Any:
     from cellae.config import load_config
 
     return load_config(str(MODEL_CONFIG).format(family=family), [
         f"data.source={source}", f"data.cache_dir={cache_dir}", f"data.image_size={SIZE}",
         "train.epochs=2", f"train.batch_size={batch}", f"train.precision={precision}",
-        "eval.enabled=false", f"name=bench-{family}",
+        f"train.compile={str(compiled).lower()}", "eval.enabled=false", f"name=bench-{family}",
     ], check_paths=False)
 
 
-def cellae_rate(config: Any, cache: Any, rows: np.ndarray, test: np.ndarray, out: Path) -> float:
-    """Images/s of training through cellae: its LightningModule, datamodule and Trainer."""
-    from cellae import runs, training
+def cellae_rate(config: Any, out: Path) -> float:
+    """Images/s of training through cellae: ``cellae train``'s own path, from the cache."""
+    from cellae.training import train
 
-    run_dir = runs.new_run_dir(out, config.name)
     clock = StepClock()
-    training._fit(config, run_dir, None, [step_clock_callback(clock, epoch=1)], evaluate=False,
-                  cache=cache, sides=(rows, test, rows))
+    train(config, out, evaluate=False, callbacks=[step_clock_callback(clock, epoch=1)])
     return clock.rate()
 
 
+def subset_folder(files: list[Path], source: Path, n: int, folder: Path) -> Path:
+    """Every k-th image of ``source`` (so all classes and patients), as links in ``folder``."""
+    step = max(1, len(files) // n)
+    for path in files[::step][:n]:
+        link = folder / path.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path.resolve())
+    return folder
+
+
 def bare_rate(config: Any, cache: Any, rows: np.ndarray, device: torch.device, steps: int,
-              bf16_channels_last: bool = False) -> float:
+              channels_last: bool, bf16: bool = False, compiled: bool = False) -> float:
     """Images/s of a bare PyTorch loop of the same model and loss: data already on the device,
-    a new permutation per epoch, Adam; nothing else."""
+    one random permutation, Adam; nothing else."""
     from cellae.images import unit_float
     from cellae.models import build_model
 
     torch.manual_seed(config.seed)
     model = build_model(config.model, SIZE, int(cache.images.shape[1])).to(device)
-    if bf16_channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    forward = torch.compile(model) if compiled else model
     images = torch.from_numpy(np.asarray(cache.images[np.sort(rows)])).to(device)
     masks = torch.from_numpy(np.asarray(cache.masks[np.sort(rows)])).to(device)
     batch = config.train.batch_size
     clock = StepClock()
     order = torch.randperm(len(rows), device=device)
-    for step in range(steps + 1):
+    # compiled: the first steps compile (once per batch shape); time the steps after them
+    warmup = 2 if compiled else 0
+    for step in range(steps + 1 + warmup):
+        if step == warmup and warmup:
+            clock = StepClock()
         start = (step * batch) % max(1, len(rows) - batch + 1)
         pick = order[start:start + batch]
-        x = unit_float(images[pick])
-        if bf16_channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_channels_last):
-            output = model(x)
+        x = unit_float(images[pick]).contiguous(memory_format=layout)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            output = forward(x)
             losses = model.loss(x, masks[pick].float(), output, model.schedule(1.0))
         losses["loss"].backward()
         optimizer.step()
@@ -249,37 +261,59 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> fl
     return 2 * n**3 * repeats / (time.perf_counter() - started)
 
 
-def training_rows(cache: Any, source: Path, scale: Scale, device: torch.device) -> list[Row]:
+def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.device,
+                  quick: bool, work: Path) -> list[Row]:
+    from cellae.config import DataConfig
+    from cellae.data.cache import prepare_cache
+
     rows_out: list[Row] = []
-    n = min(scale.train_images, len(cache) - 64)
-    train = np.arange(n)
-    test = np.arange(n, min(len(cache), n + 64))
-    out = Path(tempfile.mkdtemp(prefix="cellae-bench-runs-"))
+    # a fifth of the subset is the test side, as data.test_fraction has it
+    subset = subset_folder(files, source, int(scale.train_images / 0.8), work / "train-subset")
+    cache_dir = work / "cache"
+    cache = prepare_cache(DataConfig(source=str(subset), image_size=SIZE, cache_dir=str(cache_dir)),
+                          progress=False)
+    train = np.arange(len(cache))
+    out = work / "train-runs"
     roof = matmul_flops(device)
-    settings = [("32-true", BATCH, False)]
+    from cellae.models.base import prefers_channels_last
+
+    # cellae's default layout on this device; the bare loop runs it too, so that the ratio is
+    # of the loops alone (the layout's own gain is the row after the first)
+    layout = prefers_channels_last(device)
+    # (family, precision, batch, torch.compile)
+    settings = [("ae", "32-true", BATCH, False), ("vae", "32-true", BATCH, False)]
+    if not quick:
+        settings.append(("ae", "32-true", BATCH, True))
     if device.type == "cuda":
-        settings.append(("bf16-mixed", GPU_BATCH, True))
-    for family in ("ae", "vae"):
-        for precision, batch, fast in settings:
-            config = run_config(family, str(cache.path.parent), source, batch, precision)
-            steps = max(scale.steps_timed, 2)
-            # the bare loop before and after cellae, so a drift of the machine's speed evens out
-            before = bare_rate(config, cache, train, device, steps, fast)
-            ours = cellae_rate(config, cache, train, test, out)
-            after = bare_rate(config, cache, train, device, steps, fast)
-            bare = (before + after) / 2
-            label = f"{family.upper()} {SIZE} px, batch {batch}, {precision}"
-            rows_out.append(Row("training loop", f"images/s, {label}", f"{ours:,.0f}",
-                                f"{bare:,.0f} (bare loop)", ours / bare, ">= 0.9", ours / bare >= 0.9))
-            if precision == "32-true":
-                flops = flops_per_image(config, int(cache.images.shape[1]), device)
-                achieved = flops * ours
-                rows_out.append(Row("training loop", f"FLOP/s achieved, {family.upper()} "
-                                    f"({flops / 1e9:.2f} GFLOP per image per step)",
-                                    f"{achieved / 1e9:,.1f} G", f"{roof / 1e9:,.1f} G (dense matmul)",
-                                    achieved / roof))
-            say(f"  {label}: cellae {ours:,.0f} images/s, bare loop {bare:,.0f} "
-                f"({before:,.0f} before, {after:,.0f} after)")
+        settings.append(("ae", "bf16-mixed", GPU_BATCH, False))
+    steps = max(scale.steps_timed, 2)
+    for family, precision, batch, compiled in settings:
+        config = run_config(family, str(cache_dir), subset, batch, precision, compiled)
+        bf16 = precision.startswith("bf16")
+        # the bare loop before and after cellae, so a drift of the machine's speed evens out
+        before = bare_rate(config, cache, train, device, steps, layout, bf16, compiled)
+        ours = cellae_rate(config, out)
+        after = bare_rate(config, cache, train, device, steps, layout, bf16, compiled)
+        bare = (before + after) / 2
+        label = (f"{family.upper()} {SIZE} px, batch {batch}, {precision}"
+                 f"{', channels-last' if layout else ''}{', torch.compile' if compiled else ''}")
+        rows_out.append(Row("training loop", f"images/s, {label}", f"{ours:,.0f}",
+                            f"{bare:,.0f} (bare loop)", ours / bare, ">= 0.9", ours / bare >= 0.9))
+        say(f"  {label}: cellae {ours:,.0f} images/s, bare loop {bare:,.0f} "
+            f"({before:,.0f} before, {after:,.0f} after)")
+        if family == "ae" and precision == "32-true" and not compiled:
+            plain = bare_rate(config, cache, train, device, steps, channels_last=False)
+            rows_out.append(Row("training loop", "the layout's gain: the bare loop channels-last "
+                                "against PyTorch's default NCHW", f"{after:,.0f}", f"{plain:,.0f}",
+                                after / plain))
+            say(f"  bare loop in NCHW {plain:,.0f} images/s")
+        if precision == "32-true" and not compiled:
+            flops = flops_per_image(config, int(cache.images.shape[1]), device)
+            achieved = flops * ours
+            rows_out.append(Row("training loop", f"FLOP/s achieved, {family.upper()} "
+                                f"({flops / 1e9:.2f} GFLOP per image per step)",
+                                f"{achieved / 1e9:,.1f} G", f"{roof / 1e9:,.1f} G (dense matmul)",
+                                achieved / roof))
     return rows_out
 
 
@@ -349,8 +383,10 @@ def memory_rows(scale: Scale) -> list[Row]:
         "with tempfile.TemporaryDirectory() as d:\n"
         "    prepare_cache(DataConfig(synthetic=SyntheticConfig(n_images=int(sys.argv[1])),\n"
         f"                  image_size={SIZE}, cache_dir=d), progress=False)\n"
-        "print(json.dumps([resource.getrusage(w).ru_maxrss / 1024 for w in\n"
-        "                  (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]))\n"
+        # VmHWM, not ru_maxrss: the latter keeps the forking parent's size across exec
+        "own = [int(line.split()[1]) / 1024 for line in open('/proc/self/status')\n"
+        "       if line.startswith('VmHWM')][0]\n"
+        "print(json.dumps([own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))\n"
     )
     peaks = {}
     for factor in (1, 10):
@@ -481,7 +517,7 @@ def main() -> int:
     built, cache = cache_rows(source, files, work)
     rows += built
     say("training loop")
-    rows += training_rows(cache, source, scale, device)
+    rows += training_rows(source, files, scale, device, args.quick, work)
     say("data path")
     rows += data_rows(cache, files, scale, float(rows[len(built)].cellae.replace(",", "")))
     say("evaluation")

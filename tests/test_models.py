@@ -371,3 +371,18 @@ def test_spot_mse_makes_a_dark_spot_cost_more_than_the_same_error_in_plain_cytop
     assert spot(missed_spot, target, mask)[0] > 2 * spot(missed_plain, target, mask)[0]
     assert loss("spot_mse", gain=0.0)(missed_spot, target, mask)[0] == pytest.approx(
         loss("mse")(missed_spot, target, mask)[0].item())  # gain 0 is the plain loss
+
+
+def test_double_nearest_is_pytorchs_nearest_upsampling_forward_and_backward() -> None:
+    from cellae.models.blocks import DoubleNearest
+
+    x = torch.randn(3, 5, 4, 6, requires_grad=True)
+    ours = DoubleNearest()(x)
+    theirs = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    assert torch.equal(ours, theirs)
+    weights = torch.randn_like(ours)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), x)
+    torch.testing.assert_close(grad_ours, grad_theirs)
+    channels_last = x.detach().contiguous(memory_format=torch.channels_last)
+    assert torch.equal(DoubleNearest()(channels_last), theirs.detach())

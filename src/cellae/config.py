@@ -220,7 +220,8 @@ class TrainConfig:
     data_on_device: Literal["auto", "always", "never"] = "auto"
     # dihedral: each training image turned or mirrored at random (cells have no orientation)
     augment: AugmentMode = "none"
-    # memory layout of images and weights: channels-last suits GPU tensor cores ("auto": on CUDA)
+    # memory layout of weights and images; "auto" is channels-last on the CPU and CUDA, where it
+    # is faster (a speed setting: the values are the same up to the order of float sums)
     channels_last: Literal["auto", "always", "never"] = "auto"
     # torch.compile the model; a model or machine it fails on trains uncompiled, with a warning
     compile: bool = False

