@@ -171,7 +171,7 @@ def run_config(family: str, cache_dir: str, source: Path, batch: int, precision:
     return load_config(str(MODEL_CONFIG).format(family=family), [
         f"data.source={source}", f"data.cache_dir={cache_dir}", f"data.image_size={SIZE}",
         "train.epochs=2", f"train.batch_size={batch}", f"train.precision={precision}",
-        f"train.compile={str(compiled).lower()}", "eval.enabled=false", f"name=bench-{family}",
+        "eval.enabled=false", f"name=bench-{family}", *(["train.compile=true"] if compiled else []),
     ], check_paths=False)
 
 
@@ -275,7 +275,11 @@ def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.d
     train = np.arange(len(cache))
     out = work / "train-runs"
     roof = matmul_flops(device)
-    from cellae.models.base import prefers_channels_last
+    try:
+        from cellae.models.base import prefers_channels_last
+    except ImportError:  # a cellae before 0.2, measured for the "before" column: NCHW only
+        def prefers_channels_last(device: torch.device) -> bool:
+            return False
 
     # cellae's default layout on this device; the bare loop runs it too, so that the ratio is
     # of the loops alone (the layout's own gain is the row after the first)
