@@ -53,7 +53,7 @@ import yaml
 
 from cellae import runs
 from cellae.config import apply_overrides, config_from_dict, from_older_cellae, read_yaml
-from cellae.errors import CellaeError
+from cellae.errors import CellaeError, first_line
 from cellae.summary import REPEAT, write_summary
 
 SWEEP_FILE = "sweep.yaml"
@@ -293,8 +293,7 @@ def _write_status(sweep_dir: Path, status: dict[str, Any]) -> None:
 
 def runs_in_jobs(sweep_dir: Path) -> list[str]:
     """The runs of a sweep folder that its status file has in SLURM jobs not yet collected."""
-    path = sweep_dir / runs.SWEEP_STATUS_FILE
-    entries = runs.read_json_object(path).get("runs", {}) if path.is_file() else {}
+    entries = _read_status(sweep_dir).get("runs", {})
     return [n for n, r in entries.items() if isinstance(r, dict) and r.get("status") == SUBMITTED]
 
 
@@ -354,7 +353,7 @@ def _prepare_caches(sweep: Sweep, todo: list[tuple[str, dict[str, Any]]]) -> dic
             prepare_cache(config_from_dict(values_of[names[0]]).data,
                           progress=sys.stderr.isatty())
         except (CellaeError, RuntimeError, ValueError, OSError) as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             print(f"[sweep {sweep.name}] {', '.join(names)}: {message}", file=sys.stderr,
                   flush=True)
             failed |= dict.fromkeys(names, message)
@@ -491,7 +490,7 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
                   f"cellae sweep --resume {sweep_dir}", file=sys.stderr, flush=True)
             raise
         except (CellaeError, RuntimeError, ValueError, OSError) as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             print(f"[sweep {sweep.name}] {name} failed: {message}", file=sys.stderr, flush=True)
             results[name] = {"status": "failed", "error": message,
                              "traceback": traceback.format_exc(limit=5)}

@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from cellae.data.cache import FORMAT_VERSION, CellCache, available_cores, prepar
 from cellae.data.datamodule import CellDataModule
 from cellae.data.sources.labels import unmatched_warning
 from cellae.data.splits import split_indices, training_rows
-from cellae.errors import CellaeError
+from cellae.errors import CellaeError, first_line
 from cellae.images import unit_float
 from cellae.models import build_model
 from cellae.models.base import prefers_channels_last
@@ -274,7 +275,7 @@ def compiled_or_eager(model: torch.nn.Module, probe: torch.Tensor) -> Any:
         output = compiled(probe)
         model.loss(probe, torch.ones_like(probe[:, 0]), output)["loss"].backward()
     except Exception as exc:  # noqa: BLE001 - any compiler failure falls back the same way
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         print(f"train.compile: torch.compile failed ({reason[:200]}); training without it",
               file=sys.stderr, flush=True)
         return model
@@ -547,17 +548,16 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
         raise _interrupted(run_dir, trainer) from exc
     if trainer.is_global_zero:
         rows = runs.read_metrics(run_dir)
-        # the training steps' own seconds per epoch, as images_per_second counted them
+        # the training steps' own rate per epoch, without the test pass
         rates = [r["images_per_second"] for r in rows
                  if isinstance(r.get("images_per_second"), float) and r["images_per_second"] > 0]
-        epoch_seconds = sum(len(fit_idx) / rate for rate in rates)
         runs.update_run_info(
             run_dir,
             status="trained",
             epochs_completed=trainer.current_epoch,
             fit_seconds=round(time.perf_counter() - started, 2),
-            train_images_per_second=round(len(fit_idx) * len(rates) / epoch_seconds, 1)
-            if epoch_seconds else None,
+            # each epoch trains the same images: the overall rate is the rates' harmonic mean
+            train_images_per_second=round(statistics.harmonic_mean(rates), 1) if rates else None,
             best_checkpoint=Path(trainer.checkpoint_callback.best_model_path).name or None,
             devices=trainer.num_devices,
             nodes=trainer.num_nodes,
