@@ -31,30 +31,72 @@ COLUMNS = (
 )
 
 
+# 4-connected within an image, never across images: a stack is labelled in one call
+_WITHIN_IMAGE = np.zeros((3, 3, 3), dtype=bool)
+_WITHIN_IMAGE[1] = ndimage.generate_binary_structure(2, 1)
+# images per chunk: memory stays flat, and a chunk's float64 planes stay in the CPU's caches
+CHUNK = 256
+
+
 def spot_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """(N, 5) float32 features of uint8 images (N, C, H, W) with masks (N, H, W)."""
-    images = np.asarray(images)
-    luma = images.astype(np.float32).mean(axis=1) / 255.0 if images.shape[1] != 3 else (
-        np.tensordot(np.array(LUMA, np.float32) / 1000, images.astype(np.float32),
-                     axes=([0], [1])) / 255.0
-    )
-    inside = np.asarray(masks) != 0
+    """(N, 5) float32 features of uint8 images (N, C, H, W) with masks (N, H, W).
+
+    A cell with fewer than two interior pixels has all five at 0. Computed for a chunk of
+    cells at a time in array operations: a loop over cells cost 0.3 ms each, a tenth of an
+    evaluation of the sample.
+    """
+    images, masks = np.asarray(images), np.asarray(masks)
     features = np.zeros((len(images), N_FEATURES), dtype=np.float32)
-    for i, (grey, cell) in enumerate(zip(luma, inside, strict=True)):
-        pixels = grey[cell]
-        if len(pixels) < 2:
-            continue
-        spread = max(float(pixels.std()), MIN_SPREAD)
-        z = (pixels - pixels.mean()) / spread
-        dark = np.zeros_like(cell)
-        dark[cell] = z < -2.0
-        labelled, count = ndimage.label(dark)
-        largest = np.bincount(labelled.ravel())[1:].max() if count else 0
-        features[i] = (
-            (z < -2.0).mean(),
-            (z < -3.0).mean(),
-            max(float(z.min()), LOWEST_Z),
-            max(float(np.percentile(z, 1)), LOWEST_Z),
-            largest / len(pixels),
-        )
+    for start in range(0, len(images), CHUNK):
+        stop = start + CHUNK
+        features[start:stop] = _chunk_features(images[start:stop], masks[start:stop])
     return features
+
+
+def _chunk_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    n = len(images)
+    pixels = images.astype(np.float64) / 255.0
+    luma = pixels.mean(axis=1) if images.shape[1] != 3 else np.tensordot(
+        np.array(LUMA, np.float64) / 1000, pixels, axes=([0], [1]))
+    inside = masks != 0
+    counts = inside.sum(axis=(1, 2))
+    valid = counts >= 2
+    area = np.maximum(counts, 1)[:, None, None]
+    mean = np.where(inside, luma, 0.0).sum(axis=(1, 2), keepdims=True) / area
+    variance = np.where(inside, (luma - mean) ** 2, 0.0).sum(axis=(1, 2), keepdims=True) / area
+    z = (luma - mean) / np.maximum(np.sqrt(variance), MIN_SPREAD)
+    dark = inside & (z < -2.0)
+    # np.percentile's default (linear) rule, on each cell's own interior pixels; only the
+    # lowest few per cell need sorting, the outside is +inf so it sorts last
+    position = 0.01 * (np.maximum(counts, 1) - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, np.maximum(counts, 1) - 1)
+    flat_z = np.where(inside, z, np.inf).reshape(n, -1)
+    lowest = int(above.max()) + 1
+    if lowest < flat_z.shape[1]:
+        flat_z = np.partition(flat_z, lowest, axis=1)[:, :lowest]
+    ordered = np.sort(flat_z, axis=1)
+    rows = np.arange(n)
+    low, high = ordered[rows, below], ordered[rows, above]
+    percentile_1 = low + (high - low) * (position - below)
+
+    labelled, count = ndimage.label(dark, structure=_WITHIN_IMAGE)
+    largest = np.zeros(n)
+    if count:
+        sizes = np.bincount(labelled.ravel())
+        flat_labels = labelled.reshape(n, -1)
+        owner = np.zeros(count + 1, dtype=np.int64)
+        image_of_pixel = np.broadcast_to(rows[:, None], flat_labels.shape)
+        owner[flat_labels[flat_labels > 0]] = image_of_pixel[flat_labels > 0]
+        np.maximum.at(largest, owner[1:], sizes[1:])
+
+    area = area[:, 0, 0]
+    result = np.stack([
+        dark.sum(axis=(1, 2)) / area,
+        (inside & (z < -3.0)).sum(axis=(1, 2)) / area,
+        np.maximum(ordered[:, 0], LOWEST_Z),
+        np.maximum(percentile_1, LOWEST_Z),
+        largest / area,
+    ], axis=1)
+    result[~valid] = 0.0
+    return result.astype(np.float32)
