@@ -276,6 +276,31 @@ def test_spot_features_see_a_dark_spot_and_survive_a_flat_cell():
     np.testing.assert_array_equal(features[2, [0, 1, 4]], 0)
 
 
+def test_spot_features_of_a_stack_are_each_cells_own():
+    """Cells are computed together in chunks: a dark spot at one cell's edge must not join one
+    at the next cell's, and a chunk boundary must not change anything."""
+    from cellae.evaluation import spot_features as spots
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(60, 220, size=(7, 3, 16, 16), dtype=np.uint8)
+    images[:, :, :, -1] = 5  # a dark column at every cell's right edge, stacked one above another
+    masks = np.ones((7, 16, 16), dtype=np.uint8)
+    masks[3] = 0  # an empty cell among them
+    masks[4] = 0
+    masks[4, 0, 0] = 1  # one interior pixel: too few to measure
+    together = spots.spot_features(images, masks)
+    alone = np.concatenate([spots.spot_features(images[i:i + 1], masks[i:i + 1]) for i in range(7)])
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(together[[3, 4]], 0)
+    one = together[0]
+    pixels = 16 * 16
+    assert one[4] == pytest.approx(16 / pixels)  # the cell's dark column, not seven cells' in a row
+    luma = np.tensordot(np.array([0.299, 0.587, 0.114]), images[0] / 255.0, axes=([0], [0]))
+    z = (luma - luma.mean()) / luma.std()
+    assert one[3] == pytest.approx(np.percentile(z, 1), abs=1e-5)
+    assert one[2] == pytest.approx(z.min(), abs=1e-5)
+
+
 def test_a_fold_without_a_class_on_one_side_is_refused():
     # four patients, one of them holding every infected cell: some fold tests no infected cell
     patients = np.repeat(["a", "b", "c", "d"], 10)

@@ -76,6 +76,7 @@ def _chunk_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     if lowest < flat_z.shape[1]:
         flat_z = np.partition(flat_z, lowest, axis=1)[:, :lowest]
     ordered = np.sort(flat_z, axis=1)
+    ordered[~valid] = 0.0  # no interior to rank: all +inf, which would make NaN below
     rows = np.arange(n)
     low, high = ordered[rows, below], ordered[rows, above]
     percentile_1 = low + (high - low) * (position - below)
