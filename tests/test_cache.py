@@ -218,3 +218,12 @@ def test_parallel_build_skips_or_stops_on_bad_files(tmp_path, make_kaggle_folder
     assert len(cache) == 2 * n_per_class
     assert [s["file"] for s in cache.meta["skipped"]] == ["Uninfected/C1P11thinF_bad_cell_0.png"]
     assert cache.images.max(axis=(1, 2, 3)).min() > 0
+    # the workers wrote each image at its own row, moved up past the skipped one
+    from PIL import Image
+
+    from cellae.data.preprocess import PreprocessSettings, preprocess
+    for i in (0, n_per_class - 1, n_per_class, len(cache) - 1):
+        decoded = np.asarray(Image.open(root / "cell_images" / cache.files[i]).convert("RGB"))
+        image, mask = preprocess(decoded, PreprocessSettings())
+        np.testing.assert_array_equal(cache.images[i], image)
+        np.testing.assert_array_equal(cache.masks[i], mask)

@@ -368,15 +368,15 @@ def test_sigkill_during_a_cache_build_leaves_nothing_that_is_read(tmp_path):
 
 def test_disk_full_during_a_cache_build(tmp_path, capsys, monkeypatch):
     rows = {"n": 0}
-    real_append = cache_module._RowWriter.append
+    real_write = cache_module._RowFile.write
 
-    def append(self, row):
+    def write(self, index, row):
         rows["n"] += 1
         if rows["n"] == 10:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_append(self, row)
+        real_write(self, index, row)
 
-    monkeypatch.setattr(cache_module._RowWriter, "append", append)
+    monkeypatch.setattr(cache_module._RowFile, "write", write)
     cache_dir = tmp_path / "cache"
     config = DataConfig(source="synthetic", synthetic=SyntheticConfig(n_images=40, n_patients=4),
                         cache_dir=str(cache_dir), workers=1, image_size=32)

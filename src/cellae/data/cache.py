@@ -181,37 +181,48 @@ def _workers(requested: int, n_images: int) -> int:
 
 # -- the work of one image, in this process or a worker
 
-_WORKER_STATE: tuple[Source, PreprocessSettings] | None = None
+_WORKER_STATE: tuple[Source, PreprocessSettings, _RowFile, _RowFile] | None = None
 
 
-def _init_worker(source: Source, settings: PreprocessSettings) -> None:
+def _init_worker(source: Source, settings: PreprocessSettings, images: _RowFile,
+                 masks: _RowFile) -> None:
     global _WORKER_STATE
-    _WORKER_STATE = (source, settings)
+    _WORKER_STATE = (source, settings, images, masks)
 
 
-def _prepare_one(index: int, source: Source | None = None,
-                 settings: PreprocessSettings | None = None) -> tuple[int, Any, Any]:
-    """(index, image, mask) or (index, None, reason)."""
-    if source is None or settings is None:
-        assert _WORKER_STATE is not None
-        source, settings = _WORKER_STATE
+def _prepare_one(index: int) -> tuple[int, str | None]:
+    """Preprocess image ``index`` and write its rows in place: (index, None), or (index, the
+    reason it was skipped). Rows go straight into the files, so the 16 KB of each image (at
+    64 px) never travels back to the parent through a pipe."""
+    assert _WORKER_STATE is not None
+    source, settings, images, masks = _WORKER_STATE
     try:
         image = source.load(index)
     except BadImage as exc:
-        return index, None, str(exc)
+        return index, str(exc)
     image, mask = preprocess(image, settings)
-    return index, image, mask
+    images.write(index, image)
+    masks.write(index, mask)
+    return index, None
 
 
-def _results(source: Source, settings: PreprocessSettings, workers: int) -> Iterator[tuple[int, Any, Any]]:
-    """Results in index order, from a pool of processes or from this one."""
+def _results(source: Source, settings: PreprocessSettings, images: _RowFile, masks: _RowFile,
+             workers: int) -> Iterator[tuple[int, str | None]]:
+    """Each image's outcome in index order, from a pool of processes or from this one."""
+    global _WORKER_STATE
+    state = (source, settings, images, masks)
     if workers == 1:
-        for index in range(len(source)):
-            yield _prepare_one(index, source, settings)
+        _init_worker(*state)
+        try:
+            yield from map(_prepare_one, range(len(source)))
+        finally:
+            _WORKER_STATE = None
+            images.close()
+            masks.close()
         return
     # spawn: the parent may hold torch's threads, which a forked child must not inherit
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(source, settings)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=state) as pool:
         yield from pool.imap(_prepare_one, range(len(source)), chunksize=CHUNK)
 
 
@@ -224,27 +235,26 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
     temp.mkdir()
     started = time.perf_counter()
     try:
-        # rows are appended to the files as images arrive, so memory stays flat at any size
-        images = _RowWriter(temp / "images.npy", (n, settings.channels, size, size))
-        masks = _RowWriter(temp / "masks.npy", (n, size, size))
-        kept: list[int] = []
+        # each image's rows are written at its own place in the files, so memory stays flat
+        # at any size; the rows of skipped images are squeezed out at the end
+        images = _RowFile(temp / "images.npy", (n, settings.channels, size, size))
+        masks = _RowFile(temp / "masks.npy", (n, size, size))
+        read = np.ones(n, dtype=bool)
         bar = _progress_bar(n, f"preparing {source.description}", progress)
         try:
-            for index, image, mask in _results(source, settings, workers):
+            for index, reason in _results(source, settings, images, masks, workers):
                 bar.update(1)
-                if image is None:
-                    source.skip(source.files[index], mask)
-                    continue
-                images.append(image)
-                masks.append(mask)
-                kept.append(index)
+                if reason is not None:
+                    read[index] = False
+                    source.skip(source.files[index], reason)
         finally:
             bar.close()
-            images.close()
-            masks.close()
-        if not kept:
+        kept_idx = np.flatnonzero(read)
+        if not len(kept_idx):
             raise CellaeError(f"no image of {source.description} could be read")
-        kept_idx = np.array(kept, dtype=np.int64)
+        images.keep(kept_idx)
+        masks.keep(kept_idx)
+        kept = kept_idx.tolist()
         labels = np.asarray(source.labels, dtype=np.int64)[kept_idx]
         np.save(temp / "labels.npy", labels)
         np.save(temp / "patients.npy", np.array([source.patients[i] for i in kept], dtype=str))
@@ -286,35 +296,63 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
     return open_cache(final)
 
 
-class _RowWriter:
-    """An .npy file of uint8 rows written one after another, never held in memory.
+class _RowFile:
+    """An .npy file of uint8 rows, each written at its index by whichever process made it.
 
-    The header names the expected row count; :meth:`close` corrects it when fewer rows came
-    (files skipped while decoding), so the file always matches what it holds.
+    The file is made at full size first (sparse, so no disk is used before rows arrive);
+    :meth:`keep` then squeezes out the rows of skipped images and corrects the header's count.
+    Rows go through ``os.pwrite``, not a memory map, which would count every row written as
+    the process's resident memory.
     """
 
     def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
-        self.path, self.shape, self.rows = path, shape, 0
-        self.handle = path.open("wb")
-        self.header_size = self.handle.write(_npy_header(shape))
+        self.path, self.shape = path, shape
+        self.row_bytes = int(np.prod(shape[1:]))
+        header = _npy_header(shape)
+        self.header_size = len(header)
+        with path.open("wb") as handle:
+            handle.write(header)
+            handle.truncate(self.header_size + shape[0] * self.row_bytes)
+        self._fd: int | None = None
 
-    def append(self, row: np.ndarray) -> None:
-        self.handle.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
-        self.rows += 1
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_fd": None}  # each process opens the file for itself
+
+    def _handle(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY)
+        return self._fd
+
+    def write(self, index: int, row: np.ndarray) -> None:
+        data = np.ascontiguousarray(row, dtype=np.uint8).tobytes()
+        if len(data) != self.row_bytes:
+            raise ValueError(f"a row of {len(data)} bytes for rows of {self.row_bytes}")
+        os.pwrite(self._handle(), data, self.header_size + index * self.row_bytes)
 
     def close(self) -> None:
-        if self.handle.closed:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` (ascending), moved up in place, and say so in the header."""
+        self.close()
+        if len(rows) == self.shape[0]:
             return
-        if self.rows != self.shape[0]:
-            header = _npy_header((self.rows, *self.shape[1:]))
+        header = _npy_header((len(rows), *self.shape[1:]))
+        with self.path.open("r+b") as handle:
+            for target, row in enumerate(rows.tolist()):
+                if row != target:
+                    handle.seek(self.header_size + row * self.row_bytes)
+                    data = handle.read(self.row_bytes)
+                    handle.seek(self.header_size + target * self.row_bytes)
+                    handle.write(data)
+            handle.truncate(self.header_size + len(rows) * self.row_bytes)
             if len(header) == self.header_size:
-                self.handle.seek(0)
-                self.handle.write(header)
-            else:
-                self.handle.close()
-                self._rewrite(header)
+                handle.seek(0)
+                handle.write(header)
                 return
-        self.handle.close()
+        self._rewrite(header)
 
     def _rewrite(self, header: bytes) -> None:
         """Copy the rows under a header of another length (rare: the count lost digits)."""

@@ -183,11 +183,18 @@ def preprocess(
     mask = cell_mask(image)
     new_h, new_w, top, left = _geometry(image.shape[0], image.shape[1], settings)
 
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), RESAMPLE))
     # The mask goes through the same filter and is cut at half, so its edge sits where the
-    # resized image is half cell, half padding.
-    soft = Image.fromarray(mask.astype(np.uint8) * 255).resize((new_w, new_h), RESAMPLE)
-    resized_mask = np.asarray(soft) >= 128
+    # resized image is half cell, half padding. It rides as the fourth band of an RGBX image:
+    # Pillow filters each band alike, so this is the same as two resizes, at half the calls.
+    height, width = mask.shape
+    bands = np.empty((height, width, 4), dtype=np.uint8)
+    bands[..., :3] = image
+    bands[..., 3] = mask
+    bands[..., 3] *= 255
+    both = Image.frombuffer("RGBX", (width, height), bands, "raw", "RGBX", 0, 1)
+    resized_bands = np.asarray(both.resize((new_w, new_h), RESAMPLE))
+    resized = resized_bands[..., :3]
+    resized_mask = resized_bands[..., 3] >= 128
 
     if (new_h, new_w) == (size, size):
         rgb, inside = resized, resized_mask
