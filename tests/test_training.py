@@ -138,6 +138,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert runs.read_run_info(run_dir)["status"] == "failed"
 
 
+def test_a_nan_in_another_process_stops_this_one_too(tmp_path):
+    """In DDP a process that stopped alone would leave the others waiting at their next
+    gradient exchange: a clean process stops when another one's epoch went non-finite."""
+    module = CellaeModule(tiny_config(tmp_path), channels=3)
+    x = torch.rand(2, 3, 32, 32)
+    output = module.model(x)
+    clean = module.model.loss(x, torch.ones(2, 32, 32), output)
+    module._watch("train", clean)
+
+    def gather_from_two(summary):  # this process's summary, and one whose test loss was NaN
+        other = torch.zeros_like(summary)
+        other[2:] = True
+        return torch.stack([summary, other])
+
+    module.all_gather = gather_from_two
+    with pytest.raises(NonFiniteLossError, match="test loss became nan .*another process"):
+        module.raise_if_nonfinite()
+    module.all_gather = lambda summary: torch.stack([summary, torch.zeros_like(summary)])
+    module._watch("train", clean)
+    module.raise_if_nonfinite()  # all clean everywhere: nothing raised
+
+
 def test_resume_refuses_a_folder_without_checkpoint(tmp_path):
     run_dir = train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "runs", evaluate=False)
     (run_dir / "checkpoints" / "last.ckpt").unlink()

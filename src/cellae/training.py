@@ -61,6 +61,10 @@ class TrainingInterrupted(CellaeError):
     exit_code = 130
 
 
+# the two passes of an epoch, as the loss columns name them
+SIDES = ("train", "test")
+
+
 class CellaeModule(L.LightningModule):
     """One optimisation step of any family, on batches of (images, masks, ...) from any datamodule.
 
@@ -131,18 +135,35 @@ class CellaeModule(L.LightningModule):
         self._nonfinite[side] = (list(losses), bad, nan)
 
     def raise_if_nonfinite(self) -> None:
-        """Raise :class:`NonFiniteLossError` if a loss went NaN or infinite since the last call."""
+        """Raise :class:`NonFiniteLossError` if a loss went NaN or infinite since the last call,
+        here or in any other process of a multi-process run.
+
+        Every process must stop together: one that stopped alone would leave the others
+        waiting for it at their next gradient exchange, for ever. So the processes share a
+        summary (per side: any term non-finite, loss NaN) once per epoch, every process the
+        same call, whether or not it saw a batch of that side.
+        """
         watched, self._nonfinite = self._nonfinite, {}
-        for side, (names, bad, nan) in watched.items():
-            flags = bad.tolist()  # the one read from the device per side and epoch
-            if any(flags):
-                parts = [name for name, flag in zip(names, flags, strict=True) if flag]
-                value = "nan" if bool(nan) else "infinite"
-                raise NonFiniteLossError(
-                    f"{side} loss became {value} in epoch {self.current_epoch + 1} "
-                    f"(non-finite parts: {', '.join(parts)}); lower train.lr or set "
-                    f"train.grad_clip"
-                )
+        summary = torch.zeros(2 * len(SIDES), dtype=torch.bool, device=self.device)
+        for i, side in enumerate(SIDES):
+            if side in watched:
+                _, bad, nan = watched[side]
+                summary[2 * i], summary[2 * i + 1] = bad.any(), nan
+        everywhere = self.all_gather(summary).reshape(-1, 2 * len(SIDES)).any(dim=0).tolist()
+        for i, side in enumerate(SIDES):
+            if not everywhere[2 * i]:
+                continue
+            value = "nan" if everywhere[2 * i + 1] else "infinite"
+            if side in watched and watched[side][1].any():
+                names, bad, _ = watched[side]
+                parts = ", ".join(n for n, flag in zip(names, bad.tolist(), strict=True) if flag)
+                where = f"non-finite parts: {parts}"
+            else:
+                where = "in another process of this run"
+            raise NonFiniteLossError(
+                f"{side} loss became {value} in epoch {self.current_epoch + 1} ({where}); "
+                f"lower train.lr or set train.grad_clip"
+            )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -154,7 +175,7 @@ class CellaeModule(L.LightningModule):
         """The columns of ``metrics.csv``: the totals, each loss term, each schedule weight."""
         terms = self.model.loss_terms()
         return (["epoch", "train_loss", "test_loss"]
-                + [f"{side}_{t}" for t in terms for side in ("train", "test")]
+                + [f"{side}_{t}" for t in terms for side in SIDES]
                 + list(self.model.schedule(0.0)) + ["lr", "seconds", "images_per_second"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -214,7 +235,7 @@ class LossProgressBar(TQDMProgressBar):
         model = pl_module.model
         terms = [t for t in model.loss_terms() if t not in ("recon", "recon_per_pixel")]
         return (["train_loss", "test_loss"]
-                + [f"{side}_{t}" for t in terms for side in ("train", "test")]
+                + [f"{side}_{t}" for t in terms for side in SIDES]
                 + list(model.schedule(0.0)))
 
     @property
