@@ -112,7 +112,9 @@ def plan(config: SyntheticConfig) -> SyntheticPlan:
     heights = np.clip(np.rint(side * np.sqrt(aspect)), MIN_SIDE, MAX_SIDE).astype(np.int64)
     widths = np.clip(np.rint(side / np.sqrt(aspect)), MIN_SIDE, MAX_SIDE).astype(np.int64)
 
-    patients = [f"S{k + 1:02d}" for k in patient_index]
+    # one string per patient, shared by its cells: a string per cell cost 60 bytes each
+    names = [f"S{k + 1:02d}" for k in range(n_patients)]
+    patients = [names[k] for k in patient_index]
     files = [
         f"{'infected' if label else 'uninfected'}/{patient}_cell_{i:05d}.png"
         for i, (label, patient) in enumerate(zip(labels, patients, strict=True))
