@@ -110,10 +110,18 @@ def test_abandoned_temporary_folders_are_removed(tmp_path):
     (dead / "images.npy").write_bytes(b"half")
     alive = cache_dir / f"{TEMP_PREFIX}0123456789abcdef-{os.getpid()}-abcd1234"
     alive.mkdir()
+    # another machine of a cluster sharing the folder: its process ids mean nothing here
+    elsewhere = cache_dir / f"{TEMP_PREFIX}0123456789abcdef-999999999-abcd1234-node-b.cluster"
+    elsewhere.mkdir()
+    stale = cache_dir / f"{TEMP_PREFIX}0123456789abcdef-999999999-abcd1234-node-c.cluster"
+    stale.mkdir()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
     cache = prepare_cache(synthetic_config(tmp_path), progress=False)
-    assert not dead.exists()
+    assert not dead.exists() and not stale.exists()
     assert alive.exists()  # a build still running in a live process is left alone
-    assert sorted(cache_folders(tmp_path)) == sorted([cache.path.name, alive.name])
+    assert elsewhere.exists()  # and one on another machine, until it has been idle a day
+    assert sorted(cache_folders(tmp_path)) == sorted([cache.path.name, alive.name, elsewhere.name])
 
 
 def test_files_bad_on_decode_are_skipped_and_arrays_compacted(tmp_path, make_kaggle_folder):

@@ -26,6 +26,7 @@ import os
 import pickle
 import secrets
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ ARRAYS = ("images", "masks", "labels", "patients", "files")
 # below this many images, starting worker processes costs more than it saves
 IN_PROCESS_LIMIT = 256
 CHUNK = 32
+# a build on another machine sharing the cache folder is abandoned once untouched this long
+FOREIGN_BUILD_SECONDS = 24 * 3600
 # seconds between the lines that stand in for the progress bar off a terminal
 PLAIN_PROGRESS_SECONDS = 5.0
 
@@ -141,14 +144,35 @@ def _refuse_skipped_when_strict(cache: CellCache, data: DataConfig) -> None:
 
 
 def _remove_abandoned_builds(cache_dir: Path) -> None:
-    """Delete temporary folders of builds whose process is gone (killed, or the machine died)."""
+    """Delete temporary folders of builds whose process is gone (killed, or the machine died).
+
+    A cache folder may be shared by several machines (a cluster's file system): a process
+    id means something only on the machine that named the folder, so another machine's
+    build is left alone until it has not changed for a day.
+    """
+    here = socket.gethostname()
     for path in cache_dir.glob(f"{TEMP_PREFIX}*"):
+        parts = path.name[len(TEMP_PREFIX):].split("-", 3)
         try:
-            pid = int(path.name[len(TEMP_PREFIX):].split("-")[1])
+            pid = int(parts[1])
         except (IndexError, ValueError):
             continue
-        if not _process_alive(pid):
+        host = parts[3] if len(parts) == 4 else here  # older cellae named no machine
+        if host == here:
+            abandoned = not _process_alive(pid)
+        else:
+            abandoned = _untouched_for(path, FOREIGN_BUILD_SECONDS)
+        if abandoned:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _untouched_for(path: Path, seconds: float) -> bool:
+    """Whether nothing in ``path`` (one level deep) changed in the last ``seconds``."""
+    try:
+        times = [path.stat().st_mtime] + [child.stat().st_mtime for child in path.iterdir()]
+    except OSError:
+        return False  # gone or unreadable meanwhile: not ours to judge
+    return time.time() - max(times) > seconds
 
 
 def _process_alive(pid: int) -> bool:
@@ -244,7 +268,8 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
     n = len(source)
     size = settings.image_size
     workers = _workers(data.workers, n)
-    temp = final.parent / f"{TEMP_PREFIX}{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
+    temp = final.parent / (f"{TEMP_PREFIX}{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}-"
+                           f"{socket.gethostname()}")
     temp.mkdir()
     started = time.perf_counter()
     try:
