@@ -337,3 +337,16 @@ def test_channels_last_trains_to_the_same_losses(tmp_path):
         keys[layout] = set(weights(run_dir))
     assert keys["never"] == keys["always"]
     assert losses["always"] == pytest.approx(losses["never"], rel=1e-4)
+
+
+def test_precision_auto_is_bf16_on_a_gpu_with_bfloat16_only(monkeypatch):
+    from cellae.training import resolved_precision
+
+    assert resolved_precision("auto", "cpu") == "32-true"
+    assert resolved_precision("16-mixed", "cpu") == "16-mixed"  # a setting is kept as given
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolved_precision("auto", "gpu") == "bf16-mixed"
+    assert resolved_precision("32-true", "gpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # before Ampere
+    assert resolved_precision("auto", "cuda") == "32-true"

@@ -213,7 +213,8 @@ class TrainConfig:
     # machines taking part; each runs train.devices processes (see docs/scaling.md)
     num_nodes: int = 1
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = "auto"
-    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed"] = "32-true"
+    # auto: bf16-mixed on a CUDA GPU that has bfloat16, 32-true everywhere else
+    precision: Literal["auto", "32-true", "32", "16-mixed", "bf16-mixed"] = "auto"
     num_workers: int = 0
     deterministic: bool = True
     tensorboard: bool = False

@@ -368,6 +368,17 @@ def _accelerator(config: Config) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def resolved_precision(setting: str, accelerator: str) -> str:
+    """``train.precision`` for this machine: ``auto`` is bf16-mixed on a CUDA GPU with
+    bfloat16 (Ampere and later), where it runs the convolutions on the tensor cores at twice
+    TF32's rate with float32's range, and 32-true elsewhere (a CPU gains nothing from it)."""
+    if setting != "auto":
+        return setting
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
 def _devices(config: Config, accelerator: str) -> int | str:
     """``train.devices`` checked against the machine: each CPU device is a process of its own,
     and more of them than cores (``train.devices=1000``) only start processes that wait."""
@@ -477,7 +488,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
         devices=devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=t.precision,
+        precision=resolved_precision(t.precision, accelerator),
         max_epochs=t.epochs,
         gradient_clip_val=t.grad_clip or None,
         # some GPU kernels have no deterministic version; warn there rather than refuse to train
@@ -583,6 +594,7 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
             devices=trainer.num_devices,
             nodes=trainer.num_nodes,
             accelerator=type(trainer.accelerator).__name__,
+            precision=str(trainer.precision),
         )
     return trainer
 
