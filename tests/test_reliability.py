@@ -391,6 +391,23 @@ def test_disk_full_during_a_cache_build(tmp_path, capsys, monkeypatch):
     assert list(cache_dir.iterdir()) == []
 
 
+def test_a_write_refused_only_at_the_flush_fails_the_build(tmp_path, monkeypatch):
+    """On NFS a full quota may surface only when written rows are flushed: the build must fail
+    then, not keep rows of zeros in a cache that looks whole."""
+    def refuse(self):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(cache_module._RowFile, "sync", refuse)
+    cache_dir = tmp_path / "cache"
+    for workers in (1, 2):
+        config = DataConfig(source="synthetic", cache_dir=str(cache_dir), workers=workers,
+                            synthetic=SyntheticConfig(n_images=cache_module.IN_PROCESS_LIMIT + 8,
+                                                      n_patients=4), image_size=32)
+        with pytest.raises(CellaeError, match="cannot write the cache .*Disk quota exceeded"):
+            prepare_cache(config, progress=False)
+        assert list(cache_dir.iterdir()) == []
+
+
 def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, train={"epochs": 3})
     state = {"checkpoints": 0, "writing": False}

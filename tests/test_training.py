@@ -345,8 +345,10 @@ def test_precision_auto_is_bf16_on_a_gpu_with_bfloat16_only(monkeypatch):
     assert resolved_precision("auto", "cpu") == "32-true"
     assert resolved_precision("16-mixed", "cpu") == "16-mixed"  # a setting is kept as given
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))  # Hopper
     assert resolved_precision("auto", "gpu") == "bf16-mixed"
     assert resolved_precision("32-true", "gpu") == "32-true"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # before Ampere
+    # Volta and Turing emulate bfloat16 (slowly): float32 there
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     assert resolved_precision("auto", "cuda") == "32-true"

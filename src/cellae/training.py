@@ -374,7 +374,10 @@ def resolved_precision(setting: str, accelerator: str) -> str:
     TF32's rate with float32's range, and 32-true elsewhere (a CPU gains nothing from it)."""
     if setting != "auto":
         return setting
-    if accelerator in ("gpu", "cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    # compute capability 8.0 is Ampere; is_bf16_supported() also says yes where bfloat16 is
+    # only emulated (V100, T4), slowly, and its keyword to say otherwise is recent
+    if (accelerator in ("gpu", "cuda") and torch.cuda.is_available() and torch.version.hip is None
+            and torch.cuda.get_device_capability() >= (8, 0)):
         return "bf16-mixed"
     return "32-true"
 

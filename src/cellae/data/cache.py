@@ -30,6 +30,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,24 +207,29 @@ def _workers(requested: int, n_images: int) -> int:
 
 # -- the work of one image, in this process or a worker
 
-_WORKER_STATE: tuple[Source, PreprocessSettings, _RowFile, _RowFile] | None = None
+_State = tuple[Source, PreprocessSettings, "_RowFile", "_RowFile"]
+# a worker process's state, set once as it starts; the in-process path passes its own
+_WORKER_STATE: _State | None = None
 
 
-def _init_worker(source: Source | Path, settings: PreprocessSettings, images: _RowFile,
+def _init_worker(handed: Path, settings: PreprocessSettings, images: _RowFile,
                  masks: _RowFile) -> None:
     global _WORKER_STATE
-    if isinstance(source, Path):
-        with source.open("rb") as handle:
-            source = pickle.load(handle)
+    with handed.open("rb") as handle:
+        source = pickle.load(handle)
     _WORKER_STATE = (source, settings, images, masks)
 
 
-def _prepare_one(index: int) -> tuple[int, str | None]:
+def _prepare_in_worker(index: int) -> tuple[int, str | None]:
+    assert _WORKER_STATE is not None
+    return _prepare_one(_WORKER_STATE, index)
+
+
+def _prepare_one(state: _State, index: int) -> tuple[int, str | None]:
     """Preprocess image ``index`` and write its rows in place: (index, None), or (index, the
     reason it was skipped). Rows go straight into the files, so the 16 KB of each image (at
     64 px) never travels back to the parent through a pipe."""
-    assert _WORKER_STATE is not None
-    source, settings, images, masks = _WORKER_STATE
+    source, settings, images, masks = state
     try:
         image = source.load(index)
     except BadImage as exc:
@@ -236,18 +242,29 @@ def _prepare_one(index: int) -> tuple[int, str | None]:
 
 def _results(source: Source, settings: PreprocessSettings, images: _RowFile, masks: _RowFile,
              workers: int) -> Iterator[tuple[int, str | None]]:
-    """Each image's outcome in index order, from a pool of processes or from this one."""
-    global _WORKER_STATE
-    state = (source, settings, images, masks)
-    if workers == 1:
-        _init_worker(*state)
-        try:
-            yield from map(_prepare_one, range(len(source)))
-        finally:
-            _WORKER_STATE = None
-            images.close()
-            masks.close()
-        return
+    """Each image's outcome in index order, from a pool of processes or from this one.
+
+    The files are opened here before any row is written and synced when all are, so that a
+    write the workers' file system failed late (a full quota on NFS, reported only at the
+    flush) fails the build here, instead of leaving rows of zeros in a cache that looks whole.
+    """
+    images.open()
+    masks.open()
+    try:
+        if workers == 1:
+            yield from map(partial(_prepare_one, (source, settings, images, masks)),
+                           range(len(source)))
+        else:
+            yield from _pool_results(source, settings, images, masks, workers)
+        images.sync()
+        masks.sync()
+    finally:
+        images.close()
+        masks.close()
+
+
+def _pool_results(source: Source, settings: PreprocessSettings, images: _RowFile,
+                  masks: _RowFile, workers: int) -> Iterator[tuple[int, str | None]]:
     # spawn: the parent may hold torch's threads, which a forked child must not inherit
     context = multiprocessing.get_context("spawn")
     # The source goes to the workers through a file, pickled once: pickled into each worker's
@@ -257,8 +274,9 @@ def _results(source: Source, settings: PreprocessSettings, images: _RowFile, mas
     with handed.open("wb") as handle:
         pickle.dump(source, handle, protocol=pickle.HIGHEST_PROTOCOL)
     try:
-        with context.Pool(workers, initializer=_init_worker, initargs=(handed, *state[1:])) as pool:
-            yield from pool.imap(_prepare_one, range(len(source)), chunksize=CHUNK)
+        with context.Pool(workers, initializer=_init_worker,
+                          initargs=(handed, settings, images, masks)) as pool:
+            yield from pool.imap(_prepare_in_worker, range(len(source)), chunksize=CHUNK)
     finally:
         handed.unlink(missing_ok=True)  # not part of the cache
 
@@ -356,16 +374,28 @@ class _RowFile:
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__ | {"_fd": None}  # each process opens the file for itself
 
-    def _handle(self) -> int:
+    def open(self) -> None:
+        """Open the file for writing in this process (a worker opens it at its first row)."""
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY)
-        return self._fd
+            self._fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
 
     def write(self, index: int, row: np.ndarray) -> None:
         data = np.ascontiguousarray(row, dtype=np.uint8).tobytes()
         if len(data) != self.row_bytes:
             raise ValueError(f"a row of {len(data)} bytes for rows of {self.row_bytes}")
-        os.pwrite(self._handle(), data, self.header_size + index * self.row_bytes)
+        self.open()
+        assert self._fd is not None
+        offset = self.header_size + index * self.row_bytes
+        if hasattr(os, "pwrite"):
+            os.pwrite(self._fd, data, offset)
+        else:  # Windows: each process has its own descriptor, so seeking it is safe
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            os.write(self._fd, data)
+
+    def sync(self) -> None:
+        """Flush every process's rows to the disk; raises what the file system refused."""
+        assert self._fd is not None
+        os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd is not None:

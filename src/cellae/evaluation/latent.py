@@ -162,8 +162,9 @@ FFT_FROM_POINTS = 10_000
 # against 6.7 s at 20,000, 6.3 s against 19.5 s at 50,000 (and 2.5 s against 7.1 s with 128
 # dimensions at 20,000): exact is both faster and right at every size a run's map draws.
 EXACT_NEIGHBOURS_UP_TO = 50_000
-# FFT grid intervals per unit of the map: openTSNE's default 1 spent half of a 20,000-point
-# map's time on a grid finer than the map needs (trustworthiness 0.9752 against 0.9755)
+# width of one FFT grid interval, in map units: openTSNE's default 1 spent half of a
+# 20,000-point map's time on a grid finer than the map needs (trustworthiness 0.9752
+# against 0.9755 with 2)
 FFT_INTS_IN_INTERVAL = 2
 
 
