@@ -386,3 +386,26 @@ def test_double_nearest_is_pytorchs_nearest_upsampling_forward_and_backward() ->
     torch.testing.assert_close(grad_ours, grad_theirs)
     channels_last = x.detach().contiguous(memory_format=torch.channels_last)
     assert torch.equal(DoubleNearest()(channels_last), theirs.detach())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES.names()))
+def test_evaluation_reads_the_test_codes_off_the_forward_pass_only_where_they_are_encodes(family):
+    """Evaluation saves an encoder pass over the test side by taking the forward pass's z, where
+    that is what encode gives (every built-in family in eval mode); a family whose z is
+    something else (a sample, a code of another space) gets encode's codes all the same."""
+    import dataclasses
+
+    from cellae.evaluation.run import _codes_of
+
+    model = tiny(family).eval()
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        output = model(x)
+        expected = model.encode(x)
+        trusted: list[bool] = []
+        torch.testing.assert_close(_codes_of(model, x, output, trusted), expected)
+        assert trusted == [True]
+        other = dataclasses.replace(output, z=torch.randn_like(output.z))
+        trusted = []
+        torch.testing.assert_close(_codes_of(model, x, other, trusted), expected)
+        assert trusted == [False]

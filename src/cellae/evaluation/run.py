@@ -97,21 +97,39 @@ def encode_images(model: CellAutoencoder, images: np.ndarray, rows: np.ndarray |
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.latent_dim), np.float32)
 
 
+# images of the first test batch whose forward-pass code is checked against encode's
+CODE_CHECK_IMAGES = 16
+
+
+def _codes_of(model: CellAutoencoder, x: torch.Tensor, output: Any, trusted: list[bool]) -> torch.Tensor:
+    """The codes of ``x``: the forward pass's ``z`` where it is what ``encode`` gives (the AE's,
+    the VAE's mean in eval mode), which saves a second pass of the encoder; checked on the
+    first batch, as a plug-in family may put a sample or something else there."""
+    if not trusted:
+        head = x[:CODE_CHECK_IMAGES]
+        trusted.append(output.z.shape == (len(x), model.latent_dim) and torch.allclose(
+            model.encode(head), output.z[:len(head)], rtol=1e-4, atol=1e-5))
+    return output.z if trusted[0] else model.encode(x)
+
+
 @torch.no_grad()
 def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
-                            idx: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-    """Losses and image-quality numbers of the test side, accumulated batch by batch, and each
-    image's interior error (the anomaly score)."""
+                            idx: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Losses and image-quality numbers of the test side, accumulated batch by batch, each
+    image's interior error (the anomaly score) and its latent code, from the same pass."""
     device = next(model.parameters()).device
     totals: dict[str, float] = {}
     psnr_parts: list[dict[str, Any]] = []
     ssim_values = []
     errors = []
+    codes = []
+    trusted: list[bool] = []
     n = 0
     for start, x in zip(range(0, len(idx), BATCH), _batches(cache.images, idx, device), strict=True):
         rows = idx[start:start + BATCH]
         mask = torch.from_numpy(np.asarray(cache.masks[rows])).to(device).float().unsqueeze(1)
         output = model(x)
+        codes.append(_codes_of(model, x, output, trusted).float().cpu())
         losses = model.loss(x, mask, output)
         for key, value in losses.items():
             totals[key] = totals.get(key, 0.0) + float(value) * len(rows)
@@ -132,7 +150,7 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
         result[key] = float(np.nansum(values * weights) / weights[~np.isnan(values)].sum())
     result["ssim"] = float(sum(ssim_values) / n)
     result["n_images"] = n
-    return result, np.concatenate(errors)
+    return result, np.concatenate(errors), torch.cat(codes).numpy()
 
 
 def _latent_block(config: Config, train_codes: np.ndarray, train_labels: np.ndarray,
@@ -177,11 +195,11 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     parts: dict[str, float] = {}
     every = np.concatenate([train_idx, test_idx])
     with _timed(parts, "encode"):
-        codes = encode_images(model, cache.images, every)
+        train_codes = encode_images(model, cache.images, train_idx)
     n_train = len(train_idx)
-    train_codes, test_codes = codes[:n_train], codes[n_train:]
     with _timed(parts, "reconstruction"):
-        reconstruction, errors = _reconstruction_numbers(model, cache, test_idx)
+        reconstruction, errors, test_codes = _reconstruction_numbers(model, cache, test_idx)
+    codes = np.concatenate([train_codes, test_codes])
     result: dict[str, Any] = {
         "source": source,
         "family": model.family,
