@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cellae import runs
 from cellae.errors import CellaeError
-from cellae.training import CellaeModule, NonFiniteLossError, resume, train
+from cellae.training import CellaeModule, NonFiniteLossError, requeued_run, resume, train
 from tiny import tiny_config
 
 
@@ -352,3 +352,26 @@ def test_precision_auto_is_bf16_on_a_gpu_with_bfloat16_only(monkeypatch):
     # Volta and Turing emulate bfloat16 (slowly): float32 there
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     assert resolved_precision("auto", "cuda") == "32-true"
+
+
+def test_a_requeued_slurm_job_resumes_its_own_run(tmp_path, monkeypatch):
+    """SLURM runs a requeued job's script again from the top: `cellae train` finds the run
+    that job made and resumes it, where it would otherwise start over in a new folder."""
+    for name in ("SLURM_NTASKS", "SLURM_PROCID", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    config = tiny_config(tmp_path, train={"epochs": 3})
+    out = tmp_path / "runs"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, out, evaluate=False, callbacks=[DieBeforeEpoch(3)])  # pre-empted
+    (run_dir,) = out.iterdir()
+    assert runs.read_run_info(run_dir)["slurm_job_id"] == "4242"
+    monkeypatch.setenv("SLURM_JOB_ID", "777")  # another job's restart: not this run
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert requeued_run(out, config.name) is None
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    resumed = train(config, out, evaluate=False)
+    assert resumed == run_dir and list(out.iterdir()) == [run_dir]
+    assert [int(r["epoch"]) for r in metric_rows(run_dir)] == [1, 2, 3]
+    assert runs.read_run_info(run_dir)["resumed_from_epoch"] == 2

@@ -61,6 +61,8 @@ class TrainingInterrupted(CellaeError):
     exit_code = 130
 
 
+# run.json's record of the SLURM job that made a run, so that the job finds it if requeued
+SLURM_JOB_KEY = "slurm_job_id"
 # the two passes of an epoch, as the loss columns name them
 SIDES = ("train", "test")
 
@@ -645,6 +647,9 @@ def train(
     Of the processes of a distributed run, global rank 0 alone creates and writes the run
     folder; the others train beside it (see :func:`_rank_dir`)."""
     _devices(config, _accelerator(config))  # before any work, as every other config mistake
+    requeued = requeued_run(out, config.name)
+    if requeued is not None:
+        return resume(requeued, evaluate=evaluate, callbacks=callbacks)
     if process_launch(config).rank > 0:
         with _rank_dir() as run_dir:
             # opens the cache and splits it as rank 0 does, in _fit
@@ -659,12 +664,48 @@ def train(
         run_dir, name=config.name, seed=config.seed, status="running",
         cellae_version=__version__, torch_version=torch.__version__,
         started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({SLURM_JOB_KEY: os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {}),
     )
     print(f"training {config.model.family} '{config.name}' into {run_dir}", file=sys.stderr)
     with _held(run_dir, owner=True):
         trainer = _fit(config, run_dir, None, callbacks, evaluate, owner=True, cache=cache,
                        sides=sides)
         return _finish(run_dir, config, trainer, evaluate)
+
+
+def requeued_run(out: Path, name: str) -> Path | None:
+    """The run folder under ``out`` that this SLURM job made before SLURM requeued it, when it
+    has a checkpoint to resume from; None otherwise.
+
+    A requeued job (``sbatch --requeue`` after a node failure or a pre-emption, or Lightning's
+    own requeue at ``--signal=SIGUSR1@90``) runs its script again from the top, and
+    ``cellae train`` would start over in a new folder. ``run.json`` names the job that made a
+    run, so the job finds its run again and resumes it from its last completed epoch, in every
+    process (``--out`` must then be on a file system they share, as for any resume).
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    try:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        restarts = 0
+    if not job or restarts < 1 or not out.is_dir():
+        return None
+    # the newest first: a job requeued twice may have started over once
+    for info_path in sorted(out.glob(f"*/{runs.RUN_INFO_FILE}"), reverse=True):
+        try:
+            info = runs.read_run_info(info_path.parent)
+        except (CellaeError, OSError, ValueError):
+            continue
+        if info.get(SLURM_JOB_KEY) != job or info.get("name") != name:
+            continue
+        run_dir = info_path.parent
+        if (run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT).is_file():
+            print(f"SLURM job {job} was requeued (restart {restarts}): resuming {run_dir}",
+                  file=sys.stderr, flush=True)
+            return run_dir
+        print(f"SLURM job {job} was requeued before {run_dir} finished an epoch: training "
+              f"anew", file=sys.stderr, flush=True)
+    return None
 
 
 @contextlib.contextmanager
