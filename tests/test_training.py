@@ -375,3 +375,28 @@ def test_a_requeued_slurm_job_resumes_its_own_run(tmp_path, monkeypatch):
     assert resumed == run_dir and list(out.iterdir()) == [run_dir]
     assert [int(r["epoch"]) for r in metric_rows(run_dir)] == [1, 2, 3]
     assert runs.read_run_info(run_dir)["resumed_from_epoch"] == 2
+
+
+class LaunchLikeLightning(Callback):
+    """Writes into the environment what Lightning's launcher writes as it starts the processes
+    of the other devices (LOCAL_RANK, NODE_RANK, WORLD_SIZE, MASTER_*)."""
+
+    def on_train_start(self, trainer, pl_module):
+        os.environ.update(LOCAL_RANK="0", NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT="29999")
+
+
+def test_a_run_leaves_no_launcher_environment_for_the_next_run(tmp_path, monkeypatch):
+    """A local sweep trains its runs one after another in one process: LOCAL_RANK left over
+    from a DDP run would make the next run wait for device processes nobody starts."""
+    keys = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+            "CELLAE_RUN_DIR")
+    for key in keys:
+        monkeypatch.delenv(key, raising=False)
+    train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "runs", evaluate=False,
+          callbacks=[LaunchLikeLightning()])
+    assert [key for key in keys if key in os.environ] == []
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.5")  # a value the user set stays as it was
+    train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "runs", evaluate=False,
+          callbacks=[LaunchLikeLightning()])
+    assert os.environ["MASTER_ADDR"] == "10.0.0.5" and "LOCAL_RANK" not in os.environ

@@ -51,6 +51,28 @@ from cellae.models.base import prefers_channels_last
 RUN_DIR_ENV = "CELLAE_RUN_DIR"
 
 
+# What Lightning's launcher writes into this process's environment as it starts the processes
+# for the other devices. Left set, the next run in this process (a local sweep's next run)
+# would read LOCAL_RANK as "started by a launcher", start no processes, and wait for ever for
+# the ones it did not start.
+LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE",
+                RUN_DIR_ENV)
+
+
+@contextlib.contextmanager
+def _environment_restored(keys: tuple[str, ...]) -> Iterator[None]:
+    """The environment variables ``keys`` as they were before, whatever happens inside."""
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class NonFiniteLossError(CellaeError):
     """The loss became NaN or infinite."""
 
@@ -568,10 +590,12 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
     if owner and ckpt_path is None:
         runs.update_run_info(run_dir, parameters=sum(p.numel() for p in module.model.parameters()))
     trainer = build_trainer(config, run_dir, callbacks)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        with _environment_restored(LAUNCHER_ENV):
+            os.environ[RUN_DIR_ENV] = str(run_dir)
+            trainer.fit(module, datamodule=datamodule,
+                        ckpt_path=str(ckpt_path) if ckpt_path else None)
     except NonFiniteLossError as exc:
         kept = run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT
         if owner:
