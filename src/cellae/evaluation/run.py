@@ -101,15 +101,14 @@ def encode_images(model: CellAutoencoder, images: np.ndarray, rows: np.ndarray |
 CODE_CHECK_IMAGES = 16
 
 
-def _codes_of(model: CellAutoencoder, x: torch.Tensor, output: Any, trusted: list[bool]) -> torch.Tensor:
-    """The codes of ``x``: the forward pass's ``z`` where it is what ``encode`` gives (the AE's,
-    the VAE's mean in eval mode), which saves a second pass of the encoder; checked on the
-    first batch, as a plug-in family may put a sample or something else there."""
-    if not trusted:
-        head = x[:CODE_CHECK_IMAGES]
-        trusted.append(output.z.shape == (len(x), model.latent_dim) and torch.allclose(
-            model.encode(head), output.z[:len(head)], rtol=1e-4, atol=1e-5))
-    return output.z if trusted[0] else model.encode(x)
+def z_is_encode(model: CellAutoencoder, x: torch.Tensor, output: Any) -> bool:
+    """Whether the forward pass's ``z`` is what ``encode`` gives (the AE's code, the VAE's mean
+    in eval mode), so that its codes can be read off the forward pass instead of a second
+    pass of the encoder; a plug-in family may put a sample or something else there. Checked
+    on the first ``CODE_CHECK_IMAGES`` images of ``x``."""
+    head = x[:CODE_CHECK_IMAGES]
+    return output.z.shape == (len(x), model.latent_dim) and torch.allclose(
+        model.encode(head), output.z[:len(head)], rtol=1e-4, atol=1e-5)
 
 
 @torch.no_grad()
@@ -123,13 +122,15 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
     ssim_values = []
     errors = []
     codes = []
-    trusted: list[bool] = []
+    trusted: bool | None = None  # decided on the first batch
     n = 0
     for start, x in zip(range(0, len(idx), BATCH), _batches(cache.images, idx, device), strict=True):
         rows = idx[start:start + BATCH]
         mask = torch.from_numpy(np.asarray(cache.masks[rows])).to(device).float().unsqueeze(1)
         output = model(x)
-        codes.append(_codes_of(model, x, output, trusted).float().cpu())
+        if trusted is None:
+            trusted = z_is_encode(model, x, output)
+        codes.append((output.z if trusted else model.encode(x)).float().cpu())
         losses = model.loss(x, mask, output)
         for key, value in losses.items():
             totals[key] = totals.get(key, 0.0) + float(value) * len(rows)

@@ -61,16 +61,17 @@ def _chunk_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     inside = masks != 0
     counts = inside.sum(axis=(1, 2))
     valid = counts >= 2
-    area = np.maximum(counts, 1)[:, None, None]
-    mean = np.where(inside, luma, 0.0).sum(axis=(1, 2), keepdims=True) / area
-    variance = np.where(inside, (luma - mean) ** 2, 0.0).sum(axis=(1, 2), keepdims=True) / area
+    area = np.maximum(counts, 1)  # an empty cell divides by 1; its features are zeroed below
+    per_pixel = area[:, None, None]
+    mean = np.where(inside, luma, 0.0).sum(axis=(1, 2), keepdims=True) / per_pixel
+    variance = np.where(inside, (luma - mean) ** 2, 0.0).sum(axis=(1, 2), keepdims=True) / per_pixel
     z = (luma - mean) / np.maximum(np.sqrt(variance), MIN_SPREAD)
     dark = inside & (z < -2.0)
     # np.percentile's default (linear) rule, on each cell's own interior pixels; only the
     # lowest few per cell need sorting, the outside is +inf so it sorts last
-    position = 0.01 * (np.maximum(counts, 1) - 1)
+    position = 0.01 * (area - 1)
     below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, np.maximum(counts, 1) - 1)
+    above = np.minimum(below + 1, area - 1)
     flat_z = np.where(inside, z, np.inf).reshape(n, -1)
     lowest = int(above.max()) + 1
     if lowest < flat_z.shape[1]:
@@ -91,7 +92,6 @@ def _chunk_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         owner[flat_labels[flat_labels > 0]] = image_of_pixel[flat_labels > 0]
         np.maximum.at(largest, owner[1:], sizes[1:])
 
-    area = area[:, 0, 0]
     result = np.stack([
         dark.sum(axis=(1, 2)) / area,
         (inside & (z < -3.0)).sum(axis=(1, 2)) / area,
