@@ -406,3 +406,23 @@ def test_evaluation_reads_the_test_codes_off_the_forward_pass_only_where_they_ar
         torch.testing.assert_close(output.z, expected)
         other = dataclasses.replace(output, z=torch.randn_like(output.z))
         assert not z_is_encode(model, x, other)
+
+
+@pytest.mark.parametrize("family,upsample,norm", [("ae", "resize", "batch"), ("vae", "transpose", "batch"),
+                                                  ("ae", "resize", "group")])
+def test_inference_copy_folds_batch_norm_without_changing_outputs(family, upsample, norm) -> None:
+    model = tiny(family, upsample=upsample, norm=norm)
+    with torch.no_grad():  # running statistics away from their initial 0 and 1
+        for seed in range(3):
+            model(images(8, seed=seed) * 2 + 0.5)
+    model.eval()
+    fused = model.inference_copy()
+    x = images(4, seed=9)
+    with torch.no_grad():
+        assert torch.allclose(fused.encode(x), model.encode(x), atol=1e-5)
+        assert torch.allclose(fused(x).recon, model(x).recon, atol=1e-5)
+    norms = [m for m in fused.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not norms and not fused.training
+    # the model itself is untouched: it still loads its checkpoint's keys
+    assert set(model.state_dict()) != set(fused.state_dict()) or norm == "group"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == (norm == "batch")

@@ -108,28 +108,30 @@ def ssim(originals: np.ndarray, recons: np.ndarray) -> float:
 def ssim_per_image(originals: torch.Tensor, recons: torch.Tensor) -> torch.Tensor:
     """SSIM of each image pair (N,), on the tensors' own device and in their float type.
 
-    Gaussian window (sigma 1.5, 11 taps), K1 = 0.01, K2 = 0.03, population covariances. The
-    SSIM map comes from torchmetrics; it is averaged away from a 5-pixel border (where the
-    window would hang off the image), as scikit-image and Wang et al. do, where torchmetrics
-    would average the reflected border in too (2e-4 higher on noisy images).
+    Gaussian window (sigma 1.5, 11 taps), K1 = 0.01, K2 = 0.03, population covariances,
+    averaged over the pixels whose window lies inside the image (away from a 5-pixel border),
+    as scikit-image and Wang et al. do. From pytorch-msssim, whose separable Gaussian filter
+    (two 11-tap passes, not one 121-tap one) ran 5x faster than torchmetrics' on 2 CPU cores,
+    channels-last (0.05 s against 0.26 s for 256 images at 64 px; the same to 4e-7).
     """
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    from pytorch_msssim import ssim as pytorch_msssim_ssim
 
     if originals.shape != recons.shape or originals.dim() != 4:
         raise ValueError(f"expected two (N, C, H, W) tensors of one shape, got "
                          f"{tuple(originals.shape)} and {tuple(recons.shape)}")
-    radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
-    if min(originals.shape[2:]) < 2 * radius + 1:
+    window = 2 * int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1
+    if min(originals.shape[2:]) < window:
         raise ValueError(
-            f"SSIM needs images of at least {2 * radius + 1} pixels a side, got "
+            f"SSIM needs images of at least {window} pixels a side, got "
             f"{tuple(originals.shape[2:])}"
         )
-    # channels-last: torchmetrics' grouped Gaussian convolutions run 3x faster on the CPU
-    # (measured, 256 images at 64 px); the map is the same to 1e-7
-    recons = recons.contiguous(memory_format=torch.channels_last)
-    originals = originals.contiguous(memory_format=torch.channels_last)
-    _, ssim_map = structural_similarity_index_measure(
-        recons, originals, gaussian_kernel=True, sigma=SSIM_SIGMA, data_range=1.0, k1=SSIM_K1,
-        k2=SSIM_K2, reduction="none", return_full_image=True,
+    # the window in the images' own float type: pytorch-msssim builds its own in float32,
+    # 1e-6 off the float64 figure
+    taps = torch.arange(window, dtype=originals.dtype, device=originals.device) - window // 2
+    gauss = torch.exp(-taps**2 / (2 * SSIM_SIGMA**2))
+    gauss = (gauss / gauss.sum()).expand(originals.shape[1], 1, 1, window)
+    return pytorch_msssim_ssim(
+        recons.contiguous(memory_format=torch.channels_last),
+        originals.contiguous(memory_format=torch.channels_last),
+        data_range=1.0, size_average=False, win=gauss, K=(SSIM_K1, SSIM_K2),
     )
-    return ssim_map[:, :, radius:-radius, radius:-radius].mean(dim=(1, 2, 3))

@@ -166,9 +166,10 @@ def _latent_block(config: Config, train_codes: np.ndarray, train_labels: np.ndar
 
 def _pixels(cache: CellCache, idx: np.ndarray) -> np.ndarray:
     flat = np.asarray(cache.images[np.sort(idx)]).reshape(len(idx), -1)
-    # one pass, straight into float32: astype then divide took 7x as long (0.33 s for the
-    # sample's train side)
-    return np.multiply(flat, np.float32(1 / 255), dtype=np.float32)
+    # converted first, then scaled in place: numpy's mixed uint8-by-float32 multiply runs a
+    # slow casting loop (0.40 s against 0.05 s for the sample's train side, same values)
+    pixels = flat.astype(np.float32)
+    return np.multiply(pixels, np.float32(1 / 255), out=pixels)
 
 
 def _spots(cache: CellCache, idx: np.ndarray) -> np.ndarray:
@@ -363,6 +364,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False,
     loaded = runs.load_run(run_dir, cache_dir=cache_dir)
     if torch.cuda.is_available():
         loaded.to("cuda")
+    loaded = dataclasses.replace(loaded, model=loaded.model.inference_copy())
     config = loaded.config
     if data is None:
         cache = runs.run_cache(run_dir, config)
@@ -435,7 +437,7 @@ def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False)
     run_dir = runs.require_run_dir(run_dir)
     loaded = runs.load_run(run_dir)
     cache = _source_cache(loaded.config, source)
-    codes = encode_images(loaded.model, cache.images)
+    codes = encode_images(loaded.model.inference_copy(), cache.images)
     class_names = np.asarray(cache.class_names)
     labels = np.asarray(cache.labels)
     files = np.asarray(cache.files).astype(str)
