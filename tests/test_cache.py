@@ -157,7 +157,11 @@ def test_files_bad_on_decode_are_skipped_and_arrays_compacted(tmp_path, make_kag
     assert list((tmp_path / "other").iterdir()) == []
 
 
-def test_parallel_build_matches_in_process_build(tmp_path):
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_parallel_build_matches_in_process_build(tmp_path, monkeypatch, start):
+    if start == "fork" and not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    monkeypatch.setattr(cache_module, "_start_method", lambda: start)
     n = cache_module.IN_PROCESS_LIMIT + 44
     synthetic = SyntheticConfig(n_images=n, n_patients=5)
     one = prepare_cache(
@@ -167,9 +171,23 @@ def test_parallel_build_matches_in_process_build(tmp_path):
         synthetic_config(tmp_path / "b", synthetic=synthetic, workers=2), progress=False
     )
     assert one.meta["workers"] == 1 and two.meta["workers"] == 2
+    assert two.meta["worker_start"] == start
     np.testing.assert_array_equal(one.images, two.images)
     np.testing.assert_array_equal(one.masks, two.masks)
     np.testing.assert_array_equal(one.labels, two.labels)
+
+
+def test_workers_fork_only_where_torch_is_not_loaded():
+    import subprocess
+    import sys
+
+    import torch  # noqa: F401  (a process that has loaded torch spawns its workers)
+
+    assert cache_module._start_method() == "spawn"
+    fresh = subprocess.run(
+        [sys.executable, "-c", "from cellae.data.cache import _start_method; print(_start_method())"],
+        capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == ("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def test_zip_source_builds(tmp_path, make_kaggle_zip):

@@ -186,12 +186,10 @@ def preprocess(
     # The mask goes through the same filter and is cut at half, so its edge sits where the
     # resized image is half cell, half padding. It rides as the fourth band of an RGBX image:
     # Pillow filters each band alike, so this is the same as two resizes, at half the calls.
-    height, width = mask.shape
-    bands = np.empty((height, width, 4), dtype=np.uint8)
-    bands[..., :3] = image
-    bands[..., 3] = mask
-    bands[..., 3] *= 255
-    both = Image.frombuffer("RGBX", (width, height), bands, "raw", "RGBX", 0, 1)
+    # The bands are joined by Pillow: numpy's strided copy into an (H, W, 4) array took a
+    # fifth of this function (same pixels either way)
+    mask_band = Image.fromarray(mask.view(np.uint8) * np.uint8(255))
+    both = Image.merge("RGBX", (*Image.fromarray(image).split(), mask_band))
     resized_bands = np.asarray(both.resize((new_w, new_h), RESAMPLE))
     resized = resized_bands[..., :3]
     resized_mask = resized_bands[..., 3] >= 128
