@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "malaria-sample" / "cell_images"
 MODEL_CONFIG = ROOT / "configs" / "malaria" / "{family}.yaml"
 SIZE = 64
+# whether glibc was told to keep freed memory in this process (cellae.allocator)
+KEEPS_FREED_MEMORY = False
 BATCH = 128
 GPU_BATCH = 1024
 
@@ -306,6 +308,18 @@ def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.d
                                 "against PyTorch's default NCHW", f"{after:,.0f}", f"{plain:,.0f}",
                                 after / plain))
             say(f"  bare loop in NCHW {plain:,.0f} images/s")
+            if KEEPS_FREED_MEMORY:
+                from cellae.allocator import glibc_defaults, keep_freed_memory
+
+                glibc_defaults()
+                default_malloc = bare_rate(config, cache, train, device, steps, layout)
+                keep_freed_memory()
+                rows_out.append(Row("training loop", "the allocator's gain: the bare loop with "
+                                    "glibc keeping freed memory (as `cellae` sets it) against "
+                                    "glibc's defaults", f"{after:,.0f}", f"{default_malloc:,.0f}",
+                                    after / default_malloc))
+                say(f"  bare loop with glibc's default allocator settings {default_malloc:,.0f} "
+                    "images/s")
         if precision == "32-true" and not compiled:
             flops = flops_per_image(config, int(cache.images.shape[1]), device)
             achieved = flops * ours
@@ -525,6 +539,13 @@ def main() -> int:
                         help="the markdown file to update ('' for none)")
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
+    global KEEPS_FREED_MEMORY
+    try:  # as the `cellae` command does before it trains or evaluates
+        from cellae.allocator import keep_freed_memory
+    except ImportError:  # a cellae before it, measured for a "before" column
+        pass
+    else:
+        KEEPS_FREED_MEMORY = keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="cellae-bench-"))

@@ -162,6 +162,10 @@ def _run(args: argparse.Namespace) -> int:
         setattr(args, place, found)
     if args.command == "data":
         return _run_data(args)
+    if args.command in ("train", "evaluate", "embed", "sweep"):
+        from cellae.allocator import keep_freed_memory
+
+        keep_freed_memory()  # PyTorch's CPU batches reuse freed pages (see cellae.allocator)
     if args.command == "train":
         from cellae.config import load_config
 

@@ -227,6 +227,9 @@ class _RunJob:
     """
 
     def __call__(self, sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool) -> str:
+        from cellae.allocator import keep_freed_memory
+
+        keep_freed_memory()  # a job's own process, as `cellae train` would set it
         return _run_one(sweep_dir, name, values, evaluate)
 
     def checkpoint(self, *args: Any) -> Any:
