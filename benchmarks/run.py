@@ -34,8 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "malaria-sample" / "cell_images"
 MODEL_CONFIG = ROOT / "configs" / "malaria" / "{family}.yaml"
 SIZE = 64
-# whether glibc was told to keep freed memory in this process (cellae.allocator)
-KEEPS_FREED_MEMORY = False
 BATCH = 128
 GPU_BATCH = 1024
 
@@ -259,7 +257,9 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> fl
 
 
 def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.device,
-                  quick: bool, work: Path) -> list[Row]:
+                  quick: bool, work: Path, keeps_freed_memory: bool) -> list[Row]:
+    """The training rows; ``keeps_freed_memory``: whether glibc was told to keep freed memory
+    in this process (cellae.allocator), whose gain then gets a row."""
     from cellae.config import DataConfig
     from cellae.data.cache import prepare_cache
 
@@ -308,7 +308,7 @@ def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.d
                                 "against PyTorch's default NCHW", f"{after:,.0f}", f"{plain:,.0f}",
                                 after / plain))
             say(f"  bare loop in NCHW {plain:,.0f} images/s")
-            if KEEPS_FREED_MEMORY:
+            if keeps_freed_memory:
                 from cellae.allocator import glibc_defaults, keep_freed_memory
 
                 glibc_defaults()
@@ -539,13 +539,12 @@ def main() -> int:
                         help="the markdown file to update ('' for none)")
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
-    global KEEPS_FREED_MEMORY
     try:  # as the `cellae` command does before it trains or evaluates
         from cellae.allocator import keep_freed_memory
     except ImportError:  # a cellae before it, measured for a "before" column
-        pass
+        keeps_freed_memory = False
     else:
-        KEEPS_FREED_MEMORY = keep_freed_memory()
+        keeps_freed_memory = keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="cellae-bench-"))
@@ -560,7 +559,7 @@ def main() -> int:
     built, cache = cache_rows(source, files, work)
     rows += built
     say("training loop")
-    rows += training_rows(source, files, scale, device, args.quick, work)
+    rows += training_rows(source, files, scale, device, args.quick, work, keeps_freed_memory)
     say("data path")
     rows += data_rows(cache, files, scale, float(rows[len(built)].cellae.replace(",", "")))
     say("evaluation")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Callable
 
 OPT_OUT = "CELLAE_SYSTEM_MALLOC"
 # glibc's mallopt parameters (malloc.h)
@@ -41,22 +42,27 @@ def keep_freed_memory() -> bool:
         return False
     if any(name in os.environ.get("LD_PRELOAD", "") for name in OTHER_ALLOCATORS):
         return False
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):  # glibc only: musl's mallopt does nothing
-            return False
-        mallopt = ctypes.CDLL(None).mallopt
-    except (ValueError, OSError, AttributeError):
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
         return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO))
 
 
 def glibc_defaults() -> None:
     """glibc's default values back (for a benchmark that measures the difference)."""
+    mallopt = _glibc_mallopt()
+    if mallopt is not None:
+        mallopt(M_MMAP_MAX, 65536)
+        mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+
+
+def _glibc_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt`` in this process, or None elsewhere (musl's does nothing)."""
     try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
+    except (ValueError, OSError, AttributeError):
+        return None
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt(M_MMAP_MAX, 65536)
-    mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    return mallopt

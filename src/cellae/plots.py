@@ -71,14 +71,16 @@ class _Mosaic:
     """Image tiles pasted into one RGB canvas on white, drawn as one image on one axes.
 
     A grid of 32 cells as 32 axes took 0.63 s to build and render (each axes makes its own
-    ticks and frame); one canvas with text laid over it draws the same grid in 0.25 s. Positions are in canvas pixels; ``above`` leaves room over a row (for captions, in
-    tile heights), ``bottom`` under the last row, ``left`` a margin for row labels.
+    ticks and frame); one canvas with text laid over it draws the same grid in 0.25 s.
+    ``rows`` are (N, C, H, W) arrays of one tile size. Positions are in canvas pixels;
+    ``above`` leaves room over each row (for captions, in tile heights), ``bottom`` under the
+    last row, ``left`` a margin for row labels.
     """
 
     def __init__(self, rows: Sequence[np.ndarray], above: Sequence[float], *,
-                 height: int, width: int, columns: int, left: float = 0.0,
-                 bottom: float = 0.0) -> None:
-        self.height, self.width = height, width
+                 left: float = 0.0, bottom: float = 0.0) -> None:
+        self.height, self.width = rows[0].shape[2:]
+        height, width = self.height, self.width
         self.gap = max(1, width // 10)
         self.left = round(left * width)
         self.tops: list[int] = []
@@ -87,8 +89,8 @@ class _Mosaic:
             y += round(space * height)
             self.tops.append(y)
             y += height
-        self.canvas = np.full((y + round(bottom * height), self.left + columns * (width + self.gap),
-                               3), 255, np.uint8)
+        columns = max(len(row) for row in rows)
+        self.canvas = np.full((y + round(bottom * height), self.x(columns), 3), 255, np.uint8)
         for r, row in enumerate(rows):
             for c, image in enumerate(row):
                 y0, x0 = self.tops[r], self.x(c)
@@ -176,8 +178,7 @@ def plot_inputs(
     picked = picked[np.argsort(labels[picked], kind="stable")]
     columns = min(GRID_COLUMNS, len(picked))
     rows = [images[picked[i:i + columns]] for i in range(0, len(picked), columns)]
-    _, _, height, width = images.shape
-    mosaic = _Mosaic(rows, [CAPTION] * len(rows), height=height, width=width, columns=columns)
+    mosaic = _Mosaic(rows, [CAPTION] * len(rows))
     counts = ", ".join(
         f"{int((labels[picked] == c).sum())} {class_name(class_names, int(c))}"
         for c in np.unique(labels[picked])
@@ -484,15 +485,13 @@ def plot_reconstructions(
                          f"{originals.shape} and {recons.shape}")
     n = len(originals)
     columns = min(GRID_COLUMNS, n)
-    _, _, height, width = originals.shape
     rows, above = [], []
     for start in range(0, n, columns):
         rows += [originals[start:start + columns], recons[start:start + columns]]
         # room for the class over each original, and for the MSE under each reconstruction
         # of the block before
         above += [CAPTION if start == 0 else 2 * CAPTION + 0.1, 0.06]
-    mosaic = _Mosaic(rows, above, height=height, width=width, columns=columns, left=0.3,
-                     bottom=CAPTION)
+    mosaic = _Mosaic(rows, above, left=0.3, bottom=CAPTION)
     fig, ax = mosaic.figure(f"{run}: test images (original) and their reconstructions")
     colours = _class_colours(len(class_names))
     for i in range(n):
@@ -515,11 +514,10 @@ def plot_image_grid(images: np.ndarray, path: Path, title: str, *, run: str,
     images = _uint8(images)
     if len(images) == 0:
         raise ValueError("no images to plot")
-    n, _, height, width = images.shape
+    n = len(images)
     per_row = max(1, min(nrow or GRID_COLUMNS, n))
     rows = [images[i:i + per_row] for i in range(0, n, per_row)]
-    mosaic = _Mosaic(rows, [0.0] + [0.1] * (len(rows) - 1), height=height, width=width,
-                     columns=per_row)
+    mosaic = _Mosaic(rows, [0.0] + [0.1] * (len(rows) - 1))
     fig, _ = mosaic.figure(f"{run}: {title}")
     return save(fig, path)
 
