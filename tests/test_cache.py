@@ -157,6 +157,17 @@ def test_files_bad_on_decode_are_skipped_and_arrays_compacted(tmp_path, make_kag
     assert list((tmp_path / "other").iterdir()) == []
 
 
+def test_names_are_saved_a_slice_at_a_time_as_numpy_would_save_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "STRING_SLICE", 3)  # several slices, a short last one
+    names = ["Parasitized/C1P11thinF_a.png", "b", "", "Uninfected/été_細胞.png", "c" * 70, "d", "e"]
+    rows = np.array([0, 1, 2, 3, 4, 6])  # row 5 skipped
+    cache_module._save_strings(tmp_path / "names.npy", names, rows)
+    np.save(tmp_path / "numpy.npy", np.array([names[i] for i in rows], dtype=str))
+    assert (tmp_path / "names.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()
+    cache_module._save_strings(tmp_path / "empty.npy", ["", ""], np.array([0, 1]))
+    assert np.load(tmp_path / "empty.npy").tolist() == ["", ""]
+
+
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_parallel_build_matches_in_process_build(tmp_path, monkeypatch, start):
     if start == "fork" and not hasattr(os, "fork"):

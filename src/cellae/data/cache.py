@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ ARRAYS = ("images", "masks", "labels", "patients", "files")
 # below this many images, starting worker processes costs more than it saves
 IN_PROCESS_LIMIT = 256
 CHUNK = 32
+# names written to files.npy and patients.npy at a time
+STRING_SLICE = 4096
 # a build on another machine sharing the cache folder is abandoned once untouched this long
 FOREIGN_BUILD_SECONDS = 24 * 3600
 # seconds between the lines that stand in for the progress bar off a terminal
@@ -68,8 +70,8 @@ class CellCache:
         self.images: np.memmap = np.load(path / "images.npy", mmap_mode="r")
         self.masks: np.memmap = np.load(path / "masks.npy", mmap_mode="r")
         self.labels: np.ndarray = np.load(path / "labels.npy")
-        self.patients: np.ndarray = np.load(path / "patients.npy")
-        self.files: np.ndarray = np.load(path / "files.npy")
+        self.patients: np.ndarray = np.load(path / "patients.npy", mmap_mode="r")
+        self.files: np.ndarray = np.load(path / "files.npy", mmap_mode="r")
         self.class_names: list[str] = list(meta["class_names"])
 
     def __len__(self) -> int:
@@ -333,10 +335,9 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
         images.keep(kept_idx)
         masks.keep(kept_idx)
         labels = np.asarray(source.labels, dtype=np.int64)[kept_idx]
-        patients = np.array([source.patients[i] for i in kept_idx], dtype=str)
         np.save(temp / "labels.npy", labels)
-        np.save(temp / "patients.npy", patients)
-        np.save(temp / "files.npy", np.array([source.files[i] for i in kept_idx], dtype=str))
+        _save_strings(temp / "patients.npy", source.patients, kept_idx)
+        _save_strings(temp / "files.npy", source.files, kept_idx)
         meta = {
             "key": key,
             "format_version": FORMAT_VERSION,
@@ -347,7 +348,7 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
             "label_map": source.label_map,
             "n_images": len(kept_idx),
             "counts": {name: int((labels == i).sum()) for i, name in enumerate(source.class_names)},
-            "patients": len(np.unique(patients)),
+            "patients": len({name for part in _slices(source.patients, kept_idx) for name in part}),
             "unmatched_patients": source.unmatched_patients,
             "skipped": [{"file": f, "reason": r} for f, r in source.skipped],
             "ignored": source.ignored,
@@ -455,12 +456,31 @@ class _RowFile:
         os.replace(temp, self.path)
 
 
-def _npy_header(shape: tuple[int, ...]) -> bytes:
+def _npy_header(shape: tuple[int, ...], descr: str = "|u1") -> bytes:
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buffer, {"descr": "|u1", "fortran_order": False, "shape": tuple(int(s) for s in shape)}
+        buffer, {"descr": descr, "fortran_order": False, "shape": tuple(int(s) for s in shape)}
     )
     return buffer.getvalue()
+
+
+def _save_strings(path: Path, strings: Sequence[str], rows: np.ndarray) -> None:
+    """Save ``strings[rows]`` as the .npy of a numpy str array, a slice of rows at a time.
+
+    ``np.save(np.array(names))`` held all of them at four bytes a character at once: 5 MB of
+    the builder's 13 MB growth at 45,000 cells, more with the NIH set's long names.
+    """
+    width = max((len(name) for part in _slices(strings, rows) for name in part), default=1)
+    dtype = np.dtype((np.str_, max(width, 1)))
+    with path.open("wb") as handle:
+        handle.write(_npy_header((len(rows),), dtype.str))
+        for part in _slices(strings, rows):
+            handle.write(np.array(part, dtype=dtype).tobytes())
+
+
+def _slices(strings: Sequence[str], rows: np.ndarray) -> Iterator[list[str]]:
+    for start in range(0, len(rows), STRING_SLICE):
+        yield [strings[i] for i in rows[start : start + STRING_SLICE].tolist()]
 
 
 class _PlainProgress:
