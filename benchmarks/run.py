@@ -396,11 +396,15 @@ def cache_rows(source: Path, files: list[Path], work: Path) -> tuple[list[Row], 
     cache = prepare_cache(data, progress=False)
     reuse = time.perf_counter() - started
     workers = cache.meta["workers"]
+    from cellae.data import decode
+
+    decoder = "libspng" if decode.pyspng is not None else "Pillow"
     say(f"  cache build {cold:.1f} s ({workers} processes; {cache.meta['build_seconds']:.1f} s "
         f"inside), bare decode loop {bare:.1f} s, reuse {reuse * 1000:.0f} ms")
     return [
         Row("cache build", f"cold build of {len(cache)} images, masks included "
-            f"(`cellae data prepare`, {workers} processes, start-up included), seconds",
+            f"(`cellae data prepare`, {workers} processes, PNGs decoded by {decoder}, "
+            "start-up included), seconds",
             f"{cold:.1f}", f"{bare:.1f} (bare 1-process decode and resize)", bare / cold, ">= 1",
             bare / cold >= 1),
         Row("cache build", "reuse, seconds", f"{reuse:.3f}", "", None, "< 1", reuse < 1),

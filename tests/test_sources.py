@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import io
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cellae.config import DataConfig, SyntheticConfig
+from cellae.data import decode
 from cellae.data.inspection import inspect_source
 from cellae.data.sources import SOURCES, FileSource, open_source, register_source
 from cellae.data.sources.folder_source import FolderSource
@@ -290,6 +293,59 @@ def test_16_bit_png_is_scaled_to_8_bit(tmp_path, make_kaggle_folder):
     assert image.mode == "I;16"
     out = _decode_one(tmp_path, make_kaggle_folder, image)
     np.testing.assert_array_equal(out[0, :, 0], [0, 128, 255])
+
+
+def _png(width: int, height: int, depth: int, colour: int, rows: bytes) -> bytes:
+    """A PNG written chunk by chunk, for the kinds Pillow cannot save (16-bit RGB)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (len(body).to_bytes(4, "big") + kind + body
+                + zlib.crc32(kind + body).to_bytes(4, "big"))
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([depth, colour, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def _png_kinds() -> dict[str, bytes]:
+    rgb = cell_array(5, 30, 26)
+    with_alpha_key = io.BytesIO()
+    Image.fromarray(rgb).save(with_alpha_key, format="PNG", transparency=(0, 0, 0))
+    deep = np.arange(2 * 3 * 3, dtype=">u2").reshape(2, 3, 3) * 3000
+    rows = b"".join(b"\x00" + row.tobytes() for row in deep)
+    corrupt = bytearray(png_bytes(rgb))
+    corrupt[len(corrupt) // 2] ^= 0xFF  # inside the pixel data; both ends intact
+    return {"rgb": png_bytes(rgb), "rgb with a transparent colour": with_alpha_key.getvalue(),
+            "16-bit rgb": _png(3, 2, 16, 2, rows), "corrupt pixel data": bytes(corrupt),
+            "gray": png_bytes(rgb[..., 0]), "rgba": png_bytes(np.dstack([rgb, rgb[..., :1]]))}
+
+
+@pytest.mark.parametrize("kind", list(_png_kinds()))
+def test_libspng_and_pillow_decode_every_png_alike(kind, monkeypatch):
+    pytest.importorskip("pyspng", reason="the png extra (pyspng) is not installed")
+    data = _png_kinds()[kind]
+
+    def outcome() -> object:
+        try:
+            return decode.decode_image(data)
+        except decode.BadImage as exc:
+            return f"BadImage: {exc}"
+
+    fast = outcome()
+    monkeypatch.setattr(decode, "pyspng", None)
+    pillow = outcome()
+    if isinstance(pillow, str):
+        assert fast == pillow
+    else:
+        assert fast.dtype == np.uint8 and fast.shape == pillow.shape
+        np.testing.assert_array_equal(fast, pillow)
+
+
+def test_libspng_decodes_the_malaria_crops_as_pillow_does(malaria_sample, monkeypatch):
+    pytest.importorskip("pyspng", reason="the png extra (pyspng) is not installed")
+    files = sorted(malaria_sample.rglob("*.png"))[::150]
+    fast = [decode.decode_image(f.read_bytes()) for f in files]
+    monkeypatch.setattr(decode, "pyspng", None)
+    for path, pixels in zip(files, fast, strict=True):
+        np.testing.assert_array_equal(pixels, decode.decode_image(path.read_bytes()), err_msg=path.name)
 
 
 def test_symlink_loop_does_not_hang(tmp_path, make_kaggle_folder):
