@@ -398,7 +398,7 @@ def cache_rows(source: Path, files: list[Path], work: Path) -> tuple[list[Row], 
     workers = cache.meta["workers"]
     from cellae.data import decode
 
-    decoder = "libspng" if decode.pyspng is not None else "Pillow"
+    decoder = "libspng" if getattr(decode, "pyspng", None) is not None else "Pillow"
     say(f"  cache build {cold:.1f} s ({workers} processes; {cache.meta['build_seconds']:.1f} s "
         f"inside), bare decode loop {bare:.1f} s, reuse {reuse * 1000:.0f} ms")
     return [
