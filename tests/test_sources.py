@@ -315,7 +315,8 @@ def _png_kinds() -> dict[str, bytes]:
     corrupt[len(corrupt) // 2] ^= 0xFF  # inside the pixel data; both ends intact
     return {"rgb": png_bytes(rgb), "rgb with a transparent colour": with_alpha_key.getvalue(),
             "16-bit rgb": _png(3, 2, 16, 2, rows), "corrupt pixel data": bytes(corrupt),
-            "gray": png_bytes(rgb[..., 0]), "rgba": png_bytes(np.dstack([rgb, rgb[..., :1]]))}
+            "gray": png_bytes(rgb[..., 0]), "rgba": png_bytes(np.dstack([rgb, rgb[..., :1]])),
+            "padded after its end chunk": png_bytes(rgb) + bytes(16)}
 
 
 @pytest.mark.parametrize("kind", list(_png_kinds()))
@@ -330,6 +331,9 @@ def test_libspng_and_pillow_decode_every_png_alike(kind, monkeypatch):
             return f"BadImage: {exc}"
 
     fast = outcome()
+    # which PNGs libspng decodes: plain 8-bit RGB; a damaged one goes to Pillow
+    by_libspng = kind in ("rgb", "rgb with a transparent colour", "padded after its end chunk")
+    assert (decode._decode_rgb_png(data) is not None) == by_libspng
     monkeypatch.setattr(decode, "pyspng", None)
     pillow = outcome()
     if isinstance(pillow, str):
