@@ -14,8 +14,11 @@ cd "$(dirname "$0")/.."
 
 case "${1:-}" in
 prepare)
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-    grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
+    exclude=$(git rev-parse --git-path info/exclude)  # also where .git is a file (a worktree)
+    mkdir -p "$(dirname "$exclude")"
+    for folder in /.whl/ /.device/; do
+        grep -qx "$folder" "$exclude" 2>/dev/null || echo "$folder" >> "$exclude"
+    done
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
@@ -37,7 +40,9 @@ for path in sorted(source.rglob("*.png")):
     out.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(path) as image:
         image.thumbnail((64, 64), Image.Resampling.BILINEAR)
-        image.save(out)
+        # written aside and renamed, so that an interrupted run leaves no half file to keep
+        image.save(out.with_suffix(".part"), format="PNG")
+    out.with_suffix(".part").replace(out)
 PY
     du -sh .whl .device
     echo "then: run(command='bash benchmarks/gpu.sh run', carry=['.whl', '.device'], timeout_s=540)"

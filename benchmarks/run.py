@@ -161,6 +161,9 @@ class StepClock:
         self._started, self._pending = None, 0
 
     def rate(self) -> float:
+        if not self.images:
+            raise RuntimeError("no training step was timed: an epoch's training side fits in one "
+                               "batch; give the benchmark a source with more images")
         return self.images / self.seconds
 
 
@@ -315,7 +318,8 @@ def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.d
     steps = max(scale.steps_timed, 50 if gpu else 2)
     for family, precision, batch, compiled in settings:
         # cellae's first epoch and each epoch's first step are not timed: enough epochs that
-        # about as many steps are timed as in the bare loop
+        # about as many steps are timed as in the bare loop (0.8: the training side, roughly,
+        # as the split keeps patients whole)
         timed_per_epoch = max(1, -(-int(0.8 * len(cache)) // batch) - 1)
         epochs = 1 + -(-steps // timed_per_epoch)
         config = run_config(family, str(cache_dir), subset, batch, precision, compiled, epochs)

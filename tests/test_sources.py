@@ -295,14 +295,15 @@ def test_16_bit_png_is_scaled_to_8_bit(tmp_path, make_kaggle_folder):
     np.testing.assert_array_equal(out[0, :, 0], [0, 128, 255])
 
 
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
 def _png(width: int, height: int, depth: int, colour: int, rows: bytes) -> bytes:
     """A PNG written chunk by chunk, for the kinds Pillow cannot save (16-bit RGB)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (len(body).to_bytes(4, "big") + kind + body
-                + zlib.crc32(kind + body).to_bytes(4, "big"))
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([depth, colour, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-            + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
+            + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
 
 
 def _png_kinds() -> dict[str, bytes]:
@@ -316,7 +317,13 @@ def _png_kinds() -> dict[str, bytes]:
     return {"rgb": png_bytes(rgb), "rgb with a transparent colour": with_alpha_key.getvalue(),
             "16-bit rgb": _png(3, 2, 16, 2, rows), "corrupt pixel data": bytes(corrupt),
             "gray": png_bytes(rgb[..., 0]), "rgba": png_bytes(np.dstack([rgb, rgb[..., :1]])),
-            "padded after its end chunk": png_bytes(rgb) + bytes(16)}
+            "padded after its end chunk": png_bytes(rgb) + bytes(16),
+            # Pillow reads the chunks after the pixel data, libspng does not: this text expands
+            # past Pillow's limit for one, so Pillow refuses the file
+            "text after the pixel data": png_bytes(rgb)[:-12] + _chunk(b"tEXt", b"note\0cell")
+            + _chunk(b"IEND", b""),
+            "a text bomb after the pixel data": png_bytes(rgb)[:-12]
+            + _chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * 2**21)) + _chunk(b"IEND", b"")}
 
 
 @pytest.mark.parametrize("kind", list(_png_kinds()))
@@ -331,7 +338,8 @@ def test_libspng_and_pillow_decode_every_png_alike(kind, monkeypatch):
             return f"BadImage: {exc}"
 
     fast = outcome()
-    # which PNGs libspng decodes: plain 8-bit RGB; a damaged one goes to Pillow
+    # which PNGs libspng decodes: plain 8-bit RGB; a damaged one, or one with chunks after its
+    # pixel data, goes to Pillow
     by_libspng = kind in ("rgb", "rgb with a transparent colour", "padded after its end chunk")
     assert (decode._decode_rgb_png(data) is not None) == by_libspng
     monkeypatch.setattr(decode, "pyspng", None)

@@ -480,7 +480,8 @@ def _save_strings(path: Path, strings: Sequence[str], rows: np.ndarray) -> None:
 
 def _slices(strings: Sequence[str], rows: np.ndarray) -> Iterator[list[str]]:
     for start in range(0, len(rows), STRING_SLICE):
-        yield [strings[i] for i in rows[start : start + STRING_SLICE].tolist()]
+        # str(): a plug-in source may name its patients by number, as np.array(dtype=str) took
+        yield [str(strings[i]) for i in rows[start : start + STRING_SLICE].tolist()]
 
 
 class _PlainProgress:

@@ -60,33 +60,44 @@ def _decode_rgb_png(data: bytes) -> np.ndarray | None:
 
     PNG is lossless, so both give the same pixels. pyspng tells libspng to use data whose
     checksums fail, where Pillow refuses the file, so the chunks' CRCs are checked here first
-    (7 us). Anything damaged, refused by libspng, or returned in another form (16-bit
-    samples) goes to Pillow, whose message names what is wrong.
+    (7 us); and libspng stops at the pixel data, where Pillow goes on to read (and may
+    refuse) the chunks after it, so a file with any such chunk goes to Pillow too. Anything
+    damaged, refused by libspng, or returned in another form (16-bit samples) goes to Pillow,
+    whose message names what is wrong. One difference is left: a deflate stream whose
+    Adler-32 checksum alone is wrong (every chunk's CRC right, so written that way) is decoded
+    here and refused by Pillow.
     """
-    if not _chunks_intact(data):
+    if not _plain_chunks(data):
         return None
     try:
-        pixels = pyspng.load(data)
-    except RuntimeError:
+        pixels = pyspng.load(bytes(data))
+    except Exception:  # whatever libspng or its binding refuses, Pillow reads or names
         return None
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         return None
     return pixels
 
 
-def _chunks_intact(data: bytes) -> bool:
-    """Whether every chunk of a PNG up to its end chunk has the CRC it declares."""
+def _plain_chunks(data: bytes) -> bool:
+    """Whether every chunk of a PNG up to its end chunk has the CRC it declares, and nothing
+    but pixel data follows the first pixel data chunk."""
     view = memoryview(data)
     at = len(PNG_SIGNATURE)
+    pixels_seen = False
     while at + 12 <= len(data):
         length = int.from_bytes(view[at : at + 4], "big")
+        kind = bytes(view[at + 4 : at + 8])
         end = at + 8 + length
         if end + 4 > len(data):
             return False
         if zlib.crc32(view[at + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
             return False
-        if view[at + 4 : at + 8] == b"IEND":
+        if kind == b"IEND":
             return True
+        if kind == b"IDAT":
+            pixels_seen = True
+        elif pixels_seen:
+            return False
         at = end + 4
     return False
 
