@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -312,7 +313,7 @@ def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.d
     settings = [("ae", "32-true", BATCH, False), ("vae", "32-true", BATCH, False)]
     if not quick:
         settings.append(("ae", "32-true", BATCH, True))
-    if device.type == "cuda":
+    if gpu:
         settings.append(("ae", "bf16-mixed", GPU_BATCH, False))
     # a GPU step of this small model takes milliseconds: time enough of them to average out
     steps = max(scale.steps_timed, 50 if gpu else 2)
@@ -320,8 +321,8 @@ def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.d
         # cellae's first epoch and each epoch's first step are not timed: enough epochs that
         # about as many steps are timed as in the bare loop (0.8: the training side, roughly,
         # as the split keeps patients whole)
-        timed_per_epoch = max(1, -(-int(0.8 * len(cache)) // batch) - 1)
-        epochs = 1 + -(-steps // timed_per_epoch)
+        timed_per_epoch = max(1, math.ceil(0.8 * len(cache) / batch) - 1)
+        epochs = 1 + math.ceil(steps / timed_per_epoch)
         config = run_config(family, str(cache_dir), subset, batch, precision, compiled, epochs)
         bf16 = precision.startswith("bf16")
         # the bare loop before and after cellae, so a drift of the machine's speed evens out

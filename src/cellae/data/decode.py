@@ -8,9 +8,11 @@ hundredfold into megabytes is refused before it is read.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -46,13 +48,14 @@ def decode_image(data: bytes) -> np.ndarray:
     Grayscale is repeated into three channels, 16-bit is scaled to 8-bit, and transparency
     is composited on black, the colour of the padding around every cell.
     """
-    if pyspng is not None:
-        header = _open_image(data, decode=False)  # the guards above, from the header alone
-        if header.format == "PNG" and header.mode == "RGB":
-            pixels = _decode_rgb_png(data)
-            if pixels is not None:
-                return pixels
-    return _to_rgb(_open_image(data, decode=True))
+    image = _open_image(data)  # the guards above, from the header alone
+    if pyspng is not None and image.format == "PNG" and image.mode == "RGB":
+        pixels = _decode_rgb_png(data)
+        if pixels is not None:
+            return pixels
+    with _pillow_errors_as_bad_image():
+        image.load()
+    return _to_rgb(image)
 
 
 def _decode_rgb_png(data: bytes) -> np.ndarray | None:
@@ -107,7 +110,7 @@ def image_size(data: bytes) -> tuple[int, int]:
 
     This is what lets ``cellae data inspect`` check every file of a large set quickly.
     """
-    return _open_image(data, decode=False).size
+    return _open_image(data).size
 
 
 def check_expansion(expanded: int, compressed: int) -> None:
@@ -133,21 +136,27 @@ def _require_complete(data: bytes) -> None:
         raise BadImage("truncated (the JPEG end marker is missing)")
 
 
-def _open_image(data: bytes, decode: bool) -> Image.Image:
-    """Open image bytes (and decode the pixels when ``decode``); raise :class:`BadImage`."""
+def _open_image(data: bytes) -> Image.Image:
+    """Open image bytes, reading the header only; raise :class:`BadImage` where the file is cut
+    off, unreadable or larger than a cell crop."""
     _require_complete(data)
+    with _pillow_errors_as_bad_image():
+        image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise BadImage(f"refused: {width:,} x {height:,} pixels, more than a cell crop "
+                       f"(at most {MAX_PIXELS:,}); crop or downscale it first")
+    return image
+
+
+@contextlib.contextmanager
+def _pillow_errors_as_bad_image() -> Iterator[None]:
+    """What Pillow raises while opening or decoding, as :class:`BadImage` with the reason."""
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice it; both are refused here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise BadImage(f"refused: {width:,} x {height:,} pixels, more than a cell crop "
-                               f"(at most {MAX_PIXELS:,}); crop or downscale it first")
-            if decode:
-                image.load()
-            return image
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"refused as a decompression-bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
