@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "malaria-sample" / "cell_images"
@@ -61,12 +62,14 @@ class Scale:
     tsne_points: tuple[int, ...]
     memory_images: int
     data_images: int
+    sweep_runs: int  # of the quickstart sweep, each trained and evaluated
+    sweep_epochs: int
 
 
 FULL = Scale(train_images=1536, steps_timed=10, tsne_points=(5000, 20000), memory_images=4504,
-             data_images=4504)
+             data_images=4504, sweep_runs=4, sweep_epochs=4)
 QUICK = Scale(train_images=512, steps_timed=3, tsne_points=(2000,), memory_images=500,
-              data_images=1024)
+              data_images=1024, sweep_runs=2, sweep_epochs=2)
 
 
 def say(text: str) -> None:
@@ -482,6 +485,45 @@ def memory_rows(scale: Scale) -> list[Row]:
                 growth, "<= 1.2", growth <= 1.2)]
 
 
+def sweep_rows(scale: Scale, work: Path, device: torch.device) -> list[Row]:
+    """Small runs of the quickstart sweep through ``cellae sweep``, one after another against
+    ``--jobs J`` side by side, start-up included, their caches built beforehand."""
+    try:
+        from cellae.side_by_side import machine_slots
+    except ImportError:  # a cellae before --jobs, measured for a "before" column
+        say("  skipped: this cellae has no cellae sweep --jobs")
+        return []
+    from cellae.config import config_from_dict
+    from cellae.data.cache import prepare_cache
+    from cellae.sweep import load_sweep
+
+    quickstart = yaml.safe_load((ROOT / "configs" / "sweeps" / "quickstart.yaml").read_text())
+    # the first runs of each family: AE and VAE, keep and fill_mean
+    picked = [r for r in quickstart["runs"] if r["model.latent_dim"] == min(
+        r["model.latent_dim"] for r in quickstart["runs"])][:scale.sweep_runs]
+    quickstart["config"]["data"]["cache_dir"] = str(work / "sweep-cache")
+    quickstart["config"]["train"]["epochs"] = scale.sweep_epochs
+    sweep_file = work / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({**quickstart, "runs": picked}, sort_keys=False))
+    sweep = load_sweep(sweep_file)
+    for combination in sweep.combinations:
+        prepare_cache(config_from_dict(sweep.config_values(combination)).data, progress=False)
+    jobs = 4 if device.type == "cuda" else max(2, min(4, cores() // 4))
+    seconds = {}
+    for n in (1, jobs):
+        started = time.perf_counter()
+        subprocess.run([*cellae_command(), "sweep", str(sweep_file), "--out", str(work / f"sweep-{n}"),
+                        "--jobs", str(n)], check=True, capture_output=True)
+        seconds[n] = time.perf_counter() - started
+    shares = machine_slots(jobs, torch.cuda.device_count() if device.type == "cuda" else 0)
+    say(f"  {len(picked)} runs: one after another {seconds[1]:.1f} s, --jobs {jobs} "
+        f"{seconds[jobs]:.1f} s ({len(shares[0].cores or ())} of {cores()} cores each)")
+    return [Row("sweep", f"seconds for {len(picked)} small runs of the quickstart sweep "
+                f"({scale.sweep_epochs} epochs, each trained and evaluated, `cellae sweep`): "
+                f"`--jobs {jobs}` side by side against one after another",
+                f"{seconds[jobs]:.1f}", f"{seconds[1]:.1f}", seconds[1] / seconds[jobs])]
+
+
 # ---------------------------------------------------------------- evaluation and t-SNE
 
 
@@ -611,6 +653,8 @@ def main() -> int:
     rows += tsne_rows(scale)
     say("memory")
     rows += memory_rows(scale)
+    say("sweep")
+    rows += sweep_rows(scale, work, device)
     minutes = (time.perf_counter() - started) / 60
     kind = "GPU" if device.type == "cuda" else "CPU"
     text = (f"### {kind}: {machine()}\n\n`python benchmarks/run.py{' --quick' if args.quick else ''}` "

@@ -125,6 +125,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="local: one run after another here (default); slurm: one SLURM job per run "
              "(needs cellae[slurm]), collected later with --resume",
     )
+    sweep.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="local launcher: N runs at once, each in its own process with its share of the "
+             "cores (and GPUs); output in the sweep's logs/ folder (default 1)",
+    )
     slurm = sweep.add_argument_group(
         "SLURM jobs (--launcher slurm; remembered by the sweep for later submissions)")
     slurm.add_argument("--slurm-partition", metavar="NAME", help="partition to submit to")
@@ -211,7 +216,8 @@ def _run(args: argparse.Namespace) -> int:
             raise CellaeError("the --slurm-* options go with --launcher slurm")
         # a resumed sweep runs from the copy frozen into its folder; the file is not needed
         sweep_dir = run_sweep(Path(args.sweep or ""), Path(args.out), resume=args.resume,
-                              overrides=args.overrides, launcher=args.launcher, slurm=slurm)
+                              overrides=args.overrides, launcher=args.launcher, slurm=slurm,
+                              jobs=args.jobs)
         print(f"sweep folder: {sweep_dir}")
         if runs_in_jobs(sweep_dir):
             print(f"collect with: cellae sweep --resume {sweep_dir}")

@@ -23,7 +23,9 @@ With ``folds`` or ``seeds``, a setting is scored as the mean and spread of its r
 one split or its best seed: the sweep ends by writing ``summary.md`` (see :mod:`cellae.summary`).
 
 Runs that share their data settings share one cache (it is keyed by them): the first run builds
-it, the others open it. ``--launcher slurm`` (through submitit, ``pip install 'cellae[slurm]'``)
+it, the others open it. ``--jobs N`` builds each distinct cache first, then runs N runs at once
+on this machine, each share of the cores (and GPUs) in a process of its own, each run's output
+in ``logs/<run>.log`` (see :mod:`cellae.side_by_side`). ``--launcher slurm`` (through submitit, ``pip install 'cellae[slurm]'``)
 builds each distinct cache once in the submitting process, submits each run that is not
 finished as its own job (logs in the sweep's ``submitit/`` folder) and returns; ``sweep.json``
 records each run's job id as ``submitted``, and the launcher and SLURM options. ``--resume``
@@ -64,6 +66,8 @@ MAX_RUNS = 1000
 LAUNCHERS = ("local", "slurm")
 # submitit's scripts, pickles and logs of the jobs, inside the sweep folder
 SUBMITIT_DIR = "submitit"
+# each run's output with --jobs N, inside the sweep folder
+LOGS_DIR = "logs"
 # a run whose job has been submitted and not yet collected (in the status file, with job_id)
 SUBMITTED = "submitted"
 # data keys that choose a run's training and test cells, not its cache: runs differing only
@@ -196,6 +200,113 @@ def _repeats(path: Path, combinations: list[dict[str, Any]], folds: Any,
                     repeat |= {"data.folds": folds, "data.fold": fold}
                 repeated.append(repeat | {"seed": seed, "name": f"{setting}-f{fold}-s{seed}"})
     return repeated
+
+
+def _run_reported(sweep_dir: Path, name: str, values: dict[str, Any],
+                  evaluate: bool) -> dict[str, Any]:
+    """:func:`_run_one` as its entry in the status file: what happened, or its error."""
+    from cellae.training import TrainingInterrupted
+
+    started = time.perf_counter()
+    try:
+        result: dict[str, Any] = {"status": _run_one(sweep_dir, name, values, evaluate)}
+    except TrainingInterrupted as exc:
+        result = {"status": "interrupted", "error": first_line(exc)}
+    except (CellaeError, RuntimeError, ValueError, OSError) as exc:
+        result = {"status": "failed", "error": first_line(exc),
+                  "traceback": traceback.format_exc(limit=5)}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _run_in_own_process(sweep_dir: Path, name: str, values: dict[str, Any],
+                        evaluate: bool) -> dict[str, Any]:
+    """One run of ``--jobs N``, in its own process (see :mod:`cellae.side_by_side`)."""
+    from cellae.allocator import keep_freed_memory
+
+    keep_freed_memory()  # its own process, as `cellae train` would set it
+    return _run_reported(sweep_dir, name, values, evaluate)
+
+
+def _ended(sweep: Sweep, sweep_dir: Path, status: dict[str, Any], name: str,
+           result: dict[str, Any], job_ids: dict[str, str]) -> dict[str, Any]:
+    """Record how a run ended in the status file, and say so if it failed."""
+    if result["status"] == "kept" and name in job_ids:
+        result["job_id"] = job_ids[name]  # a run its job finished keeps that job's id
+    if result["status"] == "failed":
+        print(f"[sweep {sweep.name}] {name} failed: {result['error']}", file=sys.stderr,
+              flush=True)
+    status["runs"][name] = result
+    _write_status(sweep_dir, status)
+    return result
+
+
+def _run_one_after_another(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
+                           todo: list[tuple[int, str, dict[str, Any]]], evaluate: bool,
+                           job_ids: dict[str, str]) -> None:
+    """``todo`` in this process, in order; an interrupted run stops the sweep."""
+    from cellae.training import TrainingInterrupted
+
+    for number, name, values in todo:
+        print(f"[sweep {sweep.name}] run {number} of {len(status['order'])}: {name}",
+              file=sys.stderr, flush=True)
+        result = _run_reported(sweep_dir, name, values, evaluate)
+        _ended(sweep, sweep_dir, status, name, result, job_ids)
+        if result["status"] == "interrupted":
+            # Ctrl-C or SIGTERM stops the sweep, not just the run it reached; --resume goes on
+            print(f"[sweep {sweep.name}] interrupted in {name}; continue with "
+                  f"cellae sweep --resume {sweep_dir}", file=sys.stderr, flush=True)
+            raise TrainingInterrupted(result["error"])
+
+
+def _run_side_by_side(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
+                      todo: list[tuple[int, str, dict[str, Any]]], evaluate: bool, jobs: int,
+                      job_ids: dict[str, str]) -> None:
+    """``todo``, ``jobs`` runs at a time in processes of their own (:mod:`cellae.side_by_side`),
+    after building each distinct cache once here, so that no two runs race to build it."""
+    from cellae.side_by_side import Task, machine_slots, run_side_by_side
+    from cellae.training import TrainingInterrupted
+
+    for number, name, _ in todo:
+        if _finished(sweep_dir / name):  # said here: a process of its own would only say so
+            print(f"[sweep {sweep.name}] run {number} of {len(status['order'])}: {name}",
+                  file=sys.stderr, flush=True)
+            _ended(sweep, sweep_dir, status, name, {"status": "kept"}, job_ids)
+    todo = [entry for entry in todo if status["runs"].get(entry[1], {}).get("status") != "kept"]
+    failed = _prepare_caches(sweep, [(name, values) for _, name, values in todo])
+    for name, message in failed.items():
+        _ended(sweep, sweep_dir, status, name, {"status": "failed", "error": message}, job_ids)
+    numbers = {name: number for number, name, _ in todo}
+    tasks = [Task(name, f"{__name__}:{_run_in_own_process.__name__}",
+                  (sweep_dir, name, values, evaluate))
+             for _, name, values in todo if name not in failed]
+    slots = machine_slots(jobs, _gpu_count())
+    total = len(status["order"])
+
+    def on_start(task: Task, log: Path) -> None:
+        print(f"[sweep {sweep.name}] run {numbers[task.name]} of {total}: {task.name} "
+              f"(its output: {log})", file=sys.stderr, flush=True)
+        status["runs"][task.name] = {"status": "running", "log": str(log.relative_to(sweep_dir))}
+        _write_status(sweep_dir, status)
+
+    def on_end(task: Task, result: dict[str, Any]) -> None:
+        result = {**result, "log": status["runs"][task.name]["log"]}
+        _ended(sweep, sweep_dir, status, task.name, result, job_ids)
+        seconds = f" in {result['seconds']} s" if "seconds" in result else ""
+        print(f"[sweep {sweep.name}] {task.name}: {result['status']}{seconds}", file=sys.stderr,
+              flush=True)
+
+    if run_side_by_side(tasks, slots, sweep_dir / LOGS_DIR, on_start, on_end):
+        print(f"[sweep {sweep.name}] interrupted; continue with cellae sweep --resume "
+              f"{sweep_dir} --jobs {jobs}", file=sys.stderr, flush=True)
+        raise TrainingInterrupted(f"sweep interrupted; continue with cellae sweep --resume "
+                                  f"{sweep_dir} --jobs {jobs}")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _run_one(sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool) -> str:
@@ -416,7 +527,7 @@ def _read_status(sweep_dir: Path) -> dict[str, Any]:
 def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool = True,
               overrides: list[str] | None = None, launcher: str | None = None,
               slurm: dict[str, Any] | None = None,
-              executor: Callable[..., Any] | None = None) -> Path:
+              executor: Callable[..., Any] | None = None, jobs: int = 1) -> Path:
     """Run every combination of a sweep file; return the sweep folder.
 
     ``overrides`` apply to every run of a new sweep; a resumed sweep keeps the values it was
@@ -427,13 +538,19 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
     :func:`slurm_executor`), ``slurm`` holds its parameters (:func:`slurm_parameters`),
     remembered in the status file for later submissions. A resumed sweep never starts a run
     whose job is still pending or running; the summary is written once every run is finished.
-    """
-    from cellae.training import TrainingInterrupted
 
+    ``jobs`` above 1 runs that many runs at once on this machine, each in its own process with
+    its share of the cores and GPUs, its output in ``logs/<run>.log`` (:mod:`cellae.side_by_side`).
+    """
     launcher = launcher or "local"
     executor = executor or slurm_executor
     if launcher not in LAUNCHERS:
         raise CellaeError(f"unknown launcher '{launcher}'; choose one of {', '.join(LAUNCHERS)}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise CellaeError(f"--jobs takes a whole number of 1 or more, got {jobs!r}")
+    if launcher == "slurm" and jobs > 1:
+        raise CellaeError("--jobs is for the local launcher; with --launcher slurm each run is "
+                          "a job of its own already")
     if launcher == "slurm":
         _submitit()  # before any folder is made
     if resume:
@@ -465,40 +582,22 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
     if parameters:
         status["slurm"] = parameters
     _write_status(sweep_dir, status)
-    results = status["runs"]
     if launcher == "slurm":
         _submit(sweep, sweep_dir, status, evaluate, executor, job_ids)
-        _finish(sweep, sweep_dir, order, results, evaluate, again=" --launcher slurm")
+        _finish(sweep, sweep_dir, order, status["runs"], evaluate, again=" --launcher slurm")
         return sweep_dir
+    todo = []
     for number, combination in enumerate(sweep.combinations, start=1):
         name = sweep.run_name(combination)
-        started = time.perf_counter()
-        where = f"[sweep {sweep.name}] run {number} of {len(order)}: {name}"
         if name in in_jobs:
-            print(f"{where} is in job {in_jobs[name]['job_id']} ({in_jobs[name]['state']})",
-                  file=sys.stderr, flush=True)
+            print(f"[sweep {sweep.name}] run {number} of {len(order)}: {name} is in job "
+                  f"{in_jobs[name]['job_id']} ({in_jobs[name]['state']})", file=sys.stderr, flush=True)
             continue
-        print(where, file=sys.stderr, flush=True)
-        try:
-            outcome = _run_one(sweep_dir, name, sweep.config_values(combination), evaluate)
-            results[name] = {"status": outcome}
-            if outcome == "kept" and name in job_ids:
-                results[name]["job_id"] = job_ids[name]
-        except TrainingInterrupted:
-            # Ctrl-C or SIGTERM stops the sweep, not just the run it reached; --resume goes on
-            results[name] = {"status": "interrupted",
-                             "seconds": round(time.perf_counter() - started, 1)}
-            _write_status(sweep_dir, status)
-            print(f"[sweep {sweep.name}] interrupted in {name}; continue with "
-                  f"cellae sweep --resume {sweep_dir}", file=sys.stderr, flush=True)
-            raise
-        except (CellaeError, RuntimeError, ValueError, OSError) as exc:
-            message = first_line(exc)
-            print(f"[sweep {sweep.name}] {name} failed: {message}", file=sys.stderr, flush=True)
-            results[name] = {"status": "failed", "error": message,
-                             "traceback": traceback.format_exc(limit=5)}
-        results[name]["seconds"] = round(time.perf_counter() - started, 1)
-        _write_status(sweep_dir, status)
+        todo.append((number, name, sweep.config_values(combination)))
+    if jobs > 1:
+        _run_side_by_side(sweep, sweep_dir, status, todo, evaluate, jobs, job_ids)
+    else:
+        _run_one_after_another(sweep, sweep_dir, status, todo, evaluate, job_ids)
     _finish(sweep, sweep_dir, order, status["runs"], evaluate)
     return sweep_dir
 
