@@ -487,7 +487,8 @@ def memory_rows(scale: Scale) -> list[Row]:
 
 def sweep_rows(scale: Scale, work: Path, device: torch.device) -> list[Row]:
     """Small runs of the quickstart sweep through ``cellae sweep``, one after another against
-    ``--jobs J`` side by side, start-up included, their caches built beforehand."""
+    ``--jobs J`` side by side, start-up included, their caches built beforehand. Each side runs
+    twice, in the order 1, J, J, 1, so that a drift of the machine's speed favours neither."""
     try:
         from cellae.side_by_side import machine_slots
     except ImportError:  # a cellae before --jobs, measured for a "before" column
@@ -498,30 +499,39 @@ def sweep_rows(scale: Scale, work: Path, device: torch.device) -> list[Row]:
     from cellae.sweep import load_sweep
 
     quickstart = yaml.safe_load((ROOT / "configs" / "sweeps" / "quickstart.yaml").read_text())
-    # the first runs of each family: AE and VAE, keep and fill_mean
-    picked = [r for r in quickstart["runs"] if r["model.latent_dim"] == min(
-        r["model.latent_dim"] for r in quickstart["runs"])][:scale.sweep_runs]
-    quickstart["config"]["data"]["cache_dir"] = str(work / "sweep-cache")
-    quickstart["config"]["train"]["epochs"] = scale.sweep_epochs
+    # the runs of the smallest latent: AE then VAE, keep and fill_mean (the first two: AE only)
+    smallest = min(r["model.latent_dim"] for r in quickstart["runs"])
+    picked = [r for r in quickstart["runs"] if r["model.latent_dim"] == smallest]
+    picked = picked[:scale.sweep_runs]
+    base = quickstart["config"]
+    base["data"]["cache_dir"] = str(work / "sweep-cache")
+    base["train"] |= {"epochs": scale.sweep_epochs, "devices": 1}
     sweep_file = work / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({**quickstart, "runs": picked}, sort_keys=False))
     sweep = load_sweep(sweep_file)
     for combination in sweep.combinations:
         prepare_cache(config_from_dict(sweep.config_values(combination)).data, progress=False)
     jobs = 4 if device.type == "cuda" else max(2, min(4, cores() // 4))
-    seconds = {}
-    for n in (1, jobs):
+    seconds: dict[int, list[float]] = {1: [], jobs: []}
+    for turn, n in enumerate((1, jobs, jobs, 1)):
         started = time.perf_counter()
-        subprocess.run([*cellae_command(), "sweep", str(sweep_file), "--out", str(work / f"sweep-{n}"),
-                        "--jobs", str(n)], check=True, capture_output=True)
-        seconds[n] = time.perf_counter() - started
+        done = subprocess.run([*cellae_command(), "sweep", str(sweep_file), "--out",
+                               str(work / f"sweep-{turn}"), "--jobs", str(n)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            say(f"  cellae sweep --jobs {n} failed:\n{done.stderr[-2000:]}")
+            return [Row("sweep", f"`cellae sweep --jobs {n}` failed (exit {done.returncode})",
+                        "", "", None)]
+        seconds[n].append(time.perf_counter() - started)
+    side, one = sum(seconds[jobs]) / 2, sum(seconds[1]) / 2
     shares = machine_slots(jobs, torch.cuda.device_count() if device.type == "cuda" else 0)
-    say(f"  {len(picked)} runs: one after another {seconds[1]:.1f} s, --jobs {jobs} "
-        f"{seconds[jobs]:.1f} s ({len(shares[0].cores or ())} of {cores()} cores each)")
+    say(f"  {len(picked)} runs: one after another {seconds[1][0]:.1f} and {seconds[1][1]:.1f} s, "
+        f"--jobs {jobs} {seconds[jobs][0]:.1f} and {seconds[jobs][1]:.1f} s "
+        f"({shares[0].threads} of {cores()} cores each)")
     return [Row("sweep", f"seconds for {len(picked)} small runs of the quickstart sweep "
-                f"({scale.sweep_epochs} epochs, each trained and evaluated, `cellae sweep`): "
-                f"`--jobs {jobs}` side by side against one after another",
-                f"{seconds[jobs]:.1f}", f"{seconds[1]:.1f}", seconds[1] / seconds[jobs])]
+                f"({scale.sweep_epochs} epochs, each trained and evaluated, `cellae sweep`, mean "
+                f"of two in the order 1, {jobs}, {jobs}, 1): `--jobs {jobs}` side by side against "
+                "one after another", f"{side:.1f}", f"{one:.1f}", one / side)]
 
 
 # ---------------------------------------------------------------- evaluation and t-SNE

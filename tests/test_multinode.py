@@ -122,3 +122,26 @@ def test_ddp_over_two_nodes_trains_the_weights_one_process_trains(tmp_path):
     print(f"two nodes: {elapsed:.1f} s; largest weight difference from one process: {difference:.2e}")
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=0, atol=1e-5), (key, difference)
+
+
+def test_a_local_sweep_of_runs_on_two_devices_trains_each_run_once(tmp_path):
+    # Lightning starts each run's second process by running `cellae sweep FILE` again: that
+    # process must join the run in hand, not start the sweep anew (it made a sweep folder of
+    # its own and trained the first run's model beside the second's, which DDP refused)
+    import yaml
+
+    base = tiny_config(tmp_path, eval={"enabled": False},
+                       train={"epochs": 1, "accelerator": "cpu", "devices": 2,
+                              "strategy": "ddp"}).to_dict()
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(yaml.safe_dump({"name": "ddp", "config": base,
+                                          "grid": {"model.latent_dim": [2, 3]}}))
+    environment = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    done = subprocess.run([sys.executable, "-m", "cellae.cli", "sweep", str(sweep_file), "--out",
+                           str(tmp_path / "runs")], env=environment | {"OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    for name in ("z2", "z3"):
+        info = runs.read_run_info(sweep_dir / name)
+        assert info["status"] == "finished" and info["devices"] == 2

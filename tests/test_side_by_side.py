@@ -13,6 +13,8 @@ import yaml
 from cellae.side_by_side import Task, machine_slots, run_side_by_side
 
 HERE = "test_side_by_side"
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"),
+                                reason="core shares are CPU affinities, which this system lacks")
 
 
 def report_share(label: str) -> dict:
@@ -28,6 +30,15 @@ def log_through_one_handler(label: str) -> dict:
     if not logger.handlers:
         logger.addHandler(logging.StreamHandler())  # holds the stderr of the first task
     logger.warning("logged by %s", label)
+    return {"status": "done"}
+
+
+def stop_myself(marker: str) -> dict:
+    """A task whose own process is signalled, as by `kill` or a scheduler."""
+    while not Path(marker).exists():
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
     return {"status": "done"}
 
 
@@ -57,7 +68,9 @@ def test_jobs_get_contiguous_shares_of_the_cores_and_of_several_gpus(monkeypatch
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     slots = machine_slots(3, gpu_count=4)
     assert [s.cores for s in slots] == [(0, 1, 2, 3), (4, 5, 6), (7, 8, 9)]
-    assert [s.gpus for s in slots] == ["0,1", "2", "3"]
+    assert [s.threads for s in slots] == [4, 3, 3]
+    # one GPU each, never several (a run on several would start its ranks anew)
+    assert [s.gpus for s in slots] == ["0", "1", "2"]
     # more jobs than cores or GPUs: they share them round the table
     slots = machine_slots(12, gpu_count=2)
     assert [s.cores for s in slots][9:] == [(9,), (0,), (1,)]
@@ -122,6 +135,19 @@ def test_sigterm_stops_every_running_task_and_starts_no_other(tmp_path):
     assert time.monotonic() - started_at < 50  # they were stopped, not waited for
     assert not markers[2].exists()
     assert signal.getsignal(signal.SIGTERM) is before
+    assert "stopped by a signal" in (tmp_path / "logs" / "s0.log").read_text()
+
+
+def test_a_task_whose_own_process_is_signalled_stops_the_others(tmp_path):
+    marker = tmp_path / "started"
+    tasks = [Task("sleeper", f"{HERE}:sleep_until_stopped", (str(marker),)),
+             Task("signalled", f"{HERE}:stop_myself", (str(marker),)),
+             Task("never", f"{HERE}:report_share", ("never",))]
+    started_at = time.monotonic()
+    stopped, started, ended = collect(tasks, machine_slots(2), tmp_path / "logs")
+    assert stopped and started == ["sleeper", "signalled"]
+    assert ended["signalled"]["status"] == ended["sleeper"]["status"] == "interrupted"
+    assert time.monotonic() - started_at < 50
 
 
 def test_a_sweep_with_jobs_runs_each_run_in_its_process_and_resumes(tmp_path, capsys):
@@ -148,3 +174,7 @@ def test_a_sweep_with_jobs_runs_each_run_in_its_process_and_resumes(tmp_path, ca
         run_sweep(sweep_file, tmp_path / "runs", jobs=0)
     with pytest.raises(CellaeError, match="--jobs is for the local launcher"):
         run_sweep(sweep_file, tmp_path / "runs", jobs=2, launcher="slurm")
+    # a run on several devices would start its other ranks by running the command again
+    with pytest.raises(CellaeError, match="asks for several"):
+        run_sweep(sweep_file, tmp_path / "runs", jobs=2, overrides=["train.devices=2"])
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # refused before a folder was made

@@ -41,6 +41,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -215,8 +216,19 @@ def _run_reported(sweep_dir: Path, name: str, values: dict[str, Any],
     except (CellaeError, RuntimeError, ValueError, OSError) as exc:
         result = {"status": "failed", "error": first_line(exc),
                   "traceback": traceback.format_exc(limit=5)}
+    finally:
+        _leave_process_group()
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def _leave_process_group() -> None:
+    """A run on several devices that failed leaves its process group behind, and the next run
+    of this process would reuse it, with peers long gone."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _run_in_own_process(sweep_dir: Path, name: str, values: dict[str, Any],
@@ -280,7 +292,10 @@ def _run_side_by_side(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
     tasks = [Task(name, f"{__name__}:{_run_in_own_process.__name__}",
                   (sweep_dir, name, values, evaluate))
              for _, name, values in todo if name not in failed]
-    slots = machine_slots(jobs, _gpu_count())
+    if not tasks:
+        return
+    # a run left with fewer runs than --jobs takes a larger share of the machine
+    slots = machine_slots(min(jobs, len(tasks)), _gpu_count())
     total = len(status["order"])
 
     def on_start(task: Task, log: Path) -> None:
@@ -290,7 +305,7 @@ def _run_side_by_side(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
         _write_status(sweep_dir, status)
 
     def on_end(task: Task, result: dict[str, Any]) -> None:
-        result = {**result, "log": status["runs"][task.name]["log"]}
+        result = {**result, "log": f"{LOGS_DIR}/{task.name}.log"}
         _ended(sweep, sweep_dir, status, task.name, result, job_ids)
         seconds = f" in {result['seconds']} s" if "seconds" in result else ""
         print(f"[sweep {sweep.name}] {task.name}: {result['status']}{seconds}", file=sys.stderr,
@@ -303,10 +318,49 @@ def _run_side_by_side(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
                                   f"{sweep_dir} --jobs {jobs}")
 
 
+def _one_device_each(sweep: Sweep) -> None:
+    """``--jobs`` gives each run one device: a run on several would start its other ranks by
+    running this whole command again, a sweep inside each rank."""
+    for combination in sweep.combinations:
+        train = config_from_dict(sweep.config_values(combination), check_paths=False).train
+        if train.num_nodes > 1 or (isinstance(train.devices, int) and train.devices > 1):
+            raise CellaeError(f"--jobs runs each run on one device, and {sweep.run_name(combination)} "
+                              f"asks for several (train.devices {train.devices}, train.num_nodes "
+                              f"{train.num_nodes}): run this sweep without --jobs")
+
+
 def _gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _lightning_rank_run() -> Path | None:
+    """The run folder this process was started to train a device's share of, when it is one
+    that Lightning started for another device of a run of this sweep; None otherwise.
+
+    Lightning starts those processes by running this process's command again (``cellae sweep
+    FILE``), with the run folder in the environment: such a process must join that run, not
+    start the sweep anew in a folder of its own with its first run.
+    """
+    from cellae.training import RUN_DIR_ENV
+
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if not run_dir or os.environ.get("LOCAL_RANK", "0") == "0":
+        return None
+    return Path(run_dir)
+
+
+def _join_run(run_dir: Path, evaluate: bool) -> Path:
+    """Train ``run_dir``'s run beside its first process, with the config that process wrote
+    there: resumed from its checkpoint if it has one, trained anew otherwise."""
+    from cellae.training import resume, train
+
+    if (run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT).is_file():
+        resume(run_dir, evaluate=evaluate)
+    else:
+        train(runs.read_config(run_dir), run_dir.parent, evaluate=evaluate, timestamped=False)
+    return run_dir.parent
 
 
 def _run_one(sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool) -> str:
@@ -542,6 +596,9 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
     ``jobs`` above 1 runs that many runs at once on this machine, each in its own process with
     its share of the cores and GPUs, its output in ``logs/<run>.log`` (:mod:`cellae.side_by_side`).
     """
+    rank_run = _lightning_rank_run()
+    if rank_run is not None:
+        return _join_run(rank_run, evaluate)
     launcher = launcher or "local"
     executor = executor or slurm_executor
     if launcher not in LAUNCHERS:
@@ -558,12 +615,16 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
         if not (sweep_dir / SWEEP_FILE).is_file():
             raise CellaeError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_FILE})")
         sweep = load_sweep(sweep_dir / SWEEP_FILE, resumed=True)
+        if jobs > 1:
+            _one_device_each(sweep)
         previous = _read_status(sweep_dir)
     else:
         sweep = load_sweep(path, overrides)
         # a data path that is wrong for one run is wrong for all: say so before starting any
         for combination in sweep.combinations:
             config_from_dict(sweep.config_values(combination), check_paths=True)
+        if jobs > 1:
+            _one_device_each(sweep)
         sweep_dir = runs.new_run_dir(out, sweep.name)
         # keep the sweep self-contained: the base config is inlined so the folder can move
         frozen = {"name": sweep.name, "config": sweep.base, "runs": sweep.combinations}
