@@ -128,6 +128,7 @@ class _Signals:
 
     def __init__(self) -> None:
         self.count = 0
+        self.last: int | None = None  # the last signal's number
         self.wakeup, self._writer = socket.socketpair()
         for end in (self.wakeup, self._writer):
             end.setblocking(False)
@@ -136,12 +137,15 @@ class _Signals:
 
     def _count(self, signum: int, frame: Any) -> None:
         self.count += 1
+        self.last = signum
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
             self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(),
                                                      warn_on_full_buffer=False)
             for signum in self.CAUGHT:
+                if signal.getsignal(signum) is signal.SIG_IGN:
+                    continue  # ignored on purpose (nohup's SIGHUP, a background job's SIGINT)
                 self._previous[signum] = signal.signal(signum, self._count)
         return self
 
@@ -151,12 +155,15 @@ class _Signals:
                 pass
 
     def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        if self._previous_fd is not None:
-            signal.set_wakeup_fd(self._previous_fd)
-        self.wakeup.close()
-        self._writer.close()
+        try:
+            for signum, handler in self._previous.items():
+                if handler is not None:  # None: a handler set from C, which cannot be put back
+                    signal.signal(signum, handler)
+        finally:
+            if self._previous_fd is not None:
+                signal.set_wakeup_fd(self._previous_fd)
+            self.wakeup.close()
+            self._writer.close()
 
 
 def run_side_by_side(tasks: list[Task], slots: list[Slot], log_dir: Path,
@@ -175,13 +182,14 @@ def run_side_by_side(tasks: list[Task], slots: list[Slot], log_dir: Path,
     waiting = list(tasks)
     workers: dict[int, _Worker] = {}
     stopping = killed = False
+    signals_at_stop = 0
 
     def busy() -> dict[Connection, int]:
         return {w.connection: slot for slot, w in workers.items() if w.task is not None}
 
     def stop() -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal stopping, signals_at_stop
+        stopping, signals_at_stop = True, signals.count
         for worker in workers.values():
             _signal(worker.process, signal.SIGTERM)
 
@@ -190,7 +198,9 @@ def run_side_by_side(tasks: list[Task], slots: list[Slot], log_dir: Path,
             while True:
                 if signals.count and not stopping:
                     stop()
-                if signals.count > 1 and not killed:
+                # a second Ctrl-C or SIGTERM after the stop kills (a SIGHUP alone never does)
+                if (stopping and signals.count > signals_at_stop and not killed
+                        and signals.last in (signal.SIGINT, signal.SIGTERM)):
                     killed = True
                     for worker in workers.values():
                         _kill_group(worker.process)
@@ -228,7 +238,8 @@ def run_side_by_side(tasks: list[Task], slots: list[Slot], log_dir: Path,
                         stop()
         finally:
             _end_workers(workers, abruptly=not stopping and any(busy()))
-    return stopping
+        # a signal after the last look at the count still stops the caller
+        return stopping or signals.count > 0
 
 
 def _end_workers(workers: dict[int, _Worker], abruptly: bool) -> None:
@@ -273,19 +284,34 @@ def _result(worker: _Worker, stopping: bool) -> dict[str, Any]:
 
 
 def _signal(process: Any, signum: int) -> None:
-    with suppress(ProcessLookupError, TypeError):  # ended meanwhile, or never started
+    if process.exitcode is not None:
+        return  # reaped: its pid may be another process's by now
+    with suppress(ProcessLookupError, PermissionError, TypeError):  # ended meanwhile
         os.kill(process.pid, signum)
 
 
 def _kill_group(process: Any) -> None:
     """Kill a worker and whatever it started (Lightning's processes for other devices)."""
+    if process.exitcode is not None:
+        return
     with suppress(ProcessLookupError, PermissionError, TypeError, AttributeError):
         os.killpg(process.pid, signal.SIGKILL)
-    process.kill()
+    with suppress(OSError):
+        process.kill()
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+# whether this worker is inside a task: SIGTERM interrupts a task, never the worker's own
+# passing of results, which would lose one
+_in_task = False
+# a SIGTERM that came between tasks: the next task stops at its start
+_stop_pending = False
+
+
+def _interrupt_the_task(signum: int, frame: Any) -> None:
+    global _stop_pending
+    if _in_task:
+        raise KeyboardInterrupt
+    _stop_pending = True
 
 
 def _work(slot: Slot, connection: Connection, parent: int) -> None:
@@ -296,7 +322,7 @@ def _work(slot: Slot, connection: Connection, parent: int) -> None:
         os.setpgrp()
     # SIGTERM as Ctrl-C: Lightning calls this handler after its own and stops training
     # gracefully; elsewhere the task stops where it is and reports itself interrupted
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _interrupt_the_task)
     if sys.platform.startswith("linux"):
         with suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -327,10 +353,17 @@ def _run_task(function: str, args: tuple[Any, ...], log: Path) -> dict[str, Any]
         handle = open(log, "ab")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         return {"status": "failed", "error": f"cannot write its log {log}: {exc}"}
+    global _in_task
     with handle, _output_to(handle):
         try:
             module, name = function.split(":")
-            return getattr(importlib.import_module(module), name)(*args)
+            _in_task = True
+            try:
+                if _stop_pending:
+                    raise KeyboardInterrupt
+                return getattr(importlib.import_module(module), name)(*args)
+            finally:
+                _in_task = False
         except KeyboardInterrupt:
             print("stopped by a signal", file=sys.stderr)
             return {"status": "interrupted", "error": "stopped by a signal"}

@@ -48,6 +48,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,8 @@ def _leave_process_group() -> None:
     import torch.distributed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        with suppress(Exception):  # its peers may be gone; the run's own outcome is reported
+            torch.distributed.destroy_process_group()
 
 
 def _run_in_own_process(sweep_dir: Path, name: str, values: dict[str, Any],
@@ -353,13 +355,27 @@ def _lightning_rank_run() -> Path | None:
 
 def _join_run(run_dir: Path, evaluate: bool) -> Path:
     """Train ``run_dir``'s run beside its first process, with the config that process wrote
-    there: resumed from its checkpoint if it has one, trained anew otherwise."""
+    there: resumed from its checkpoint if it has one, trained anew otherwise.
+
+    Such a process ends with its share of the run (training's end exits it). Should the run
+    fail, the first process reports it in the sweep; this one exits quietly, since Lightning
+    kills the sweep's process when one of these ends with an error.
+    """
     from cellae.training import resume, train
 
-    if (run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT).is_file():
-        resume(run_dir, evaluate=evaluate)
-    else:
-        train(runs.read_config(run_dir), run_dir.parent, evaluate=evaluate, timestamped=False)
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise CellaeError(f"{run_dir} has no {runs.CONFIG_FILE}: a sweep's runs train on several "
+                          f"machines only as SLURM jobs (--launcher slurm), not with one "
+                          f"cellae sweep per machine")
+    try:
+        if (run_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT).is_file():
+            resume(run_dir, evaluate=evaluate)
+        else:
+            train(runs.read_config(run_dir), run_dir.parent, evaluate=evaluate,
+                  timestamped=False)
+    except CellaeError as exc:
+        print(f"[{run_dir.name}, another device] {first_line(exc)}", file=sys.stderr, flush=True)
+        sys.exit(0)
     return run_dir.parent
 
 
