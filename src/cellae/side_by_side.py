@@ -14,12 +14,14 @@ Several at once share it instead:
 - each share has one process (spawned, never forked from a process holding torch), which runs
   its tasks one after another as a sweep without ``--jobs`` runs all of them: torch and
   Lightning are imported once a share (6 s on a loaded 2-core machine), not once a task;
-- Ctrl-C, SIGTERM or SIGHUP here is passed on once, as SIGTERM, to every process still running
-  (each runs in a process group of its own, so a terminal's Ctrl-C reaches this process
-  alone). A process turns SIGTERM into KeyboardInterrupt: Lightning stops training at the next
-  step, and outside training the task stops where it is; either way it reports itself
-  interrupted. No new task starts. A second signal kills what is still running. Should this
-  process die without that (SIGKILL), its processes get SIGTERM from the kernel (Linux).
+- Ctrl-C, SIGTERM or SIGHUP here (each unless ignored, as nohup ignores SIGHUP) is passed on
+  once, as SIGTERM, to every process still running (each runs in a process group of its own,
+  so a terminal's Ctrl-C reaches this process alone). A process turns SIGTERM during a task
+  into KeyboardInterrupt, which Lightning handles as Ctrl-C (training stops, the last epoch's
+  checkpoint stays); outside training the task stops where it is. Either way it reports
+  itself interrupted. No new task starts. A second Ctrl-C or SIGTERM kills what is still
+  running. Should this process die without that (SIGKILL), its processes get SIGTERM from the
+  kernel (Linux).
 
 The signal handlers here only count signals and wake the loop: the bookkeeping between the
 processes is never cut in the middle.
