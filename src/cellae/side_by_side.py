@@ -48,6 +48,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from cellae.errors import first_line
+
 # a task that ends without saying how (a crash, a kill) is reported with its exit code
 NO_REPORT = "its process ended without a report (exit code {code}); see its log {log}"
 # prctl's option for the signal a process gets when its parent dies (linux/prctl.h)
@@ -371,9 +373,7 @@ def _run_task(function: str, args: tuple[Any, ...], log: Path) -> dict[str, Any]
             return {"status": "interrupted", "error": "stopped by a signal"}
         except BaseException as exc:  # noqa: BLE001 - whatever it was, the parent must hear
             traceback.print_exc()
-            text = str(exc).strip()
-            return {"status": "failed",
-                    "error": text.splitlines()[0] if text else type(exc).__name__,
+            return {"status": "failed", "error": first_line(exc),
                     "traceback": traceback.format_exc(limit=5)}
 
 

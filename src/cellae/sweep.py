@@ -255,6 +255,10 @@ def _ended(sweep: Sweep, sweep_dir: Path, status: dict[str, Any], name: str,
     return result
 
 
+def _where(sweep: Sweep, number: int, name: str) -> str:
+    return f"[sweep {sweep.name}] run {number} of {len(sweep.combinations)}: {name}"
+
+
 def _run_one_after_another(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
                            todo: list[tuple[int, str, dict[str, Any]]], evaluate: bool,
                            job_ids: dict[str, str]) -> None:
@@ -262,8 +266,7 @@ def _run_one_after_another(sweep: Sweep, sweep_dir: Path, status: dict[str, Any]
     from cellae.training import TrainingInterrupted
 
     for number, name, values in todo:
-        print(f"[sweep {sweep.name}] run {number} of {len(status['order'])}: {name}",
-              file=sys.stderr, flush=True)
+        print(_where(sweep, number, name), file=sys.stderr, flush=True)
         result = _run_reported(sweep_dir, name, values, evaluate)
         _ended(sweep, sweep_dir, status, name, result, job_ids)
         if result["status"] == "interrupted":
@@ -281,12 +284,14 @@ def _run_side_by_side(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
     from cellae.side_by_side import Task, machine_slots, run_side_by_side
     from cellae.training import TrainingInterrupted
 
-    for number, name, _ in todo:
+    unfinished = []
+    for number, name, values in todo:
         if _finished(sweep_dir / name):  # said here: a process of its own would only say so
-            print(f"[sweep {sweep.name}] run {number} of {len(status['order'])}: {name}",
-                  file=sys.stderr, flush=True)
+            print(_where(sweep, number, name), file=sys.stderr, flush=True)
             _ended(sweep, sweep_dir, status, name, {"status": "kept"}, job_ids)
-    todo = [entry for entry in todo if status["runs"].get(entry[1], {}).get("status") != "kept"]
+        else:
+            unfinished.append((number, name, values))
+    todo = unfinished
     failed = _prepare_caches(sweep, [(name, values) for _, name, values in todo])
     for name, message in failed.items():
         _ended(sweep, sweep_dir, status, name, {"status": "failed", "error": message}, job_ids)
@@ -298,16 +303,17 @@ def _run_side_by_side(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
         return
     # a run left with fewer runs than --jobs takes a larger share of the machine
     slots = machine_slots(min(jobs, len(tasks)), _gpu_count())
-    total = len(status["order"])
+    logs: dict[str, str] = {}  # each run's log, as sweep.json names it
 
     def on_start(task: Task, log: Path) -> None:
-        print(f"[sweep {sweep.name}] run {numbers[task.name]} of {total}: {task.name} "
-              f"(its output: {log})", file=sys.stderr, flush=True)
-        status["runs"][task.name] = {"status": "running", "log": str(log.relative_to(sweep_dir))}
+        print(f"{_where(sweep, numbers[task.name], task.name)} (its output: {log})",
+              file=sys.stderr, flush=True)
+        logs[task.name] = str(log.relative_to(sweep_dir))
+        status["runs"][task.name] = {"status": "running", "log": logs[task.name]}
         _write_status(sweep_dir, status)
 
     def on_end(task: Task, result: dict[str, Any]) -> None:
-        result = {**result, "log": f"{LOGS_DIR}/{task.name}.log"}
+        result = {**result, "log": logs[task.name]}
         _ended(sweep, sweep_dir, status, task.name, result, job_ids)
         seconds = f" in {result['seconds']} s" if "seconds" in result else ""
         print(f"[sweep {sweep.name}] {task.name}: {result['status']}{seconds}", file=sys.stderr,
@@ -667,8 +673,8 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
     for number, combination in enumerate(sweep.combinations, start=1):
         name = sweep.run_name(combination)
         if name in in_jobs:
-            print(f"[sweep {sweep.name}] run {number} of {len(order)}: {name} is in job "
-                  f"{in_jobs[name]['job_id']} ({in_jobs[name]['state']})", file=sys.stderr, flush=True)
+            print(f"{_where(sweep, number, name)} is in job {in_jobs[name]['job_id']} "
+                  f"({in_jobs[name]['state']})", file=sys.stderr, flush=True)
             continue
         todo.append((number, name, sweep.config_values(combination)))
     if jobs > 1:
