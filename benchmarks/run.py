@@ -77,7 +77,7 @@ def say(text: str) -> None:
 
 
 def cores() -> int:
-    from cellae.data.cache import available_cores
+    from cellae.machine import available_cores
 
     return available_cores()
 
@@ -287,7 +287,7 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> fl
 def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.device,
                   quick: bool, work: Path, keeps_freed_memory: bool) -> list[Row]:
     """The training rows; ``keeps_freed_memory``: whether glibc was told to keep freed memory
-    in this process (cellae.allocator), whose gain then gets a row."""
+    in this process (cellae.machine), whose gain then gets a row."""
     from cellae.config import DataConfig
     from cellae.data.cache import prepare_cache
 
@@ -351,7 +351,7 @@ def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.d
                                 after / plain))
             say(f"  bare loop in NCHW {plain:,.0f} images/s")
             if keeps_freed_memory:
-                from cellae.allocator import glibc_defaults, keep_freed_memory
+                from cellae.machine import glibc_defaults, keep_freed_memory
 
                 glibc_defaults()
                 default_malloc = bare_rate(config, cache, train, device, steps, layout)
@@ -635,7 +635,7 @@ def main() -> int:
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
     try:  # as the `cellae` command does before it trains or evaluates
-        from cellae.allocator import keep_freed_memory
+        from cellae.machine import keep_freed_memory
     except ImportError:  # a cellae before it, measured for a "before" column
         keeps_freed_memory = False
     else:

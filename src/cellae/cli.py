@@ -16,7 +16,7 @@ from cellae.errors import CellaeError
 def _add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     from typing import get_args
 
-    from cellae.config import (
+    from cellae.sections import (
         IMAGE_SIZES,
         BackgroundMode,
         ColorMode,
@@ -168,9 +168,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "data":
         return _run_data(args)
     if args.command in ("train", "evaluate", "embed", "sweep"):
-        from cellae.allocator import keep_freed_memory
+        from cellae.machine import keep_freed_memory
 
-        keep_freed_memory()  # PyTorch's CPU batches reuse freed pages (see cellae.allocator)
+        keep_freed_memory()  # PyTorch's CPU batches reuse freed pages (see cellae.machine)
     if args.command == "train":
         from cellae.config import load_config
 
@@ -232,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from cellae.config import DataConfig
+    from cellae.sections import DataConfig
 
     if args.data_command == "inspect":
         from cellae.data.inspection import inspect_source
@@ -240,8 +240,8 @@ def _run_data(args: argparse.Namespace) -> int:
         print(inspect_source(DataConfig(source=args.source, strict=args.strict)))
         return 0
     if args.data_command == "prepare":
-        from cellae.config import validate_data
         from cellae.data.cache import prepare_cache
+        from cellae.sections import validate_data
 
         data = validate_data(
             DataConfig(

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from cellae.errors import first_line
+from cellae.machine import can_pin_cores, usable_cores
 
 # a task that ends without saying how (a crash, a kill) is reported with its exit code
 NO_REPORT = "its process ended without a report (exit code {code}); see its log {log}"
@@ -85,8 +86,8 @@ def machine_slots(jobs: int, gpu_count: int = 0) -> list[Slot]:
     """
     if jobs < 1:
         raise ValueError(f"jobs must be 1 or more, got {jobs}")
-    settable = hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
-    cores = sorted(os.sched_getaffinity(0)) if settable else list(range(os.cpu_count() or 1))
+    settable = can_pin_cores()
+    cores = usable_cores()
     visible = _visible_gpus(gpu_count) if gpu_count > 1 else []
     slots = []
     for job in range(jobs):

@@ -236,7 +236,7 @@ def _leave_process_group() -> None:
 def _run_in_own_process(sweep_dir: Path, name: str, values: dict[str, Any],
                         evaluate: bool) -> dict[str, Any]:
     """One run of ``--jobs N``, in its own process (see :mod:`cellae.side_by_side`)."""
-    from cellae.allocator import keep_freed_memory
+    from cellae.machine import keep_freed_memory
 
     keep_freed_memory()  # its own process, as `cellae train` would set it
     return _run_reported(sweep_dir, name, values, evaluate)
@@ -414,7 +414,7 @@ class _RunJob:
     """
 
     def __call__(self, sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool) -> str:
-        from cellae.allocator import keep_freed_memory
+        from cellae.machine import keep_freed_memory
 
         keep_freed_memory()  # a job's own process, as `cellae train` would set it
         return _run_one(sweep_dir, name, values, evaluate)

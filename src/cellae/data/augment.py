@@ -13,7 +13,7 @@ from typing import get_args
 
 import torch
 
-from cellae.config import AugmentMode
+from cellae.sections import AugmentMode
 
 AUGMENTS = get_args(AugmentMode)
 

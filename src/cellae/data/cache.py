@@ -37,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from cellae.config import DataConfig
 from cellae.data.decode import BadImage
 from cellae.data.preprocess import PreprocessSettings, preprocess
 from cellae.data.sources import Source, open_source
 from cellae.errors import CellaeError
 from cellae.files import write_atomic
+from cellae.machine import available_cores
+from cellae.sections import DataConfig
 
 # 2: patients read from every NIH name form (C51AP12thinF_ is C51A), so older caches differ
 # 3: fill_mean paints a wider rim, also where the crop's frame cuts the cell
@@ -189,13 +190,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process: alive
     return True
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity, which a job scheduler may narrow)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _workers(requested: int, n_images: int) -> int:

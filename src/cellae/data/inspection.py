@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cellae.config import DataConfig
 from cellae.data.decode import BadImage
 from cellae.data.sources import open_source
 from cellae.data.sources.labels import unmatched_warning
 from cellae.naming import natural_key, printable
+from cellae.sections import DataConfig
 
 # what every source's info() holds; inspect shows any other key a source adds
 _COMMON_INFO = ("kind", "path", "layout")

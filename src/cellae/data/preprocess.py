@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from cellae.config import BackgroundMode, ColorMode, DataConfig, NormalizeMode, ResizeMode
+from cellae.sections import BackgroundMode, ColorMode, DataConfig, NormalizeMode, ResizeMode
 
 # The padding is exactly 0; stained cell pixels never come near this, even dark parasites.
 DARK_THRESHOLD = 10

@@ -14,8 +14,8 @@ from typing import get_args
 
 import numpy as np
 
-from cellae.config import SplitMode
 from cellae.errors import CellaeError
+from cellae.sections import SplitMode
 
 SPLITS = get_args(SplitMode)
 # random orders of the patients tried; the one whose test share is closest to the target wins

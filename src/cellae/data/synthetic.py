@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cellae.config import SyntheticConfig
+from cellae.sections import SyntheticConfig
 
 # Part of the synthetic source's fingerprint: bump it whenever drawing changes, so that caches
 # of the old cells are not reused.

@@ -178,7 +178,7 @@ def tsne_embedding(
     """
     from openTSNE import TSNE  # slow to import; only evaluation needs it
 
-    from cellae.data.cache import available_cores
+    from cellae.machine import available_cores
 
     codes = _codes(codes, "codes")
     chosen = _subsample(len(codes), max_points, seed)

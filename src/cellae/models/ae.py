@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cellae.config import ModelConfig, check
-from cellae.models.base import FAMILIES, CellAutoencoder, ModelOutput
+from cellae.models.base import FAMILIES, CellAutoencoder, ModelConfig, ModelOutput
+from cellae.typed_config import check
 
 
 @dataclass

@@ -21,17 +21,83 @@ import torch
 from torch import nn
 
 from cellae.columns import Column
-from cellae.config import EvalConfig, ModelConfig, model_config
 from cellae.errors import CellaeError
-from cellae.models.blocks import ConvDecoder, ConvEncoder
+from cellae.models.blocks import ACTIVATIONS, NORMS, UPSAMPLERS, ConvDecoder, ConvEncoder
+from cellae.models.losses import LossConfig
 from cellae.registry import Registry
+from cellae.sections import EvalConfig
+from cellae.typed_config import check, fields_of, one_of, plugin_section, upgrade_plugin_fields
 
 CHANNELS = (1, 3)
+# Bounds on sizes: far beyond any model of these images, and short of a value that would
+# allocate petabytes (model.latent_dim=10**12)
+MAX_LATENT_DIM = 4096
+MAX_WIDTH = 4096
+MAX_STAGES = 7
 
 FAMILIES: Registry[type[CellAutoencoder]] = Registry(
     "families", "cellae.models", "model.family", name_attribute="family",
     is_plugin=lambda item: isinstance(item, type) and issubclass(item, CellAutoencoder),
 )
+
+
+@dataclass
+class ModelConfig:
+    """What every family takes: its name, the latent size, the convolutional body and the loss.
+
+    A family (``model.family``) extends this with keys of its own (an AE's ``latent_l1``, a
+    VAE's ``beta``); a key no part of the chosen family takes is an error.
+    """
+
+    family: str = "ae"
+    latent_dim: int = 20
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    norm: str = "batch"
+    activation: str = "leaky_relu"
+    # how the decoder doubles the side: resize then convolve, or transposed convolutions
+    upsample: str = "resize"
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    @classmethod
+    def plugin_class(cls, values: dict[str, Any], key: str) -> tuple[type, str]:
+        family = values.get("family", cls.family)
+        if not isinstance(family, str):
+            raise CellaeError(f"config key '{key}.family' must be a string, got {family!r}")
+        return family_config_class(family), f"the '{family}' family"
+
+    def validate(self, key: str = "model") -> None:
+        """Reject impossible values; a family with keys of its own extends this."""
+        check(1 <= self.latent_dim <= MAX_LATENT_DIM, f"{key}.latent_dim",
+              f"a positive integer up to {MAX_LATENT_DIM:,}", self.latent_dim)
+        check(
+            2 <= len(self.widths) <= MAX_STAGES and all(1 <= w <= MAX_WIDTH for w in self.widths),
+            f"{key}.widths",
+            f"a list of 2 to {MAX_STAGES} channel counts, each 1 to {MAX_WIDTH:,}",
+            self.widths,
+        )
+        check(self.norm in NORMS, f"{key}.norm", one_of(NORMS), self.norm)
+        check(self.activation in ACTIVATIONS, f"{key}.activation", one_of(ACTIVATIONS),
+              self.activation)
+        check(self.upsample in UPSAMPLERS, f"{key}.upsample", one_of(UPSAMPLERS), self.upsample)
+        if self.norm == "group":
+            check(all(w % 8 == 0 for w in self.widths), f"{key}.widths",
+                  "multiples of 8 when model.norm is 'group'", self.widths)
+        self.loss.validate(f"{key}.loss")
+
+    def __post_init__(self) -> None:
+        upgrade_plugin_fields(self)
+
+
+def model_config(**values: Any) -> ModelConfig:
+    """A validated model section from keyword values, e.g. ``model_config(family="vae", beta=4)``."""
+    config = plugin_section(ModelConfig, values, "model")
+    config.validate()
+    return config
+
+
+def family_config_class(family: str) -> type[ModelConfig]:
+    """The config section of the family named ``family`` (a registered name or a spec)."""
+    return FAMILIES.get(family).config_class
 
 
 @dataclass
@@ -198,5 +264,5 @@ def build_model(config: ModelConfig, image_size: int, channels: int) -> CellAuto
     A bare :class:`ModelConfig` (the keys every family shares) gets the family's defaults.
     """
     if type(config) is ModelConfig:
-        config = model_config(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+        config = model_config(**fields_of(config))
     return FAMILIES.get(config.family)(config, image_size, channels)

@@ -11,17 +11,45 @@ registers a subclass of :class:`ReconstructionLoss` with ``@LOSSES.register``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from cellae.config import LossConfig, check
+from cellae.errors import CellaeError
 from cellae.registry import Registry
+from cellae.typed_config import NAME_KEY, check, upgrade_plugin_fields
 
 LOSSES: Registry[type[ReconstructionLoss]] = Registry(
     "losses", "cellae.models", "model.loss.name", name_attribute="name",
     is_plugin=lambda item: isinstance(item, type) and issubclass(item, ReconstructionLoss),
 )
+
+
+@dataclass
+class LossConfig:
+    """A reconstruction loss: ``name`` picks a registered loss, which may add parameters of its own.
+
+    In YAML either a name (``loss: mse``) or a section (``loss: {name: masked_mse,
+    background_weight: 0.2}``).
+    """
+
+    name: str = "mse"
+    name_key: ClassVar[str] = NAME_KEY
+
+    @classmethod
+    def plugin_class(cls, values: dict[str, Any], key: str) -> tuple[type, str]:
+        name = values.get("name", cls.name)
+        if not isinstance(name, str):
+            raise CellaeError(f"config key '{key}.name' must be a string, got {name!r}")
+        return LOSSES.get(name), f"the loss '{name}'"
+
+    def validate(self, key: str) -> None:
+        """Reject impossible parameter values; a loss with parameters extends this."""
+
+    def __post_init__(self) -> None:
+        upgrade_plugin_fields(self)
+
 
 
 def per_image(values: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cellae.config import check
 from cellae.models.losses import LOSSES, MSE, pixel_weights
+from cellae.typed_config import check
 
 
 @LOSSES.register

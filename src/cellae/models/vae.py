@@ -13,9 +13,9 @@ from torch import nn
 
 from cellae import plots
 from cellae.columns import SAME_IMAGES, Column
-from cellae.config import ModelConfig, check
 from cellae.images import to_uint8
-from cellae.models.base import FAMILIES, CellAutoencoder, FamilyEvaluation, ModelOutput
+from cellae.models.base import FAMILIES, CellAutoencoder, FamilyEvaluation, ModelConfig, ModelOutput
+from cellae.typed_config import check
 
 # exp(-10) ~ 5e-5 and exp(10) ~ 2e4 as variances: far outside what a trained posterior needs,
 # yet early in training this keeps exp(log_var) from overflowing and the KL from exploding.

@@ -19,8 +19,8 @@ from PIL import Image
 
 from cellae import runs
 from cellae.columns import SAME_IMAGES, SAME_OBJECTIVE, SAME_TEST_CELLS, Column, metric_value
-from cellae.config import SYNTHETIC, DataConfig, TrainConfig
 from cellae.errors import CellaeError
+from cellae.sections import SYNTHETIC, DataConfig, TrainConfig
 
 # the study's order: latent map, reconstructions, curves; then the rest. The evaluation's grid of
 # inputs was called samples.png before it was called inputs.png: a report reads runs of both.

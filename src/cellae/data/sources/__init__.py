@@ -12,10 +12,10 @@ import inspect
 from pathlib import Path
 from typing import TypeVar
 
-from cellae.config import DataConfig
 from cellae.data.sources.base import FileSource, Sample, Source
 from cellae.errors import CellaeError
 from cellae.registry import Registry
+from cellae.sections import DataConfig
 
 __all__ = ["SOURCES", "FileSource", "Sample", "Source", "open_source", "register_source"]
 

@@ -15,9 +15,9 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from cellae.config import DataConfig
 from cellae.data.decode import BadImage, decode_image, image_size
 from cellae.errors import CellaeError
+from cellae.sections import DataConfig
 
 
 class Sample(NamedTuple):

@@ -16,12 +16,12 @@ import re
 from pathlib import Path, PurePosixPath
 from stat import S_ISREG
 
-from cellae.config import DataConfig
 from cellae.data.decode import is_image_name
 from cellae.data.sources import register_source
 from cellae.data.sources.base import FileSource, OnDiskFiles
 from cellae.data.sources.labels import classes_from_names, patients_from_names
 from cellae.errors import CellaeError
+from cellae.sections import DataConfig
 
 # a CSV of a million images is about 100 MB; anything larger is not a label table
 MAX_CSV_BYTES = 100_000_000

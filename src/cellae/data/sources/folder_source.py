@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cellae.config import DataConfig
 from cellae.data.sources import register_source
 from cellae.data.sources.base import OnDiskFiles
 from cellae.data.sources.class_folders import ClassFolderSource, find_class_folders
 from cellae.errors import CellaeError
+from cellae.sections import DataConfig
 
 
 @register_source

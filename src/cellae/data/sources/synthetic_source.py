@@ -7,11 +7,11 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from cellae.config import SYNTHETIC, DataConfig
 from cellae.data import synthetic
 from cellae.data.sources import register_source
 from cellae.data.sources.base import Source
 from cellae.data.sources.labels import MALARIA_CLASSES
+from cellae.sections import SYNTHETIC, DataConfig
 
 
 @register_source

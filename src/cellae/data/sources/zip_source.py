@@ -8,11 +8,11 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from cellae.config import DataConfig
 from cellae.data.decode import BadImage, check_expansion
 from cellae.data.sources import register_source
 from cellae.data.sources.class_folders import ClassFolderSource, find_class_folders
 from cellae.errors import CellaeError
+from cellae.sections import DataConfig
 
 # a cell crop is kilobytes; a member declared larger is not one (and is read to its declared size)
 MAX_MEMBER_BYTES = 64 * 2**20

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from cellae.columns import Column
-from cellae.config import EvalConfig
 from cellae.registry import Registry
+from cellae.sections import EvalConfig
 
 
 @dataclass
@@ -47,4 +47,12 @@ METRICS: Registry[LatentMetric] = Registry(
     is_plugin=lambda item: isinstance(item, LatentMetric),
 )
 
-__all__ = ["METRICS", "LatentMetric", "LatentSplit"]
+
+
+def check_metric_names(names: list[str]) -> None:
+    """Refuse, before anything runs, a name of ``eval.metrics`` that names no metric."""
+    for name in names:
+        METRICS.get(name)
+
+
+__all__ = ["METRICS", "LatentMetric", "LatentSplit", "check_metric_names"]

@@ -1,13 +1,18 @@
-"""glibc's allocator, told to keep the memory PyTorch frees for the next batch.
+"""The machine this process runs on: its cores, its GPUs, and glibc's allocator.
 
-On the CPU every activation of a batch is a fresh tensor of tens of megabytes (a 32-channel
-64 px map of 128 images is 67 MB). glibc serves blocks that large straight from the kernel
-(mmap) and returns them on free (munmap), so each step faults in hundreds of megabytes of
-fresh zeroed pages, and the next step does it again. Told to serve every block from its heap
-and to keep up to ``KEEP_UP_TO`` of free memory there, glibc hands the same pages back batch
-after batch. Measured on 2 CPU cores, the default AE at 64 px: a training step (batch 128)
-0.67-0.75 s -> 0.49-0.50 s, an evaluation forward pass (batch 256) 0.52-0.60 s -> 0.33-0.34 s
-(three runs each; ``benchmarks/run.py`` keeps the training figure as a row).
+Cores are the ones this process may run on (its affinity, which a job scheduler or
+``cellae sweep --jobs`` may narrow), never the machine's total; every pool cellae sizes
+(decoding workers, t-SNE threads, CPU devices, side-by-side shares) counts them here.
+
+The allocator: glibc is told to keep the memory PyTorch frees for the next batch. On the CPU
+every activation of a batch is a fresh tensor of tens of megabytes (a 32-channel 64 px map of
+128 images is 67 MB). glibc serves blocks that large straight from the kernel (mmap) and
+returns them on free (munmap), so each step faults in hundreds of megabytes of fresh zeroed
+pages, and the next step does it again. Told to serve every block from its heap and to keep up
+to ``KEEP_UP_TO`` of free memory there, glibc hands the same pages back batch after batch.
+Measured on 2 CPU cores, the default AE at 64 px: a training step (batch 128) 0.67-0.75 s ->
+0.49-0.50 s, an evaluation forward pass (batch 256) 0.52-0.60 s -> 0.33-0.34 s (three runs
+each; ``benchmarks/run.py`` keeps the training figure as a row).
 
 It is the glibc side of what PyTorch's CPU tuning guides do by preloading jemalloc or
 tcmalloc, without a library to install. Nothing is done where the user has chosen otherwise:
@@ -32,6 +37,30 @@ KEEP_UP_TO = 1 << 30
 GLIBC_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
                    "GLIBC_TUNABLES")
 OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+
+
+def usable_cores() -> list[int]:
+    """The numbers of the cores this process may run on, in order."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def available_cores() -> int:
+    """How many cores this process may run on."""
+    return len(usable_cores())
+
+
+def can_pin_cores() -> bool:
+    """Whether a process can be given its own cores (an affinity) here."""
+    return hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
+
+
+def gpu_count() -> int:
+    """The CUDA GPUs this process sees; 0 without torch's CUDA (torch is imported only here)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def keep_freed_memory() -> bool:

@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from cellae import allocator
+from cellae import machine
 
-CHECK = "from cellae.allocator import keep_freed_memory; print(keep_freed_memory())"
+CHECK = "from cellae.machine import keep_freed_memory; print(keep_freed_memory())"
 
 
 def fresh(env: dict[str, str]) -> str:
     """keep_freed_memory() in a process of its own: the setting is process-wide."""
     environment = {k: v for k, v in os.environ.items()
-                   if k not in allocator.GLIBC_VARIABLES and k != allocator.OPT_OUT} | env
+                   if k not in machine.GLIBC_VARIABLES and k != machine.OPT_OUT} | env
     done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True,
                           check=True, env=environment)
     return done.stdout.strip()
@@ -34,7 +34,7 @@ def test_keeps_freed_memory_on_glibc() -> None:
     assert fresh({}) == "True"
 
 
-@pytest.mark.parametrize("env", [{allocator.OPT_OUT: "1"}, {"MALLOC_MMAP_MAX_": "65536"},
+@pytest.mark.parametrize("env", [{machine.OPT_OUT: "1"}, {"MALLOC_MMAP_MAX_": "65536"},
                                  {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2x"}])
 def test_leaves_a_users_choice_alone(env) -> None:
     # the preloaded name does not exist: the loader warns and carries on, cellae must not act

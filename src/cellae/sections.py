@@ -1,0 +1,178 @@
+"""The config sections that no model shapes: ``data``, ``train`` and ``eval``.
+
+Each is a typed dataclass with a ``validate_*`` function for values that are well typed but
+impossible. They import nothing of cellae's stages, so that every stage (the data package, the
+trainer, the evaluation) can read its own section from here; the ``model`` section is each
+family's own (:mod:`cellae.models.base`), and the whole run's config, which holds all four, is
+:mod:`cellae.config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+from cellae.errors import CellaeError
+from cellae.typed_config import check
+
+SYNTHETIC = "synthetic"
+IMAGE_SIZES = (32, 64, 128)
+# each data choice is spelled once, here; the data package reads its allowed values from these
+ColorMode = Literal["rgb", "gray"]
+ResizeMode = Literal["stretch", "pad"]
+BackgroundMode = Literal["keep", "fill_mean"]
+NormalizeMode = Literal["none", "per_cell"]
+AugmentMode = Literal["none", "dihedral"]
+SplitMode = Literal["patient", "image"]
+
+# a bound far beyond any k-fold study, short of a value that would make thousands of splits
+MAX_FOLDS = 100
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic cell generator."""
+
+    n_images: int = 2000
+    n_patients: int = 20
+    infected_fraction: float = 0.4
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are turned into model input."""
+
+    source: str = SYNTHETIC
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    image_size: int = 64
+    color: ColorMode = "rgb"
+    resize: ResizeMode = "stretch"
+    background: BackgroundMode = "keep"
+    # per_cell: each cell's interior standardised per channel, so the stain's shade is gone
+    normalize: NormalizeMode = "none"
+    split: SplitMode = "patient"
+    test_fraction: float = 0.2
+    # k-fold by patient: 0 keeps the single split of test_fraction; k > 1 puts fold `fold` of
+    # k patient groups in test (the same groups whatever the seed, so seeds can be compared)
+    folds: int = 0
+    fold: int = 0
+    # classes the model trains on (empty: all); an anomaly model trains on the healthy class
+    train_classes: list[str] = field(default_factory=list)
+    cache_dir: str = ".cellae-cache"
+    strict: bool = False
+    workers: int = 0
+
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop and the devices it runs on."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Union[int, str] = "auto"  # noqa: UP007 - read by the validator at run time
+    # machines taking part; each runs train.devices processes (see docs/scaling.md)
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = "auto"
+    # auto: bf16-mixed on a CUDA GPU that has bfloat16, 32-true everywhere else
+    precision: Literal["auto", "32-true", "32", "16-mixed", "bf16-mixed"] = "auto"
+    num_workers: int = 0
+    deterministic: bool = True
+    tensorboard: bool = False
+    data_on_device: Literal["auto", "always", "never"] = "auto"
+    # dihedral: each training image turned or mirrored at random (cells have no orientation)
+    augment: AugmentMode = "none"
+    # memory layout of weights and images; "auto" is channels-last on the CPU and CUDA, where it
+    # is faster (a speed setting: the values are the same up to the order of float sums)
+    channels_last: Literal["auto", "always", "never"] = "auto"
+    # torch.compile the model; a model or machine it fails on trains uncompiled, with a warning
+    compile: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """What is computed and drawn after training."""
+
+    enabled: bool = True
+    tsne_max_points: int = 3000
+    tsne_perplexity: float = 30.0
+    knn_k: int = 15
+    n_reconstructions: int = 8
+    n_samples: int = 32
+    n_traversal_dims: int = 6
+    # latent metrics, by registered name or module:NAME (see cellae.evaluation.latent_metrics)
+    metrics: list[str] = field(default_factory=lambda: ["linear_probe", "knn", "silhouette"])
+
+
+
+def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data") -> DataConfig:
+    """Reject impossible data settings; shared by the run config and ``cellae data prepare``."""
+    check(d.image_size in IMAGE_SIZES, f"{prefix}.image_size", f"one of {IMAGE_SIZES}", d.image_size)
+    check(0.0 < d.test_fraction < 1.0, f"{prefix}.test_fraction", "between 0 and 1", d.test_fraction)
+    check(d.workers >= 0, f"{prefix}.workers", "0 (all cores) or more", d.workers)
+    if d.normalize == "per_cell":
+        # the standardised interior needs the padding and the blended rim painted over first
+        check(d.background == "fill_mean", f"{prefix}.background",
+              "'fill_mean' when data.normalize is 'per_cell'", d.background)
+    check(d.folds == 0 or 2 <= d.folds <= MAX_FOLDS, f"{prefix}.folds",
+          f"0 (one split by test_fraction) or 2 to {MAX_FOLDS}", d.folds)
+    check(0 <= d.fold < max(d.folds, 1), f"{prefix}.fold",
+          f"a fold number from 0 to {max(d.folds, 1) - 1}", d.fold)
+    check(len({c.casefold() for c in d.train_classes}) == len(d.train_classes),
+          f"{prefix}.train_classes", "a list without repeats (in any case)", d.train_classes)
+    s = d.synthetic
+    check(s.n_images >= 10, f"{prefix}.synthetic.n_images", "at least 10", s.n_images)
+    check(s.n_patients >= 2, f"{prefix}.synthetic.n_patients", "at least 2", s.n_patients)
+    check(
+        0.0 < s.infected_fraction < 1.0,
+        f"{prefix}.synthetic.infected_fraction",
+        "between 0 and 1",
+        s.infected_fraction,
+    )
+    if check_paths and d.source != SYNTHETIC and not Path(d.source).expanduser().exists():
+        # the malaria configs' default: the set is one command away
+        fetch = ("; to fetch the NIH set: cellae data download --to data, then "
+                 f"--set {prefix}.source=data/cell_images.zip"
+                 if Path(d.source).name in ("cell_images", "cell_images.zip") else "")
+        raise CellaeError(
+            f"{prefix}.source: no such file or folder: {d.source} "
+            f"(give a class folder, a zip, a CSV of files and labels, or '{SYNTHETIC}'){fetch}"
+        )
+    return d
+
+
+def validate_train(t: TrainConfig) -> TrainConfig:
+    """Reject impossible training settings."""
+    check(t.epochs >= 1, "train.epochs", "a positive integer", t.epochs)
+    check(t.batch_size >= 1, "train.batch_size", "a positive integer", t.batch_size)
+    check(t.lr > 0, "train.lr", "a positive number", t.lr)
+    check(t.weight_decay >= 0, "train.weight_decay", "0 or more", t.weight_decay)
+    check(t.grad_clip >= 0, "train.grad_clip", "0 (off) or more", t.grad_clip)
+    check(t.num_workers >= 0, "train.num_workers", "0 or more", t.num_workers)
+    check(
+        t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1),
+        "train.devices",
+        "'auto' or a positive integer",
+        t.devices,
+    )
+    check(t.num_nodes >= 1, "train.num_nodes", "a positive integer", t.num_nodes)
+    return t
+
+
+def validate_eval(e: EvalConfig) -> EvalConfig:
+    """Reject impossible evaluation settings; the metrics' names are checked by their registry."""
+    check(e.tsne_max_points >= 10, "eval.tsne_max_points", "at least 10", e.tsne_max_points)
+    check(e.tsne_perplexity > 0, "eval.tsne_perplexity", "a positive number", e.tsne_perplexity)
+    check(e.knn_k >= 1, "eval.knn_k", "a positive integer", e.knn_k)
+    check(e.n_reconstructions >= 1, "eval.n_reconstructions", "a positive integer", e.n_reconstructions)
+    check(e.n_samples >= 1, "eval.n_samples", "a positive integer", e.n_samples)
+    check(e.n_traversal_dims >= 1, "eval.n_traversal_dims", "a positive integer", e.n_traversal_dims)
+    check(len(set(e.metrics)) == len(e.metrics), "eval.metrics", "a list without repeats", e.metrics)
+    return e
