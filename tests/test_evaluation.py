@@ -13,7 +13,8 @@ from PIL import Image
 import cellae
 from cellae import runs
 from cellae.cli import main
-from cellae.evaluation.run import embed_source, evaluate_run
+from cellae.embed import embed_source
+from cellae.evaluate import evaluate_run
 from cellae.training import train
 from tiny import tiny_config
 

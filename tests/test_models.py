@@ -395,7 +395,7 @@ def test_evaluation_reads_the_test_codes_off_the_forward_pass_only_where_they_ar
     something else (a sample, a code of another space) gets encode's codes all the same."""
     import dataclasses
 
-    from cellae.evaluation.run import z_is_encode
+    from cellae.evaluate import z_is_encode
 
     model = tiny(family).eval()
     x = torch.rand(5, 3, 32, 32)

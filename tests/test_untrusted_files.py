@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
-from cellae import runs
+from cellae import api, runs
 from cellae.config import Config
 from cellae.errors import CellaeError
-from cellae.evaluation.run import evaluate_run
+from cellae.evaluate import evaluate_run
 from cellae.training import train
 from tiny import tiny_config
 
@@ -48,7 +48,7 @@ def test_load_run_refuses_an_evil_checkpoint(tmp_path):
     path, marker = evil_checkpoint(tmp_path)
     path.replace(run_dir / "checkpoints" / "best.ckpt")
     with pytest.raises(CellaeError, match="refusing to load"):
-        runs.load_run(run_dir)
+        api.load_run(run_dir)
     assert not marker.exists()
 
 

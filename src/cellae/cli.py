@@ -191,12 +191,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run folder: {run_dir}")
         return 0
     if args.command == "evaluate":
-        from cellae.evaluation.run import evaluate_run
+        from cellae.evaluate import evaluate_run
 
         evaluate_run(Path(args.run_dir), data=args.data)
         return 0
     if args.command == "embed":
-        from cellae.evaluation.run import embed_source
+        from cellae.embed import embed_source
 
         out = embed_source(Path(args.run_dir), args.source, Path(args.out), args.overwrite)
         print(f"wrote {out}")

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from cellae.files import write_atomic
-from cellae.images import to_uint8
+from cellae.images import to_uint8, unit_float_array
 from cellae.naming import natural_key
 
 DPI = 130
@@ -556,4 +556,49 @@ def plot_traversals(
                  "rows: latent dimensions by KL, highest first; columns: the value that "
                  "dimension is set to, the others stay at the base", fontsize=11)
     fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_error_maps(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray,
+                    labels: np.ndarray, class_names: Sequence[str], path: Path, *,
+                    run: str, scores: Sequence[float]) -> Path:
+    """Each test cell over its reconstruction over the map of its squared error inside the cell.
+
+    The error maps share one colour scale, so a cell the model failed on stands out; each
+    cell's anomaly score (``scores``, its interior error) is written under its map.
+    """
+    a, b = unit_float_array(originals), unit_float_array(recons)
+    inside = np.asarray(masks) != 0
+    maps = ((a - b) ** 2).mean(axis=1) * inside
+    top = float(np.quantile(maps[inside], 0.99)) if inside.any() else 1.0
+    n = len(a)
+    columns = min(GRID_COLUMNS, n)
+    blocks = math.ceil(n / columns)
+    # constrained layout makes room for the colour bar beside the grid, not over it
+    fig = Figure(figsize=(1.45 * columns + 1.6, 4.6 * blocks + 0.6), layout="constrained")
+    heights = ([1.0, 1.0, 1.0, 0.25] * blocks)[:-1]
+    axes = fig.subplots(len(heights), columns, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for ax in axes.flat:
+        ax.set_axis_off()
+    image = None
+    for i in range(n):
+        block, column = divmod(i, columns)
+        first, second, third = (axes[4 * block + r, column] for r in range(3))
+        for ax, picture in ((first, originals[i]), (second, recons[i])):
+            ax.set_axis_on()
+            show_image(ax, picture)
+        third.set_axis_on()
+        image = third.imshow(maps[i], cmap="magma", vmin=0.0, vmax=max(top, 1e-6))
+        third.set_xticks([])
+        third.set_yticks([])
+        label = int(labels[i])
+        first.set_title(class_name(class_names, label), fontsize=9, pad=3)
+        third.set_xlabel(f"score {scores[i]:.4f}", fontsize=8, labelpad=2)
+        if column == 0:
+            first.set_ylabel("original", fontsize=10)
+            second.set_ylabel("reconstruction", fontsize=10)
+            third.set_ylabel("squared error", fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.5, label="squared error inside the cell")
+    fig.suptitle(f"{run}: where the reconstruction fails (interior only)", fontsize=12)
     return save(fig, path)

@@ -1,4 +1,4 @@
-"""The run folder: where everything a run produces lives, and :func:`load_run` for notebooks.
+"""The run folder: where everything a run produces lives, and the one way to each of its files.
 
 A run folder is never overwritten. Its layout::
 
@@ -12,25 +12,24 @@ A run folder is never overwritten. Its layout::
     figures/            *.png
 
 The names of these files are spelled here, and every other module reads and writes them
-through the functions here (figures are named by what draws them). A sweep folder holds run folders and ``sweep.json``, whose
+through the functions here (figures are named by what draws them): a run's status through
+:func:`set_status`, its checkpoints through :func:`last_checkpoint` and
+:func:`best_checkpoint`. The notebook API over a run folder is :mod:`cellae.api`. A sweep folder holds run folders and ``sweep.json``, whose
 ``order`` lists them in the sweep's order.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import fcntl
 import io
 import json
 import os
 import re
 import stat
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,19 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 
-from cellae.config import (
-    MAX_YAML_BYTES,
-    Config,
-    DataConfig,
-    config_from_dict,
-    from_older_cellae,
-    load_yaml,
-)
-from cellae.errors import CellaeError
+from cellae.config import MAX_YAML_BYTES, Config, config_from_dict, from_older_cellae, load_yaml
+from cellae.errors import CellaeError, first_line
 from cellae.files import write_atomic
-from cellae.images import unit_float
 
 CONFIG_FILE = "config.yaml"
 RUN_INFO_FILE = "run.json"
@@ -238,6 +228,18 @@ def update_run_info(run_dir: Path, **values: Any) -> dict[str, Any]:
     return info
 
 
+def set_status(run_dir: Path, status: str, **values: Any) -> dict[str, Any]:
+    """Record where a run stands in ``run.json`` (``running``, ``trained``, ``finished``,
+    ``interrupted``, ``failed``), with any other values that go with it (an ``error``)."""
+    return update_run_info(run_dir, status=status, **values)
+
+
+def read_status(run_dir: Path) -> str | None:
+    """The status ``run.json`` records, or None where it records none."""
+    status = read_run_info(run_dir).get("status")
+    return status if isinstance(status, str) else None
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """The rows of ``metrics.csv`` with numbers parsed; empty cells become NaN."""
     path = run_dir / METRICS_FILE
@@ -423,211 +425,35 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise CellaeError(f"checkpoint not found: {path}") from exc
     except Exception as exc:  # noqa: BLE001 - every unpickling failure means the same to the user
-        text = str(exc).strip()
-        first_line = text.splitlines()[0][:160] if text else type(exc).__name__
-        if "weights_only" in text.lower() or "weights only" in text.lower():
+        text = str(exc).lower()
+        if "weights_only" in text or "weights only" in text:
             raise CellaeError(
                 f"refusing to load {path}: it holds objects other than tensors and plain data, "
                 "which could run code; only load checkpoints written by cellae"
             ) from exc
-        raise CellaeError(f"cannot read checkpoint {path}: damaged or incomplete ({first_line})") from exc
+        raise CellaeError(f"cannot read checkpoint {path}: damaged or incomplete ({first_line(exc)[:160]})") from exc
     if not isinstance(checkpoint, dict):
         raise CellaeError(f"{path} holds a {type(checkpoint).__name__}, not a cellae checkpoint")
     return checkpoint
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    """Where the run's checkpoint of its last completed epoch is (or will be) kept."""
+    return run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
 def best_checkpoint(run_dir: Path) -> Path:
-    for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):
-        path = run_dir / CHECKPOINT_DIR / name
+    """The checkpoint of the lowest test loss, or the last one where there is none."""
+    for path in (run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT, last_checkpoint(run_dir)):
         if path.is_file():
             return path
     raise CellaeError(f"run folder {run_dir} has no checkpoint in {CHECKPOINT_DIR}/")
 
 
-# what LoadedRun takes as images: files or PIL images (preprocessed), or arrays in cache layout
-ImageInput = (np.ndarray | torch.Tensor | str | Path | Image.Image
-              | Sequence[str | Path | Image.Image])
-
-
-@dataclass
-class LoadedRun:
-    """A trained model and its config, for use outside the CLI.
-
-    Images go in as image files or PIL images (one, or a list; preprocessed the run's way:
-    size, resize, colour, background), as uint8 arrays or tensors in the cache's layout
-    (N x C x H x W, 0-255), or as float tensors already in [0, 1].
-    """
-
-    path: Path
-    config: Config
-    model: torch.nn.Module
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: str | torch.device) -> LoadedRun:
-        from cellae.models.base import prefers_channels_last
-
-        device = torch.device(device)
-        self.model.to(device).use_channels_last(prefers_channels_last(device))
-        return self
-
-    def prepare(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image]) -> np.ndarray:
-        """Image files or PIL images preprocessed as the run's training images were:
-        uint8 N x C x H x W, the cache's layout."""
-        from cellae.data.decode import BadImage, decode_image
-        from cellae.data.preprocess import PreprocessSettings, preprocess
-
-        settings = PreprocessSettings.from_config(self.config.data)
-        items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
-        prepared = []
-        for item in items:
-            if isinstance(item, Image.Image):
-                rgb = np.asarray(item.convert("RGB"))
-            else:
-                try:
-                    rgb = decode_image(Path(item).expanduser().read_bytes())
-                except OSError as exc:
-                    raise CellaeError(f"cannot read {item}: {exc.strerror or exc}") from exc
-                except BadImage as exc:
-                    raise CellaeError(f"{item}: {exc}") from exc
-            prepared.append(preprocess(rgb, settings)[0])
-        if not prepared:
-            raise CellaeError("no images given")
-        return np.stack(prepared)
-
-    def _as_input(self, images: ImageInput) -> torch.Tensor:
-        if isinstance(images, str | Path | Image.Image) or (
-            isinstance(images, list | tuple) and images
-            and all(isinstance(i, str | Path | Image.Image) for i in images)
-        ):
-            images = self.prepare(images)  # type: ignore[arg-type]
-        # np.array copies: a read-only memory map must not back a tensor torch may write
-        x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
-        if x.ndim == 3:
-            x = x.unsqueeze(0)
-        expected = (self.model.channels, self.model.image_size, self.model.image_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise CellaeError(
-                f"images must be shaped (N, {', '.join(map(str, expected))}) as this run's "
-                f"inputs, got {tuple(x.shape)}; give image files or PIL images to have them "
-                "preprocessed the run's way"
-            )
-        return unit_float(x).to(self.device)
-
-    def test_images(self) -> tuple[np.ndarray, np.ndarray]:
-        """The run's own test images (uint8 N x C x H x W, as the model saw them) and labels."""
-        cache = run_cache(self.path, self.config)
-        _, test_rows = split_rows(self.path, cache)
-        return np.asarray(cache.images[test_rows]), np.asarray(cache.labels)[test_rows]
-
-    @torch.no_grad()
-    def encode(self, images: ImageInput, batch_size: int = 512) -> np.ndarray:
-        """Latent codes (the posterior mean for a VAE), one row per image."""
-        x = self._as_input(images)
-        return torch.cat([self.model.encode(b) for b in x.split(batch_size)]).cpu().numpy()
-
-    @torch.no_grad()
-    def decode(self, z: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
-        """Images in [0, 1] (float32, N x C x H x W) decoded from latent codes."""
-        codes = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(self.device)
-        if codes.ndim != 2 or codes.shape[1] != self.model.latent_dim:
-            raise CellaeError(f"latent codes must be shaped (N, {self.model.latent_dim}), "
-                              f"got {tuple(codes.shape)}")
-        return torch.cat([self.model.decode(b) for b in codes.split(batch_size)]).cpu().numpy()
-
-    @torch.no_grad()
-    def reconstruct(self, images: ImageInput, batch_size: int = 512) -> np.ndarray:
-        """Reconstructions in [0, 1] (float32, N x C x H x W)."""
-        x = self._as_input(images)
-        return torch.cat([self.model(b).recon for b in x.split(batch_size)]).cpu().numpy()
-
-
-def run_cache(run_dir: Path, config: Config) -> Any:
-    """The cache the run was trained on (rebuilt from its data config if it was deleted)."""
-    from cellae.data.cache import open_cache, prepare_cache
-
-    data = read_run_info(run_dir).get("data", {})
-    recorded = data.get("cache") if isinstance(data, dict) else None
-    if recorded and Path(recorded).is_dir():
-        try:
-            return open_cache(Path(recorded))
-        except CellaeError:
-            pass
-    warn_if_older_images(run_dir, config)
-    return prepare_cache(config.data, progress=sys.stderr.isatty())
-
-
-def warn_if_older_images(run_dir: Path, config: Config) -> None:
-    """Say so when the run's images are rebuilt by a cellae that preprocesses them differently."""
-    from cellae.data.cache import FORMAT_VERSION
-
-    data = read_run_info(run_dir).get("data", {})
-    trained = data.get("cache_format") if isinstance(data, dict) else None
-    # cache format 3 paints fill_mean's rim wider; a keep run's images did not change
-    if trained != FORMAT_VERSION and config.data.background != "keep":
-        print(f"warning: {run_dir.name} was trained on images of an older cellae (cache format "
-              f"{trained or 'before 3'}); they are rebuilt with this one's preprocessing, whose "
-              f"fill_mean rim is wider", file=sys.stderr)
-
-
-def split_rows(run_dir: Path, cache: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of ``cache`` on each side of the run's split, matched by file name."""
-    split = read_split(run_dir)
-    position = {name: i for i, name in enumerate(np.asarray(cache.files).tolist())}
-    sides = []
-    for side in ("train", "test"):
-        names = split[side]
-        missing = [n for n in names if n not in position]
-        if missing:
-            raise CellaeError(
-                f"{len(missing)} {side} images of {run_dir} are not in the data any more "
-                f"(first: {missing[0]}); evaluate on a source with --data instead"
-            )
-        sides.append(np.sort(np.array([position[n] for n in names], dtype=np.int64)))
-    return sides[0], sides[1]
-
-
 def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The bare model's weights from a Lightning checkpoint of :class:`~cellae.training.CellaeModule`."""
+    """The bare model's weights from a Lightning checkpoint of
+    :class:`~cellae.training.module.CellaeModule`."""
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
         raise CellaeError("checkpoint has no state_dict")
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-
-
-def load_run(path: str | Path, checkpoint: str = "best", cache_dir: str | None = None) -> LoadedRun:
-    """Open a run folder: its config and its model (best checkpoint unless ``checkpoint='last'``).
-
-    An anomaly model (``data.train_classes``) is always the last checkpoint: the "best" one has
-    the lowest loss on the test cells, anomalies included, so it would be the model that fails
-    least on what it should fail on, picked by the test patients.
-
-    A cache it needs is built in ``cache_dir``, by default your own (``.cellae-cache`` here),
-    never where the run's config says: a run folder may come from anyone, and its
-    ``data.cache_dir`` would have cellae write, and clear temporary folders, wherever it names.
-    """
-    from cellae.models import build_model
-
-    run_dir = require_run_dir(Path(path))
-    config = read_config(run_dir)
-    own = cache_dir if cache_dir is not None else DataConfig().cache_dir
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache_dir=own))
-    info = read_run_info(run_dir)
-    if checkpoint == "last" or (config.data.train_classes
-                                and (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()):
-        ckpt_path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    else:
-        ckpt_path = best_checkpoint(run_dir)
-    channels = 1 if config.data.color == "gray" else 3
-    model = build_model(config.model, config.data.image_size, int(info.get("channels", channels)))
-    try:
-        model.load_state_dict(model_state_from_checkpoint(load_checkpoint(ckpt_path)))
-    except RuntimeError as exc:
-        # config.yaml edited after training, or a checkpoint of another run copied in
-        raise CellaeError(f"{ckpt_path} does not fit the model {CONFIG_FILE} describes (was "
-                          f"either edited or copied from another run?): "
-                          f"{str(exc).splitlines()[-1].strip()[:160]}") from exc
-    model.eval()
-    return LoadedRun(path=run_dir, config=config, model=model).to("cpu")

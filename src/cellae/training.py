@@ -45,6 +45,7 @@ from cellae.errors import CellaeError, first_line
 from cellae.images import unit_float
 from cellae.models import build_model
 from cellae.models.base import prefers_channels_last
+from cellae.run_data import warn_if_older_images
 
 # set in the environment by the launching process so that the DDP processes Lightning starts
 # for the other devices of its machine know its run folder
@@ -651,7 +652,7 @@ def _finish(run_dir: Path, config: Config, trainer: L.Trainer, evaluate: bool) -
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     if evaluate and config.eval.enabled:
-        from cellae.evaluation.run import evaluate_run
+        from cellae.evaluate import evaluate_run
 
         # the cache the training just used, wherever its config put it
         evaluate_run(run_dir, cache_dir=config.data.cache_dir)
@@ -791,7 +792,7 @@ def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | Non
         if owner:
             runs.truncate_metrics(run_dir, completed)
             runs.update_run_info(run_dir, status="running", resumed_from_epoch=completed)
-            runs.warn_if_older_images(run_dir, config)
+            warn_if_older_images(run_dir, config)
         print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
         trainer = _fit(config, run_dir, last, callbacks, evaluate, owner)
         return _finish(run_dir, config, trainer, evaluate)

@@ -10,17 +10,12 @@ saw from those it did, on the test patients.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import cm
-from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from cellae import plots
 from cellae.columns import SAME_TEST_CELLS, Column
 from cellae.data.splits import class_labels
 from cellae.evaluation.metrics import interior_mse
@@ -62,49 +57,3 @@ def anomaly_numbers(errors: np.ndarray, labels: np.ndarray, class_names: Sequenc
     else:
         result["auroc"] = float(roc_auc_score(~normal, errors))
     return result
-
-
-def plot_error_maps(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray,
-                    labels: np.ndarray, class_names: Sequence[str], path: Path, *,
-                    run: str) -> Path:
-    """Each test cell over its reconstruction over the map of its squared error inside the cell.
-
-    The error maps share one colour scale, so a cell the model failed on stands out; the
-    interior error (the anomaly score) is written under each map.
-    """
-    a, b = unit_float_array(originals), unit_float_array(recons)
-    inside = np.asarray(masks) != 0
-    maps = ((a - b) ** 2).mean(axis=1) * inside
-    errors = interior_errors(a, b, masks)
-    top = float(np.quantile(maps[inside], 0.99)) if inside.any() else 1.0
-    n = len(a)
-    columns = min(plots.GRID_COLUMNS, n)
-    blocks = math.ceil(n / columns)
-    # constrained layout makes room for the colour bar beside the grid, not over it
-    fig = Figure(figsize=(1.45 * columns + 1.6, 4.6 * blocks + 0.6), layout="constrained")
-    heights = ([1.0, 1.0, 1.0, 0.25] * blocks)[:-1]
-    axes = fig.subplots(len(heights), columns, squeeze=False, gridspec_kw={"height_ratios": heights})
-    for ax in axes.flat:
-        ax.set_axis_off()
-    image = None
-    for i in range(n):
-        block, column = divmod(i, columns)
-        first, second, third = (axes[4 * block + r, column] for r in range(3))
-        for ax, picture in ((first, originals[i]), (second, recons[i])):
-            ax.set_axis_on()
-            plots.show_image(ax, picture)
-        third.set_axis_on()
-        image = third.imshow(maps[i], cmap=cm.magma, vmin=0.0, vmax=max(top, 1e-6))
-        third.set_xticks([])
-        third.set_yticks([])
-        label = int(labels[i])
-        first.set_title(plots.class_name(class_names, label), fontsize=9, pad=3)
-        third.set_xlabel(f"score {errors[i]:.4f}", fontsize=8, labelpad=2)
-        if column == 0:
-            first.set_ylabel("original", fontsize=10)
-            second.set_ylabel("reconstruction", fontsize=10)
-            third.set_ylabel("squared error", fontsize=10)
-    if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.5, label="squared error inside the cell")
-    fig.suptitle(f"{run}: where the reconstruction fails (interior only)", fontsize=12)
-    return plots.save(fig, path)

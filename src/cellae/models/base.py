@@ -134,6 +134,9 @@ class CellAutoencoder(nn.Module):
     report_columns: ClassVar[tuple[Column, ...]] = ()
     # how the loss terms read on the learning curves' panels
     term_titles: ClassVar[dict[str, str]] = {"recon": "reconstruction"}
+    # the figures of cellae's own (cellae.evaluate.FAMILY_FIGURES) this family wants drawn
+    # besides every run's; a model draws nothing itself
+    figures: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig, image_size: int, channels: int) -> None:
         super().__init__()
@@ -247,7 +250,8 @@ class CellAutoencoder(nn.Module):
         return {}
 
     def draw_figures(self, view: FamilyEvaluation, numbers: dict[str, Any], figures: Path) -> None:
-        """The family's own figures, written into ``figures``; none by default."""
+        """A plug-in family's figures of a kind cellae does not draw, written into ``figures``;
+        none by default. A built-in family asks for cellae's figures by name (``figures``)."""
 
 
 def prefers_channels_last(device: torch.device, setting: str = "auto") -> bool:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from cellae import plots
 from cellae.columns import SAME_IMAGES, Column
-from cellae.images import to_uint8
 from cellae.models.base import FAMILIES, CellAutoencoder, FamilyEvaluation, ModelConfig, ModelOutput
 from cellae.typed_config import check
 
@@ -23,7 +20,6 @@ LOG_VAR_MIN = -10.0
 LOG_VAR_MAX = 10.0
 # Var over images of a dimension's posterior mean above which the unit counts as active
 ACTIVE_UNIT_THRESHOLD = 0.01
-TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 9)
 
 
 def kl_terms(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
@@ -93,6 +89,8 @@ class VariationalAutoencoder(CellAutoencoder):
     family = "vae"
     config_class = VAEConfig
     term_titles = CellAutoencoder.term_titles | {"kl": "KL divergence"}
+    # draws of the prior, and traversals of the dimensions of highest KL (kl_per_dimension)
+    figures = ("prior_samples", "traversals")
     config: VAEConfig
     report_columns = (
         Column("vae.elbo", "ELBO (VAE)", "higher", 2, SAME_IMAGES + ("model.loss",)),
@@ -180,30 +178,3 @@ class VariationalAutoencoder(CellAutoencoder):
             "kl_per_dimension": kl_per_dimension(view.test_codes, log_var).tolist(),
             "active_units": active_units(view.test_codes),
         }
-
-    @torch.no_grad()
-    def draw_figures(self, view: FamilyEvaluation, numbers: dict[str, Any], figures: Path) -> None:
-        """Decoded draws of the prior, and traversals of the dimensions with the highest KL.
-
-        The traversals start from the mean test code, a typical cell, rather than from zero,
-        which the posterior means need not be near; each row is labelled with its KL so that a
-        dimension the model does not use (KL near 0) is not read as one with no effect.
-        """
-        generator = torch.Generator(device="cpu").manual_seed(view.seed)
-        samples = self.sample(view.eval.n_samples, generator=generator).cpu().numpy()
-        plots.plot_image_grid(to_uint8(samples), figures / "prior_samples.png",
-                              title="decoded draws from N(0, I)", run=view.title)
-        codes = view.test_codes
-        kl_dims = np.asarray(numbers["kl_per_dimension"])
-        dims = [int(d) for d in np.argsort(kl_dims)[::-1][:min(view.eval.n_traversal_dims, codes.shape[1])]]
-        base = codes.mean(axis=0)
-        device = next(self.parameters()).device
-        grid = []
-        for d in dims:
-            z = np.repeat(base[None], len(TRAVERSAL_VALUES), axis=0)
-            z[:, d] = TRAVERSAL_VALUES
-            decoded = self.decode(torch.as_tensor(z, dtype=torch.float32, device=device))
-            grid.append(to_uint8(decoded.cpu().numpy()))
-        plots.plot_traversals(np.stack(grid), dims, TRAVERSAL_VALUES.tolist(),
-                              figures / "traversals.png", run=view.title,
-                              kl=kl_dims[dims].tolist(), base="the mean test code")

@@ -1,17 +1,17 @@
-"""Evaluate a run folder: compute the numbers, draw the figures, write the files.
+"""``cellae evaluate``: compute a run's numbers, draw its figures, write its files.
 
 Evaluation reads only the run folder (its config, split, checkpoint and metrics) and the
 cache its data summary names, so a run can be moved and evaluated again. It runs in three
 steps: :func:`compute` gives an :class:`Evaluation` (every number, the latent codes and what
-the figures show), :func:`draw` turns it into figures and :func:`write` into ``metrics.json``
-and ``latents.npz``.
+the figures show), :func:`draw` turns it into figures (every figure, the families' too, is a
+function of :mod:`cellae.plots`) and :func:`write` into ``metrics.json`` and ``latents.npz``.
+The measures themselves are the :mod:`cellae.evaluation` package; this module only drives them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cellae import plots, runs
+from cellae.api import LoadedRun, load_run
 from cellae.columns import SAME_IMAGES, Column
 from cellae.config import SYNTHETIC, Config
 from cellae.data.cache import CellCache, prepare_cache
@@ -34,6 +35,7 @@ from cellae.evaluation.spot_features import COLUMNS as SPOT_COLUMNS
 from cellae.evaluation.spot_features import spot_features
 from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
+from cellae.run_data import run_cache, split_rows
 
 BATCH = 256
 # top-level keys of metrics.json that are not a family's numbers
@@ -72,7 +74,7 @@ def _timed(parts: dict[str, float], name: str) -> Iterator[None]:
         parts[name] = round(parts.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
-def _source_cache(config: Config, source: str | None) -> CellCache:
+def source_cache(config: Config, source: str | None) -> CellCache:
     """The run's own cache (rebuilt if it was deleted), or ``source`` preprocessed the run's way."""
     if source is None:
         return prepare_cache(config.data, progress=sys.stderr.isatty())
@@ -186,7 +188,7 @@ def _has_classes(cache: CellCache, wanted: list[str]) -> bool:
     return True
 
 
-def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx: np.ndarray,
+def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx: np.ndarray,
             source: str) -> Evaluation:
     """Every number of one evaluation, with the codes and images its figures need."""
     config, model = loaded.config, loaded.model
@@ -260,7 +262,7 @@ def compute(loaded: runs.LoadedRun, cache: CellCache, train_idx: np.ndarray, tes
     )
 
 
-def draw(evaluation: Evaluation, loaded: runs.LoadedRun, cache: CellCache, figures: Path,
+def draw(evaluation: Evaluation, loaded: LoadedRun, cache: CellCache, figures: Path,
          rows: list[dict[str, float]]) -> list[str]:
     """Every figure of the evaluation into ``figures``, each titled with the run's name, so a
     figure copied into a slide or a report still says where it comes from; returns their names.
@@ -292,11 +294,64 @@ def draw(evaluation: Evaluation, loaded: runs.LoadedRun, cache: CellCache, figur
         plots.plot_learning_curves(rows, figures / "learning_curves.png", best_epoch=best,
                                    run=run, titles=model.term_titles)
     if "anomaly" in evaluation.metrics:
-        anomaly.plot_error_maps(np.asarray(cache.images[shown]), evaluation.reconstructions,
-                                np.asarray(cache.masks[shown]), labels[shown], class_names,
-                                figures / "error_maps.png", run=run)
-    model.draw_figures(evaluation.family_view, evaluation.metrics.get(model.family, {}), figures)
+        originals, masks = np.asarray(cache.images[shown]), np.asarray(cache.masks[shown])
+        plots.plot_error_maps(originals, evaluation.reconstructions, masks, labels[shown],
+                              class_names, figures / "error_maps.png", run=run,
+                              scores=anomaly.interior_errors(originals, evaluation.reconstructions,
+                                                             masks))
+    numbers = evaluation.metrics.get(model.family, {})
+    for name in model.figures:
+        if name not in FAMILY_FIGURES:
+            raise ValueError(f"the '{model.family}' family wants the figure {name!r}, which "
+                             f"cellae does not draw; it draws {', '.join(FAMILY_FIGURES)}")
+        FAMILY_FIGURES[name](model, evaluation.family_view, numbers, figures)
+    # a plug-in family's figures of its own, drawn by the family itself
+    model.draw_figures(evaluation.family_view, numbers, figures)
     return sorted(p.name for p in figures.glob("*.png"))
+
+
+# a traversal moves one latent dimension over these values, the others held at a base code
+TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 9)
+
+
+@torch.no_grad()
+def _prior_samples(model: CellAutoencoder, view: FamilyEvaluation, numbers: dict[str, Any],
+                   figures: Path) -> None:
+    """Images decoded from draws of the family's prior."""
+    generator = torch.Generator(device="cpu").manual_seed(view.seed)
+    samples = model.sample(view.eval.n_samples, generator=generator).cpu().numpy()
+    plots.plot_image_grid(to_uint8(samples), figures / "prior_samples.png",
+                          title="decoded draws from N(0, I)", run=view.title)
+
+
+@torch.no_grad()
+def _traversals(model: CellAutoencoder, view: FamilyEvaluation, numbers: dict[str, Any],
+                figures: Path) -> None:
+    """Traversals of the dimensions with the highest KL (the family's ``kl_per_dimension``).
+
+    The traversals start from the mean test code, a typical cell, rather than from zero, which
+    the codes need not be near; each row is labelled with its KL so that a dimension the model
+    does not use (KL near 0) is not read as one with no effect.
+    """
+    codes = view.test_codes
+    kl_dims = np.asarray(numbers["kl_per_dimension"])
+    count = min(view.eval.n_traversal_dims, codes.shape[1])
+    dims = [int(d) for d in np.argsort(kl_dims)[::-1][:count]]
+    base = codes.mean(axis=0)
+    device = next(model.parameters()).device
+    grid = []
+    for d in dims:
+        z = np.repeat(base[None], len(TRAVERSAL_VALUES), axis=0)
+        z[:, d] = TRAVERSAL_VALUES
+        decoded = model.decode(torch.as_tensor(z, dtype=torch.float32, device=device))
+        grid.append(to_uint8(decoded.cpu().numpy()))
+    plots.plot_traversals(np.stack(grid), dims, TRAVERSAL_VALUES.tolist(),
+                          figures / "traversals.png", run=view.title,
+                          kl=kl_dims[dims].tolist(), base="the mean test code")
+
+
+# the figures a family may ask for by name (CellAutoencoder.figures), beside every run's own
+FAMILY_FIGURES = {"prior_samples": _prior_samples, "traversals": _traversals}
 
 
 def write(evaluation: Evaluation, cache: CellCache, out_dir: Path) -> None:
@@ -358,21 +413,21 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False,
 
     With ``data``, evaluate on another source: its images are preprocessed the run's way,
     split by patient with the run's seed, and the output goes to ``eval/<source-name>/``.
-    A cache it needs is built in ``cache_dir`` (see :func:`cellae.runs.load_run`).
+    A cache it needs is built in ``cache_dir`` (see :func:`cellae.api.load_run`).
     """
     run_dir = runs.require_run_dir(run_dir)
-    loaded = runs.load_run(run_dir, cache_dir=cache_dir)
+    loaded = load_run(run_dir, cache_dir=cache_dir)
     if torch.cuda.is_available():
         loaded.to("cuda")
     loaded = dataclasses.replace(loaded, model=loaded.model.inference_copy())
     config = loaded.config
     if data is None:
-        cache = runs.run_cache(run_dir, config)
-        train_idx, test_idx = runs.split_rows(run_dir, cache)
+        cache = run_cache(run_dir, config)
+        train_idx, test_idx = split_rows(run_dir, cache)
         rows = runs.read_metrics(run_dir)
         source = config.data.source
     else:
-        cache = _source_cache(config, data)
+        cache = source_cache(config, data)
         train_idx, test_idx = split_indices(
             cache.patients, cache.labels, config.data.test_fraction, config.seed, by="patient"
         )
@@ -392,121 +447,13 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False,
     evaluation.metrics["seconds"] = round(time.perf_counter() - started, 2)
     evaluation.metrics["seconds_by_part"] = parts
     write(evaluation, cache, out_dir)
-    if data is None and runs.read_run_info(run_dir).get("status") == "trained":
+    if data is None and runs.read_status(run_dir) == "trained":
         # trained in full and now evaluated: what training's own evaluation would have left
-        runs.update_run_info(run_dir, status="finished")
+        runs.set_status(run_dir, "finished")
     result = evaluation.metrics
     if not quiet:
         print(f"{run_dir.name}: {headline(result)}  [{result['seconds']:.1f} s]")
     return result
 
 
-EMBED_SUFFIXES = (".npz", ".csv", ".parquet", ".h5ad")
-
-
-def _sides(run_dir: Path, config: Config, source: str, files: np.ndarray) -> np.ndarray:
-    """Each image's side of the run's split ("train" or "test"), or "unseen": from another
-    source, or not in the split."""
-    own = source == config.data.source or (
-        source != SYNTHETIC and config.data.source != SYNTHETIC
-        and Path(source).expanduser().resolve() == Path(config.data.source).expanduser().resolve()
-    )
-    sides = np.full(len(files), "unseen", dtype=object)
-    if own:
-        split = runs.read_split(run_dir)
-        side_of = {name: side for side in ("train", "test") for name in split[side]}
-        sides = np.array([side_of.get(name, "unseen") for name in files.tolist()], dtype=object)
-    return sides.astype(str)
-
-
-def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False) -> Path:
-    """Write the latent codes of every image of ``source`` to ``out`` (.npz, .csv, .parquet, or
-    .h5ad for AnnData / scanpy), with each image's file, class, patient and side of the split.
-
-    An existing ``out`` is replaced only with ``overwrite``: it may be codes of another run.
-    """
-    suffix = out.suffix.lower()
-    if suffix not in EMBED_SUFFIXES:
-        raise CellaeError(f"--out must end in {', '.join(EMBED_SUFFIXES)}, got '{out.name}'")
-    if out.is_dir():
-        raise CellaeError(f"--out {out} is a folder; name a file in it")
-    if out.exists() and not overwrite:
-        raise CellaeError(f"{out} exists; pass --overwrite to replace it")
-    if any(parent.is_file() for parent in out.parents):
-        raise CellaeError(f"--out {out} lies under a file, not a folder")
-    run_dir = runs.require_run_dir(run_dir)
-    loaded = runs.load_run(run_dir)
-    cache = _source_cache(loaded.config, source)
-    codes = encode_images(loaded.model.inference_copy(), cache.images)
-    class_names = np.asarray(cache.class_names)
-    labels = np.asarray(cache.labels)
-    files = np.asarray(cache.files).astype(str)
-    columns = {
-        "file": files,
-        "label": labels,
-        "class": class_names[labels],
-        "patient": np.asarray(cache.patients).astype(str),
-        "side": _sides(run_dir, loaded.config, source, files),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".npz":
-        buffer = io.BytesIO()
-        # plural keys, as in eval/latents.npz (and "file" would collide with savez's own argument)
-        np.savez_compressed(buffer, codes=codes, class_names=class_names, files=columns["file"],
-                            labels=labels, classes=columns["class"], patients=columns["patient"],
-                            sides=columns["side"])
-        runs.write_atomic(out, buffer.getvalue())
-        return out
-    if suffix == ".h5ad":
-        return _write_anndata(out, codes, columns, loaded.config.name)
-    table = dict(columns) | {f"z{i}": codes[:, i] for i in range(codes.shape[1])}
-    if suffix == ".csv":
-        import csv
-
-        buffer = io.StringIO()
-        # RFC 4180's line ends: with them csv quotes a field holding \r or \n (a file name may),
-        # where with "\n" alone a bare \r would end a row for most readers
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        writer.writerow(list(table))
-        writer.writerows(zip(*[np.asarray(v).tolist() for v in table.values()], strict=True))
-        runs.write_atomic(out, buffer.getvalue())
-        return out
-    try:
-        import pandas as pd
-    except ModuleNotFoundError as exc:
-        raise CellaeError("writing .parquet needs pandas and pyarrow: pip install 'cellae[parquet]'") from exc
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        pd.DataFrame(table).to_parquet(tmp, index=False)
-        tmp.replace(out)
-    except ImportError as exc:
-        raise CellaeError("writing .parquet needs pyarrow: pip install 'cellae[parquet]'") from exc
-    finally:
-        tmp.unlink(missing_ok=True)  # left only by a failed write
-    return out
-
-
-def _write_anndata(out: Path, codes: np.ndarray, columns: dict[str, np.ndarray], run_name: str) -> Path:
-    """Codes as ``X`` (cells x latent dimensions) and the rest as ``obs``, for scanpy."""
-    try:
-        import anndata
-        import pandas as pd
-    except ModuleNotFoundError as exc:
-        raise CellaeError("writing .h5ad needs anndata: pip install 'cellae[anndata]'") from exc
-    obs = pd.DataFrame({k: v for k, v in columns.items() if k != "file"},
-                       index=pd.Index(columns["file"], name="file"))
-    for key in ("class", "patient", "side"):
-        obs[key] = obs[key].astype("category")
-    var = pd.DataFrame(index=[f"z{i}" for i in range(codes.shape[1])])
-    adata = anndata.AnnData(X=codes.astype(np.float32), obs=obs, var=var,
-                            uns={"cellae_run": run_name})
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        adata.write_h5ad(tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
-
-
-__all__ = ["embed_source", "evaluate_run", "headline"]
+__all__ = ["FAMILY_FIGURES", "Evaluation", "compute", "draw", "evaluate_run", "headline", "write"]
