@@ -47,7 +47,7 @@ LAUNCH_VARIABLES = (
 ])
 def test_the_global_rank_is_read_as_lightning_assigns_it(tmp_path, monkeypatch, environment,
                                                          expected):
-    monkeypatch.setattr("cellae.training.available_cores", lambda: 8)
+    monkeypatch.setattr("cellae.training.launch.available_cores", lambda: 8)
     for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():

@@ -447,7 +447,7 @@ def test_devices_and_workers_are_held_to_what_the_machine_has(tmp_path, monkeypa
     from cellae.training import train
 
     monkeypatch.setattr(cache_module, "available_cores", lambda: 2)
-    monkeypatch.setattr("cellae.training.available_cores", lambda: 2)
+    monkeypatch.setattr("cellae.training.launch.available_cores", lambda: 2)
     config = tiny_config(tmp_path, train={"devices": 1000, "accelerator": "cpu"})
     with pytest.raises(CellaeError, match="train.devices is 1000 but this machine gives 2 CPU cores"):
         train(config, tmp_path / "runs")

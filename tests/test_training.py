@@ -239,7 +239,7 @@ def test_resuming_a_run_whose_metrics_csv_has_other_columns_keeps_every_value(tm
 
 
 def test_an_interrupted_cache_build_leaves_no_run_folder(tmp_path, monkeypatch):
-    import cellae.training as training
+    import cellae.training.run as training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

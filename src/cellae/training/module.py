@@ -1,0 +1,180 @@
+"""The LightningModule: one optimisation step of any family, and the guard against a NaN loss."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import lightning as L
+import torch
+
+from cellae import __version__
+from cellae.config import Config
+from cellae.data.augment import augment
+from cellae.errors import CellaeError, first_line
+from cellae.images import unit_float
+from cellae.models import build_model
+from cellae.models.base import prefers_channels_last
+
+
+class NonFiniteLossError(CellaeError):
+    """The loss became NaN or infinite."""
+
+
+
+# the two passes of an epoch, as the loss columns name them
+SIDES = ("train", "test")
+
+
+class CellaeModule(L.LightningModule):
+    """One optimisation step of any family, on batches of (images, masks, ...) from any datamodule.
+
+    Images may be uint8 (0-255) or float in [0, 1]; masks are (B, H, W) or (B, 1, H, W).
+    """
+
+    def __init__(self, config: Config, channels: int) -> None:
+        super().__init__()
+        self.config = config
+        self.model = build_model(config.model, config.data.image_size, channels)
+        # per side: the loss terms' names and, on the device, whether each went NaN/inf this
+        # epoch; read once per epoch (FiniteLossGuard), as reading it each step would wait
+        # for the device each step
+        self._nonfinite: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
+        # the forward pass training runs: the model, or its torch.compile'd wrapper (kept out
+        # of the module's children so the checkpoint's keys stay the model's own)
+        self._forward: list[Any] = [self.model]
+
+    def epochs_done(self) -> float:
+        """Training progress in epochs, fractional within an epoch; what loss schedules follow."""
+        if self._trainer is None:
+            return math.inf
+        return self.trainer.global_step / max(1, self.trainer.num_training_batches)
+
+    def configure_model(self) -> None:
+        # here, before a DDP strategy wraps the model: DDP's gradient buckets are views laid
+        # out as the weights were when it wrapped them, and a later change of layout makes
+        # its averaged gradients land in the wrong places
+        device = self.trainer.strategy.root_device
+        self.model.use_channels_last(prefers_channels_last(device, self.config.train.channels_last))
+
+    def on_fit_start(self) -> None:
+        t = self.config.train
+        if t.compile:
+            size, channels = self.model.image_size, self.model.channels
+            probe = torch.rand(2, channels, size, size, device=self.device)
+            self._forward = [compiled_or_eager(self.model, probe)]
+
+    def _step(self, batch: Any, side: str) -> torch.Tensor:
+        images, masks = batch[0], batch[1]
+        if side == "train":
+            images, masks = augment(self.config.train.augment, images, masks)
+        x = unit_float(images)
+        mask = masks.float()
+        output = self._forward[0](x)
+        # the test loss is always the full objective, as in evaluation: one definition of it
+        weights = self.model.schedule(self.epochs_done()) if side == "train" else None
+        losses = self.model.loss(x, mask, output, weights)
+        self._watch(side, losses)
+        size = len(x)
+        for key, value in losses.items():
+            name = f"{side}_loss" if key == "loss" else f"{side}_{key}"
+            self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=size,
+                     sync_dist=True)
+        if weights:
+            for key, value in weights.items():
+                self.log(key, value, on_step=False, on_epoch=True, batch_size=size)
+        return losses["loss"]
+
+    def _watch(self, side: str, losses: dict[str, torch.Tensor]) -> None:
+        """Note on the device, without waiting for it, whether a loss term is NaN or infinite."""
+        with torch.no_grad():
+            bad = torch.stack([~torch.isfinite(v) for v in losses.values()])
+            nan = torch.isnan(losses["loss"])
+        if side in self._nonfinite:
+            names, seen, seen_nan = self._nonfinite[side]
+            bad, nan = seen | bad, seen_nan | nan
+        self._nonfinite[side] = (list(losses), bad, nan)
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss went NaN or infinite since the last call,
+        here or in any other process of a multi-process run.
+
+        Every process must stop together: one that stopped alone would leave the others
+        waiting for it at their next gradient exchange, for ever. So the processes share a
+        summary (per side: any term non-finite, loss NaN) once per epoch, every process the
+        same call, whether or not it saw a batch of that side.
+        """
+        watched, self._nonfinite = self._nonfinite, {}
+        summary = torch.zeros(2 * len(SIDES), dtype=torch.bool, device=self.device)
+        for i, side in enumerate(SIDES):
+            if side in watched:
+                _, bad, nan = watched[side]
+                summary[2 * i], summary[2 * i + 1] = bad.any(), nan
+        everywhere = self.all_gather(summary).reshape(-1, 2 * len(SIDES)).any(dim=0).tolist()
+        for i, side in enumerate(SIDES):
+            if not everywhere[2 * i]:
+                continue
+            value = "nan" if everywhere[2 * i + 1] else "infinite"
+            if side in watched and watched[side][1].any():
+                names, bad, _ = watched[side]
+                parts = ", ".join(n for n, flag in zip(names, bad.tolist(), strict=True) if flag)
+                where = f"non-finite parts: {parts}"
+            else:
+                where = "in another process of this run"
+            raise NonFiniteLossError(
+                f"{side} loss became {value} in epoch {self.current_epoch + 1} ({where}); "
+                f"lower train.lr or set train.grad_clip"
+            )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def metric_columns(self) -> list[str]:
+        """The columns of ``metrics.csv``: the totals, each loss term, each schedule weight."""
+        terms = self.model.loss_terms()
+        return (["epoch", "train_loss", "test_loss"]
+                + [f"{side}_{t}" for t in terms for side in SIDES]
+                + list(self.model.schedule(0.0)) + ["lr", "seconds", "images_per_second"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        t = self.config.train
+        params = self.model.parameters()
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+        optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        return optimizer(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the VAE's sampling noise comes from the global generator; keep it so a resume matches
+        checkpoint["cellae"] = {"version": __version__, "torch_rng": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("cellae", {}).get("torch_rng")
+        if isinstance(state, torch.Tensor):
+            torch.set_rng_state(state)
+
+
+
+def compiled_or_eager(model: torch.nn.Module, probe: torch.Tensor) -> Any:
+    """``torch.compile(model)`` where it compiles and runs a training step, else the model.
+
+    Compilation fails late, at the first call, and for reasons outside cellae (no C++ compiler,
+    an unsupported platform): a probe step finds out before training, and a failure costs a
+    warning instead of the run.
+    """
+    try:
+        compiled = torch.compile(model)
+        output = compiled(probe)
+        model.loss(probe, torch.ones_like(probe[:, 0]), output)["loss"].backward()
+    except Exception as exc:  # noqa: BLE001 - any compiler failure falls back the same way
+        reason = first_line(exc)
+        print(f"train.compile: torch.compile failed ({reason[:200]}); training without it",
+              file=sys.stderr, flush=True)
+        return model
+    finally:
+        model.zero_grad(set_to_none=True)
+    return compiled

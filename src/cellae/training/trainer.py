@@ -1,0 +1,106 @@
+"""The Lightning Trainer a config asks for: devices, precision, checkpoints and logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from cellae import runs
+from cellae.config import Config
+from cellae.errors import CellaeError
+from cellae.training.callbacks import AtomicCheckpointIO, EpochLog, FiniteLossGuard, LossProgressBar
+from cellae.training.launch import accelerator as chosen_accelerator
+from cellae.training.launch import devices as chosen_devices
+
+
+def resolved_precision(setting: str, accelerator: str) -> str:
+    """``train.precision`` for this machine: ``auto`` is bf16-mixed on a CUDA GPU with
+    bfloat16 (Ampere and later), where it runs the convolutions on the tensor cores at twice
+    TF32's rate with float32's range, and 32-true elsewhere (a CPU gains nothing from it)."""
+    if setting != "auto":
+        return setting
+    # compute capability 8.0 is Ampere; is_bf16_supported() also says yes where bfloat16 is
+    # only emulated (V100, T4), slowly, and its keyword to say otherwise is recent
+    if (accelerator in ("gpu", "cuda") and torch.cuda.is_available() and torch.version.hip is None
+            and torch.cuda.get_device_capability() >= (8, 0)):
+        return "bf16-mixed"
+    return "32-true"
+
+
+
+def _quiet_lightning() -> None:
+    """Silence advice that does not apply: our loaders yield row numbers, cut on the device."""
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advert)
+
+
+def _drop_advert(record: logging.LogRecord) -> bool:
+    return "litlogger" not in str(record.msg).lower()
+
+
+def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | None = None) -> L.Trainer:
+    """The Lightning Trainer for ``config``: devices, precision, checkpoints and logging."""
+    t = config.train
+    accelerator = chosen_accelerator(config)
+    _quiet_lightning()
+    interactive = sys.stderr.isatty()
+    # Saved after EpochLog wrote the epoch's row (Lightning runs checkpointing last), so a
+    # checkpoint never exists without its metrics row. Two callbacks, not one with save_last:
+    # Lightning (2.6) refreshes save_last's file only in epochs whose monitored loss improved,
+    # which leaves last.ckpt stale, and a resume from it loses every epoch since.
+    best = ModelCheckpoint(
+        dirpath=run_dir / runs.CHECKPOINT_DIR, filename=Path(runs.BEST_CHECKPOINT).stem,
+        monitor="test_loss", mode="min", save_top_k=1, save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    last_path = runs.last_checkpoint(run_dir)
+    last = ModelCheckpoint(
+        dirpath=last_path.parent, filename=last_path.stem,
+        monitor=None, save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False,
+    )
+    logger: Any = False
+    if t.tensorboard:
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
+        except ModuleNotFoundError as exc:
+            raise CellaeError(
+                "train.tensorboard needs TensorBoard: pip install 'cellae[tensorboard]'"
+            ) from exc
+    if accelerator in ("gpu", "cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # TF32 tensor cores for float32 convolutions: several times faster, ample for images
+        torch.set_float32_matmul_precision("high")
+    devices = chosen_devices(config, accelerator)
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=resolved_precision(t.precision, accelerator),
+        max_epochs=t.epochs,
+        gradient_clip_val=t.grad_clip or None,
+        # some GPU kernels have no deterministic version; warn there rather than refuse to train
+        deterministic=True if (t.deterministic and accelerator == "cpu") else ("warn" if t.deterministic else False),
+        callbacks=[FiniteLossGuard(), best, last, EpochLog(run_dir, plain_lines=not interactive)]
+        + ([LossProgressBar()] if interactive else []) + list(callbacks or []),
+        logger=logger,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        # the datamodule brings its own DistributedSampler, seeded per epoch (see data.datamodule)
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
