@@ -490,7 +490,7 @@ def sweep_rows(scale: Scale, work: Path, device: torch.device) -> list[Row]:
     ``--jobs J`` side by side, start-up included, their caches built beforehand. Each side runs
     twice, in the order 1, J, J, 1, so that a drift of the machine's speed favours neither."""
     try:
-        from cellae.side_by_side import machine_slots
+        from cellae.sweep.side_by_side import machine_slots
     except ImportError:  # a cellae before --jobs, measured for a "before" column
         say("  skipped: this cellae has no cellae sweep --jobs")
         return []

@@ -18,8 +18,8 @@ from cellae.data.preprocess import STANDARD_MID, STANDARD_SCALE, PreprocessSetti
 from cellae.data.splits import split_indices, training_rows
 from cellae.errors import CellaeError
 from cellae.evaluation.anomaly import anomaly_numbers, interior_errors
-from cellae.summary import summarise, write_summary
 from cellae.sweep import load_sweep
+from cellae.sweep.summary import summarise, write_summary
 from conftest import cell_array
 from tiny import tiny_config
 

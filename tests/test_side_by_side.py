@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cellae.side_by_side import Task, machine_slots, run_side_by_side
+from cellae.sweep.side_by_side import Task, machine_slots, run_side_by_side
 
 HERE = "test_side_by_side"
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"),

@@ -149,6 +149,7 @@ def test_a_sweep_resumes_from_its_folder_alone(tmp_path, capsys):
 
 def test_an_interrupted_run_stops_the_sweep(tmp_path, monkeypatch):
     from cellae import sweep as sweep_module
+    from cellae.sweep import local as sweep_local
     from cellae.training import TrainingInterrupted
     from tiny import tiny_config
 
@@ -161,7 +162,7 @@ def test_an_interrupted_run_stops_the_sweep(tmp_path, monkeypatch):
         started.append(name)
         raise TrainingInterrupted("training interrupted (Ctrl-C or SIGTERM)")
 
-    monkeypatch.setattr(sweep_module, "_run_one", interrupted)
+    monkeypatch.setattr(sweep_local, "run_one", interrupted)
     with pytest.raises(TrainingInterrupted):
         sweep_module.run_sweep(sweep_file, tmp_path / "runs")
     assert started == ["a"]  # b was never begun

@@ -13,6 +13,8 @@ import yaml
 from cellae import sweep as sweep_module
 from cellae.cli import main
 from cellae.errors import CellaeError
+from cellae.sweep import local as sweep_local
+from cellae.sweep import slurm as sweep_slurm
 from tiny import tiny_config
 
 submitit = pytest.importorskip("submitit")
@@ -48,7 +50,7 @@ def test_each_run_is_a_job_and_resume_collects_them(tmp_path, monkeypatch, capsy
         executor.submit = keep
         return executor
 
-    monkeypatch.setattr(sweep_module, "slurm_executor", local)
+    monkeypatch.setattr(sweep_slurm, "slurm_executor", local)
     assert main(["sweep", str(sweep_file(tmp_path)), "--out", str(tmp_path / "runs"),
                  "--launcher", "slurm", "--slurm-time", "5", "--slurm-option", "account=lab"]) == 0
     (sweep_dir,) = (tmp_path / "runs").iterdir()
@@ -106,9 +108,9 @@ class FakeExecutor:
 
 def test_a_run_still_in_its_job_is_never_started_twice(tmp_path, monkeypatch, capsys):
     ran = []
-    monkeypatch.setattr(sweep_module, "slurm_executor", FakeExecutor)
+    monkeypatch.setattr(sweep_slurm, "slurm_executor", FakeExecutor)
     monkeypatch.setattr(FakeExecutor, "submitted", [])
-    monkeypatch.setattr(sweep_module, "_run_one", lambda sweep_dir, name, values, evaluate:
+    monkeypatch.setattr(sweep_local, "run_one", lambda sweep_dir, name, values, evaluate:
                         ran.append(name) or "trained")
     assert main(["sweep", str(sweep_file(tmp_path)), "--out", str(tmp_path / "runs"),
                  "--launcher", "slurm"]) == 0
@@ -150,6 +152,6 @@ def test_slurm_options(tmp_path, monkeypatch):
     with pytest.raises(CellaeError, match="KEY=VALUE"):
         sweep_module.slurm_parameters(options=["=x"])
     assert main(["sweep", str(sweep_file(tmp_path)), "--slurm-time", "5"]) == 2
-    monkeypatch.setattr(sweep_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sweep_slurm.shutil, "which", lambda name: None)
     with pytest.raises(CellaeError, match="sbatch"):
         sweep_module.slurm_executor(tmp_path, {})

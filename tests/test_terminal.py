@@ -90,8 +90,9 @@ def test_a_quick_cache_build_off_a_terminal_is_silent(tmp_path, capsys):
 
 def test_a_sweep_counts_its_runs(tmp_path, monkeypatch, capsys):
     from cellae import sweep
+    from cellae.sweep import local as sweep_local
 
-    monkeypatch.setattr(sweep, "_run_one", lambda *args: "trained")
+    monkeypatch.setattr(sweep_local, "run_one", lambda *args: "trained")
     base = tiny_config(tmp_path).to_dict()
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "count", "config": base,
