@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from cellae import api, run_data, runs
+from cellae import api, run_inputs, runs
 from cellae.config import config_from_dict
 from cellae.data.augment import dihedral
 from cellae.data.preprocess import STANDARD_MID, STANDARD_SCALE, PreprocessSettings, preprocess
@@ -330,10 +330,10 @@ def test_a_run_of_an_older_cellae_says_its_images_are_rebuilt(tmp_path, capsys):
     run_dir = train(config, tmp_path / "runs", evaluate=False)
     info = runs.read_run_info(run_dir)
     capsys.readouterr()
-    run_data.run_cache(run_dir, config)
+    run_inputs.run_cache(run_dir, config)
     assert "older cellae" not in capsys.readouterr().err
     del info["data"]["cache_format"]
     info["data"]["cache"] = str(tmp_path / "gone")
     runs.write_json(run_dir / runs.RUN_INFO_FILE, info)
-    run_data.run_cache(run_dir, config)
+    run_inputs.run_cache(run_dir, config)
     assert "trained on images of an older cellae (cache format before 3)" in capsys.readouterr().err

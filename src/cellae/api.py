@@ -24,7 +24,7 @@ from cellae.data.preprocess import PreprocessSettings, preprocess
 from cellae.errors import CellaeError
 from cellae.images import unit_float
 from cellae.models.base import build_model, prefers_channels_last
-from cellae.run_data import run_cache, split_rows
+from cellae.run_inputs import read_config, run_cache, split_rows
 from cellae.sections import DataConfig
 
 # what LoadedRun takes as images: files or PIL images (preprocessed), or arrays in cache layout
@@ -134,7 +134,7 @@ def load_run(path: str | Path, checkpoint: str = "best", cache_dir: str | None =
     ``data.cache_dir`` would have cellae write, and clear temporary folders, wherever it names.
     """
     run_dir = runs.require_run_dir(Path(path))
-    config = runs.read_config(run_dir)
+    config = read_config(run_dir)
     own = cache_dir if cache_dir is not None else DataConfig().cache_dir
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache_dir=own))
     info = runs.read_run_info(run_dir)

@@ -35,7 +35,7 @@ from cellae.evaluation.spot_features import COLUMNS as SPOT_COLUMNS
 from cellae.evaluation.spot_features import spot_features
 from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
-from cellae.run_data import run_cache, split_rows
+from cellae.run_inputs import run_cache, split_rows
 
 BATCH = 256
 # top-level keys of metrics.json that are not a family's numbers

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import yaml
 
-from cellae.config import MAX_YAML_BYTES, Config, config_from_dict, from_older_cellae, load_yaml
 from cellae.errors import CellaeError, first_line
 from cellae.files import write_atomic
+from cellae.typed_config import MAX_YAML_BYTES, load_yaml
 
 CONFIG_FILE = "config.yaml"
 RUN_INFO_FILE = "run.json"
@@ -184,19 +184,10 @@ def read_config_values(run_dir: Path) -> dict[str, Any]:
                               f"{MAX_YAML_BYTES:,}")
         values = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CellaeError(f"{run_dir / CONFIG_FILE} is unreadable: {str(exc).splitlines()[0]}") from exc
+        raise CellaeError(f"{run_dir / CONFIG_FILE} is unreadable: {first_line(exc)}") from exc
     if not isinstance(values, dict):
         raise CellaeError(f"{run_dir / CONFIG_FILE} does not hold a config")
     return values
-
-
-def read_config(run_dir: Path) -> Config:
-    """The run's config, built and checked; a plug-in it names (family, loss, metric) is imported.
-
-    A run of cellae 0.1.0 (one flat model section) is read as it was meant.
-    """
-    # the data may have moved since training; evaluation says so when it needs the images
-    return config_from_dict(from_older_cellae(read_config_values(run_dir)), check_paths=False)
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
@@ -210,7 +201,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise CellaeError(f"{path} is missing") from exc
     except (OSError, ValueError) as exc:
-        raise CellaeError(f"{path} is unreadable ({str(exc).splitlines()[0]})") from exc
+        raise CellaeError(f"{path} is unreadable ({first_line(exc)})") from exc
     if not isinstance(document, dict):
         raise CellaeError(f"{path} holds a {type(document).__name__}, not a JSON object")
     return document

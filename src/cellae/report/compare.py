@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cellae.columns import Column
+from cellae.repeats import setting_key
 from cellae.report.collect import RunSummary, config_value, flatten_config
-
-# what may differ between runs of one setting: seeds and patient folds are repeats (a k-fold
-# study's mean and spread are over both), names are labels
-REPEAT_KEYS = ("seed", "name", "data.fold")
 
 
 class Competitor(Protocol):
@@ -99,16 +96,11 @@ class Setting:
         return spread.mean if spread else None
 
 
-def _setting_key(config: dict[str, Any]) -> str:
-    flat = flatten_config(config)
-    return json.dumps({k: v for k, v in flat.items() if k not in REPEAT_KEYS}, sort_keys=True)
-
-
 def group_settings(summaries: Sequence[RunSummary]) -> list[Setting]:
     """Runs grouped by everything in their config but seed, fold and name, in order of first run."""
     settings: dict[str, Setting] = {}
     for summary in summaries:
-        key = _setting_key(summary.config)
+        key = setting_key(flatten_config(summary.config))
         if key in settings:
             settings[key].runs.append(summary)
         else:

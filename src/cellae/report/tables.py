@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cellae.columns import Column
+from cellae.repeats import REPEAT_KEYS
 from cellae.report.collect import RunSummary, anchor, config_value, differing_keys
-from cellae.report.compare import REPEAT_KEYS, RunRow, Setting, Spread, best_rows
+from cellae.report.compare import RunRow, Setting, Spread, best_rows
 
 MISSING = "–"
 MARKING_NOTE = (

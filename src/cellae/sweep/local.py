@@ -19,6 +19,7 @@ from cellae.config import config_from_dict
 from cellae.data.cache import prepare_cache
 from cellae.errors import CellaeError, first_line
 from cellae.machine import gpu_count, keep_freed_memory
+from cellae.run_inputs import read_config
 from cellae.sweep.record import ended, is_finished, where, write_status
 from cellae.sweep.side_by_side import Task, machine_slots, run_side_by_side
 from cellae.sweep.spec import Sweep
@@ -178,7 +179,7 @@ def join_run(run_dir: Path, evaluate: bool) -> Path:
         if runs.last_checkpoint(run_dir).is_file():
             resume(run_dir, evaluate=evaluate)
         else:
-            train(runs.read_config(run_dir), run_dir.parent, evaluate=evaluate,
+            train(read_config(run_dir), run_dir.parent, evaluate=evaluate,
                   timestamped=False)
     except CellaeError as exc:
         print(f"[{run_dir.name}, another device] {first_line(exc)}", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ import yaml
 from cellae import runs
 from cellae.config import config_from_dict
 from cellae.errors import CellaeError
+from cellae.repeats import parse_repeat_name
 from cellae.sweep import slurm as slurm_launcher
 from cellae.sweep.local import (
     join_run,
@@ -21,7 +22,7 @@ from cellae.sweep.local import (
 )
 from cellae.sweep.record import SUBMITTED, read_status, where, write_status
 from cellae.sweep.spec import SWEEP_FILE, Sweep, load_sweep, one_device_each
-from cellae.sweep.summary import REPEAT, write_summary
+from cellae.sweep.summary import write_summary
 
 # local: one run after another in this process; slurm: one SLURM job per run, through submitit
 LAUNCHERS = ("local", "slurm")
@@ -124,7 +125,7 @@ def _finish(sweep: Sweep, sweep_dir: Path, order: list[str], results: dict[str, 
     if waiting:
         print(f"[sweep {sweep.name}] {len(waiting)} of {len(order)} runs are in their jobs; "
               f"collect with: cellae sweep --resume {sweep_dir}", file=sys.stderr)
-    elif evaluate and any(REPEAT.match(name) for name in order):
+    elif evaluate and any(parse_repeat_name(name) for name in order):
         try:
             written = write_summary(sweep_dir, sweep.name)
             print(f"[sweep {sweep.name}] mean and spread over folds and seeds: {written}",

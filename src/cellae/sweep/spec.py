@@ -49,6 +49,7 @@ import yaml
 from cellae import runs
 from cellae.config import apply_overrides, config_from_dict, from_older_cellae, read_yaml
 from cellae.errors import CellaeError
+from cellae.repeats import repeat_name
 
 SWEEP_FILE = "sweep.yaml"
 SWEEP_KEYS = {"name", "base", "config", "set", "grid", "runs", "folds", "seeds"}
@@ -180,7 +181,7 @@ def repeats(path: Path, combinations: list[dict[str, Any]], folds: Any,
                 repeat = {k: v for k, v in combination.items() if k != "name"}
                 if folds:
                     repeat |= {"data.folds": folds, "data.fold": fold}
-                repeated.append(repeat | {"seed": seed, "name": f"{setting}-f{fold}-s{seed}"})
+                repeated.append(repeat | {"seed": seed, "name": repeat_name(setting, fold, seed)})
     return repeated
 
 

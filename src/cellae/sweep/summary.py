@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,10 @@ import numpy as np
 from cellae import runs
 from cellae.columns import metric_value
 from cellae.errors import CellaeError
+from cellae.repeats import parse_repeat_name
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MARKDOWN = "summary.md"
-REPEAT = re.compile(r"^(?P<setting>.+)-f(?P<fold>\d+)-s(?P<seed>\d+)$")
 # the headline numbers, in this order, when a run has them; the rest follow as they come
 LEADING = ("probe.accuracy", "probe.auroc", "probe.knn_accuracy", "pca_baseline.accuracy",
            "pca_baseline.auroc", "spot_baseline.accuracy", "spot_baseline.auroc", "anomaly.auroc",
@@ -52,15 +51,15 @@ def _run_dirs(sweep_dir: Path) -> list[Path]:
 def _runs(sweep_dir: Path) -> list[tuple[str, int, int, dict[str, Any]]]:
     found = []
     for run_dir in _run_dirs(sweep_dir):
-        match = REPEAT.match(run_dir.name)
+        repeat = parse_repeat_name(run_dir.name)
         metrics_path = run_dir / runs.EVAL_DIR / runs.EVAL_METRICS_FILE
-        if match is None or not runs.is_run_dir(run_dir) or not metrics_path.is_file():
+        if repeat is None or not runs.is_run_dir(run_dir) or not metrics_path.is_file():
             continue
         try:
             metrics = runs.read_json_object(metrics_path)
         except CellaeError:
             continue  # a damaged run is left out; the count n says so
-        found.append((match["setting"], int(match["fold"]), int(match["seed"]), metrics))
+        found.append((*repeat, metrics))
     return found
 
 

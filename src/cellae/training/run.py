@@ -30,7 +30,7 @@ from cellae.data.splits import split_indices, training_rows
 from cellae.errors import CellaeError, first_line
 from cellae.evaluate import evaluate_run
 from cellae.evaluation.latent import MIN_TSNE_POINTS
-from cellae.run_data import warn_if_older_images
+from cellae.run_inputs import read_config, warn_if_older_images
 from cellae.training.launch import (
     LAUNCHER_ENV,
     RUN_DIR_ENV,
@@ -244,7 +244,7 @@ def _held(run_dir: Path, owner: bool) -> Iterator[None]:
 def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | None = None) -> Path:
     """Continue an interrupted run from its last checkpoint; it ends where an uninterrupted run would."""
     runs.require_run_dir(run_dir)
-    config = runs.read_config(run_dir)
+    config = read_config(run_dir)
     last = runs.last_checkpoint(run_dir)
     if not last.is_file():
         raise CellaeError(f"{run_dir} has no {last.relative_to(run_dir)} to resume from")

@@ -1,7 +1,10 @@
-"""A run's images: the cache it was trained on, and the rows of each side of its split.
+"""What a run was made from, rebuilt from its folder: its config (with the plug-ins it names
+imported), the cache of its images and the rows of each side of its split.
 
-Above the run folder (:mod:`cellae.runs`) and the data package: the run folder names its cache
-and its split by file name; this finds them in a cache, rebuilding it where it is gone.
+Above the run folder's format (:mod:`cellae.runs`, which reads config.yaml only as plain
+values, so that a report never imports a model) and the data package: the run folder names
+its cache and its split by file name; this finds them in a cache, rebuilding it where it is
+gone.
 """
 
 from __future__ import annotations
@@ -12,9 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from cellae import runs
-from cellae.config import Config
+from cellae.config import Config, config_from_dict, from_older_cellae
 from cellae.data.cache import FORMAT_VERSION, CellCache, open_cache, prepare_cache
 from cellae.errors import CellaeError
+
+
+def read_config(run_dir: Path) -> Config:
+    """The run's config, built and checked; a plug-in it names (family, loss, metric) is imported.
+
+    A run of cellae 0.1.0 (one flat model section) is read as it was meant.
+    """
+    # the data may have moved since training; evaluation says so when it needs the images
+    return config_from_dict(from_older_cellae(runs.read_config_values(run_dir)), check_paths=False)
 
 
 def run_cache(run_dir: Path, config: Config) -> CellCache:
