@@ -224,7 +224,7 @@ def bare_rate(config: Any, cache: Any, rows: np.ndarray, device: torch.device, s
     from cellae.models import build_model
 
     torch.manual_seed(config.seed)
-    model = build_model(config.model, SIZE, int(cache.images.shape[1])).to(device)
+    model = build_model(config.model, config.data.image_size, int(cache.images.shape[1])).to(device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
@@ -369,6 +369,86 @@ def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.d
                                 f"({flops / 1e9:.2f} GFLOP per image per step)",
                                 f"{achieved / 1e9:,.1f} G", f"{roof / 1e9:,.1f} G (dense matmul)",
                                 achieved / roof))
+    return rows_out
+
+
+# ---------------------------------------------------------------- per-step overhead
+
+
+# a model so small that a step is mostly framework: what cellae adds per step shows, on any CPU
+OVERHEAD_SETTINGS = ["data.source=synthetic", "data.synthetic.n_images=1200", "data.image_size=32",
+                     "model.widths=[4, 4]", "model.latent_dim=2", "train.batch_size=16",
+                     "train.epochs=4", "eval.enabled=false"]
+
+
+def lightning_floor_rate(config: Any, cache: Any, rows: np.ndarray) -> float:
+    """Images/s of the same model and loss in a bare LightningModule, on a plain Trainer and a
+    plain DataLoader of tensors: what Lightning's own loop costs, below anything of cellae's."""
+    import lightning as L
+
+    from cellae.images import unit_float
+    from cellae.models import build_model
+
+    class Bare(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = build_model(config.model, config.data.image_size,
+                                     int(cache.images.shape[1])).use_channels_last(True)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x = unit_float(batch[0])
+            return self.model.loss(x, batch[1].float(), self.model(x))["loss"]
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.model.parameters(), lr=config.train.lr)
+
+    data = torch.utils.data.TensorDataset(torch.from_numpy(np.asarray(cache.images[rows])),
+                                          torch.from_numpy(np.asarray(cache.masks[rows])))
+    clock = StepClock()
+    trainer = L.Trainer(max_epochs=config.train.epochs, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[step_clock_callback(clock, first_epoch=1)])
+    torch.manual_seed(config.seed)
+    trainer.fit(Bare(), torch.utils.data.DataLoader(data, batch_size=config.train.batch_size,
+                                                    shuffle=True))
+    return clock.rate()
+
+
+def overhead_rows(work: Path) -> list[Row]:
+    """cellae's time per step above a bare loop of the same tiny model, with Lightning's own
+    floor beside it; each median of three, the loops interleaved so that drift evens out."""
+    import statistics
+
+    from cellae.config import load_config
+    from cellae.data.cache import prepare_cache
+
+    rows_out: list[Row] = []
+    for family in ("ae", "vae"):
+        config = load_config(None, [*OVERHEAD_SETTINGS, f"model.family={family}",
+                                    f"data.cache_dir={work / 'overhead-cache'}",
+                                    f"name=overhead-{family}"])
+        cache = prepare_cache(config.data, progress=False)
+        train = np.arange(int(0.8 * len(cache)))
+        steps = 3 * math.ceil(len(train) / config.train.batch_size)
+        ms = {"bare": [], "cellae": [], "lightning": []}
+        per_step = 1000 * config.train.batch_size
+        for _ in range(3):
+            ms["bare"].append(per_step / bare_rate(config, cache, train, torch.device("cpu"),
+                                                   steps, channels_last=True))
+            ms["cellae"].append(per_step / cellae_rate(config, work / "overhead-runs"))
+            ms["lightning"].append(per_step / lightning_floor_rate(config, cache, train))
+        bare, ours, floor = (statistics.median(ms[k]) for k in ("bare", "cellae", "lightning"))
+        line = (f"per-step overhead: {ours - bare:.2f} ms (cellae {ours:.2f} ms, bare {bare:.2f} ms)"
+                f"; Lightning's own loop {floor - bare:.2f} ms ({floor:.2f} ms)")
+        say(f"  {family.upper()}: {line}")
+        label = f"{family.upper()} 32 px, widths 4-4, latent 2, batch 16, on the CPU"
+        rows_out.append(Row("per-step overhead", f"ms per step, {label}",
+                            f"{ours:.2f} ({ours - bare:+.2f})", f"{bare:.2f} (bare loop)",
+                            ours / bare, "< +0.5 ms", ours - bare < 0.5))
+        rows_out.append(Row("per-step overhead", f"ms per step, {label}: Lightning's own loop "
+                            "(a bare LightningModule, plain Trainer and DataLoader)",
+                            f"{ours:.2f}", f"{floor:.2f} ({floor - bare:+.2f} on the bare loop)",
+                            ours / floor))
     return rows_out
 
 
@@ -632,6 +712,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller run, for a first look")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"),
                         help="the markdown file to update ('' for none)")
+    parser.add_argument("--only", choices=["overhead"],
+                        help="only these rows, printed (a minute on the CPU; BENCHMARKS.md is "
+                             "left as it is)")
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
     try:  # as the `cellae` command does before it trains or evaluates
@@ -643,6 +726,10 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="cellae-bench-"))
+    if args.only == "overhead":
+        say(f"{machine()}\nper-step overhead")
+        print(table(overhead_rows(work)))
+        return 0
     source = Path(args.source)
     if not source.is_dir():
         say(f"no images at {source}: writing {scale.data_images} synthetic cells as PNG files")
@@ -665,6 +752,8 @@ def main() -> int:
     rows += memory_rows(scale)
     say("sweep")
     rows += sweep_rows(scale, work, device)
+    say("per-step overhead")
+    rows += overhead_rows(work)
     minutes = (time.perf_counter() - started) / 60
     kind = "GPU" if device.type == "cuda" else "CPU"
     text = (f"### {kind}: {machine()}\n\n`python benchmarks/run.py{' --quick' if args.quick else ''}` "

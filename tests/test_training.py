@@ -145,7 +145,7 @@ def test_a_nan_in_another_process_stops_this_one_too(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     output = module.model(x)
     clean = module.model.loss(x, torch.ones(2, 32, 32), output)
-    module._watch("train", clean)
+    module._record("train", clean, len(x), None)
 
     def gather_from_two(summary):  # this process's summary, and one whose test loss was NaN
         other = torch.zeros_like(summary)
@@ -156,7 +156,7 @@ def test_a_nan_in_another_process_stops_this_one_too(tmp_path):
     with pytest.raises(NonFiniteLossError, match="test loss became nan .*another process"):
         module.raise_if_nonfinite()
     module.all_gather = lambda summary: torch.stack([summary, torch.zeros_like(summary)])
-    module._watch("train", clean)
+    module._record("train", clean, len(x), None)
     module.raise_if_nonfinite()  # all clean everywhere: nothing raised
 
 
@@ -400,3 +400,18 @@ def test_a_run_leaves_no_launcher_environment_for_the_next_run(tmp_path, monkeyp
     train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "runs", evaluate=False,
           callbacks=[LaunchLikeLightning()])
     assert os.environ["MASTER_ADDR"] == "10.0.0.5" and "LOCAL_RANK" not in os.environ
+
+
+def test_epoch_means_are_the_batch_size_weighted_means_lightning_would_log():
+    """The module sums each side's terms on the device and logs their epoch means once: the
+    same number as a log call per step would give, a short last batch weighing less."""
+    from cellae.training.module import EpochMeans
+
+    epoch = EpochMeans(["loss", "recon"], torch.device("cpu"))
+    epoch.add({"loss": torch.tensor(2.0), "recon": torch.tensor(1.0)}, 3, {"kl_weight": 0.5})
+    epoch.add({"loss": torch.tensor(6.0), "recon": torch.tensor(5.0)}, 1, {"kl_weight": 1.0})
+    assert epoch.means().tolist() == pytest.approx([3.0, 2.0])
+    assert epoch.weights["kl_weight"] / epoch.images == pytest.approx(0.625)
+    assert torch.isfinite(epoch.sums).all() and not epoch.nan
+    epoch.add({"loss": torch.tensor(float("nan")), "recon": torch.tensor(float("inf"))}, 2, None)
+    assert epoch.nan and not torch.isfinite(epoch.sums).any()

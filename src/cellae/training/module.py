@@ -27,6 +27,37 @@ class NonFiniteLossError(CellaeError):
 SIDES = ("train", "test")
 
 
+class EpochMeans:
+    """One side's loss terms over an epoch, summed on the device weighted by batch size.
+
+    What Lightning's ``self.log(..., on_epoch=True)`` computes for each term (the sum of
+    value x batch size over the sum of batch sizes, the processes' sums added together), at
+    a few tensor operations a step instead of a ``log`` call per term (each some 0.2 ms of
+    Python on the CPU, every step, which a GPU step of a few ms cannot hide); a term whose sum
+    is not finite went NaN or infinite in some step, so the sums are the NaN watch too.
+    """
+
+    def __init__(self, names: list[str], device: torch.device) -> None:
+        self.names = names
+        self.sums = torch.zeros(len(names), device=device)
+        self.nan = torch.zeros((), dtype=torch.bool, device=device)
+        self.images = 0
+        self.weights: dict[str, float] = {}  # schedule weights (plain numbers) x batch size
+
+    def add(self, losses: dict[str, torch.Tensor], size: int,
+            weights: dict[str, float] | None) -> None:
+        with torch.no_grad():
+            values = torch.stack([v.detach() for v in losses.values()]).float()
+            self.sums += values * size
+            self.nan |= torch.isnan(values[self.names.index("loss")])
+        self.images += size
+        for key, value in (weights or {}).items():
+            self.weights[key] = self.weights.get(key, 0.0) + value * size
+
+    def means(self) -> torch.Tensor:
+        return self.sums / max(1, self.images)
+
+
 class CellaeModule(L.LightningModule):
     """One optimisation step of any family, on batches of (images, masks, ...) from any datamodule.
 
@@ -37,10 +68,10 @@ class CellaeModule(L.LightningModule):
         super().__init__()
         self.config = config
         self.model = build_model(config.model, config.data.image_size, channels)
-        # per side: the loss terms' names and, on the device, whether each went NaN/inf this
-        # epoch; read once per epoch (FiniteLossGuard), as reading it each step would wait
-        # for the device each step
-        self._nonfinite: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
+        # per side, this epoch's loss terms summed on the device; read once per epoch (logged
+        # at the side's last batch, watched by FiniteLossGuard at the epoch's end), as reading
+        # them each step would wait for the device each step
+        self._epoch: dict[str, EpochMeans] = {}
         # the forward pass training runs: the model, or its torch.compile'd wrapper (kept out
         # of the module's children so the checkpoint's keys stay the model's own)
         self._forward: list[Any] = [self.model]
@@ -65,7 +96,7 @@ class CellaeModule(L.LightningModule):
             probe = torch.rand(2, channels, size, size, device=self.device)
             self._forward = [compiled_or_eager(self.model, probe)]
 
-    def _step(self, batch: Any, side: str) -> torch.Tensor:
+    def _step(self, batch: Any, side: str, last: bool) -> torch.Tensor:
         images, masks = batch[0], batch[1]
         if side == "train":
             images, masks = augment(self.config.train.augment, images, masks)
@@ -75,26 +106,36 @@ class CellaeModule(L.LightningModule):
         # the test loss is always the full objective, as in evaluation: one definition of it
         weights = self.model.schedule(self.epochs_done()) if side == "train" else None
         losses = self.model.loss(x, mask, output, weights)
-        self._watch(side, losses)
-        size = len(x)
-        for key, value in losses.items():
-            name = f"{side}_loss" if key == "loss" else f"{side}_{key}"
-            self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=size,
-                     sync_dist=True)
-        if weights:
-            for key, value in weights.items():
-                self.log(key, value, on_step=False, on_epoch=True, batch_size=size)
+        epoch = self._record(side, losses, len(x), weights)
+        if last:
+            self._log_epoch(side, epoch)
         return losses["loss"]
 
-    def _watch(self, side: str, losses: dict[str, torch.Tensor]) -> None:
-        """Note on the device, without waiting for it, whether a loss term is NaN or infinite."""
-        with torch.no_grad():
-            bad = torch.stack([~torch.isfinite(v) for v in losses.values()])
-            nan = torch.isnan(losses["loss"])
-        if side in self._nonfinite:
-            names, seen, seen_nan = self._nonfinite[side]
-            bad, nan = seen | bad, seen_nan | nan
-        self._nonfinite[side] = (list(losses), bad, nan)
+    def _record(self, side: str, losses: dict[str, torch.Tensor], size: int,
+                weights: dict[str, float] | None) -> EpochMeans:
+        """Add a batch's loss terms to the side's sums of this epoch, on the device."""
+        if side not in self._epoch:
+            self._epoch[side] = EpochMeans(list(losses), losses["loss"].device)
+        self._epoch[side].add(losses, size, weights)
+        return self._epoch[side]
+
+    def _log_epoch(self, side: str, epoch: EpochMeans) -> None:
+        """The side's epoch means, logged once, at its last batch: before the epoch's end,
+        where the callbacks read them (metrics.csv, the NaN guard, the checkpoints)."""
+        means = epoch.means()
+        for i, key in enumerate(epoch.names):
+            name = f"{side}_loss" if key == "loss" else f"{side}_{key}"
+            self.log(name, means[i], on_step=False, on_epoch=True, batch_size=epoch.images,
+                     sync_dist=True)
+        for key, total in epoch.weights.items():
+            self.log(key, total / epoch.images, on_step=False, on_epoch=True,
+                     batch_size=epoch.images)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._epoch.pop("test", None)
 
     def raise_if_nonfinite(self) -> None:
         """Raise :class:`NonFiniteLossError` if a loss went NaN or infinite since the last call,
@@ -105,19 +146,20 @@ class CellaeModule(L.LightningModule):
         summary (per side: any term non-finite, loss NaN) once per epoch, every process the
         same call, whether or not it saw a batch of that side.
         """
-        watched, self._nonfinite = self._nonfinite, {}
+        watched = self._epoch
         summary = torch.zeros(2 * len(SIDES), dtype=torch.bool, device=self.device)
         for i, side in enumerate(SIDES):
             if side in watched:
-                _, bad, nan = watched[side]
-                summary[2 * i], summary[2 * i + 1] = bad.any(), nan
+                summary[2 * i] = ~torch.isfinite(watched[side].sums).all()
+                summary[2 * i + 1] = watched[side].nan
         everywhere = self.all_gather(summary).reshape(-1, 2 * len(SIDES)).any(dim=0).tolist()
         for i, side in enumerate(SIDES):
             if not everywhere[2 * i]:
                 continue
             value = "nan" if everywhere[2 * i + 1] else "infinite"
-            if side in watched and watched[side][1].any():
-                names, bad, _ = watched[side]
+            bad = ~torch.isfinite(watched[side].sums) if side in watched else None
+            if bad is not None and bad.any():
+                names = watched[side].names
                 parts = ", ".join(n for n, flag in zip(names, bad.tolist(), strict=True) if flag)
                 where = f"non-finite parts: {parts}"
             else:
@@ -128,10 +170,10 @@ class CellaeModule(L.LightningModule):
             )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx + 1 >= self.trainer.num_training_batches)
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
+        return self._step(batch, "test", batch_idx + 1 >= sum(self.trainer.num_val_batches))
 
     def metric_columns(self) -> list[str]:
         """The columns of ``metrics.csv``: the totals, each loss term, each schedule weight."""

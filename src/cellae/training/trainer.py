@@ -100,7 +100,8 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
         num_sanity_val_steps=0,
         # the datamodule brings its own DistributedSampler, seeded per epoch (see data.datamodule)
         use_distributed_sampler=False,
-        log_every_n_steps=1,
+        # cellae logs epoch means only: no step-level work for Lightning's logger connector
+        log_every_n_steps=0,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
