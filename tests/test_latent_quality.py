@@ -337,3 +337,26 @@ def test_a_run_of_an_older_cellae_says_its_images_are_rebuilt(tmp_path, capsys):
     runs.write_json(run_dir / runs.RUN_INFO_FILE, info)
     run_inputs.run_cache(run_dir, config)
     assert "trained on images of an older cellae (cache format before 3)" in capsys.readouterr().err
+
+
+def test_the_anomaly_scores_see_a_small_dark_spot_that_the_mean_error_dilutes():
+    """Two cells with the same interior error in all: one spread thin over the cell, one in a
+    3x3 spot where the cell is dark (a parasite the model could not draw)."""
+    from cellae.evaluation.anomaly import error_scores, latent_scores
+
+    size = 16
+    masks = np.ones((2, size, size), dtype=np.uint8)
+    originals = np.full((2, 3, size, size), 0.6)
+    originals[1, :, 5:8, 5:8] = 0.2  # the dark spot
+    recons = originals.copy()
+    recons[0] += 0.05  # everywhere a little
+    spot_error = np.sqrt(0.05 ** 2 * size * size / 9)
+    recons[1, :, 5:8, 5:8] += spot_error  # the same total squared error, in the spot
+    scores = error_scores(originals, recons, masks)
+    assert scores["interior_mean"][0] == pytest.approx(scores["interior_mean"][1])
+    assert scores["local_max"][1] > 10 * scores["local_max"][0]
+    assert scores["dark_error"][1] > scores["dark_error"][0]
+    normal = np.random.default_rng(0).normal(size=(200, 4))
+    far = latent_scores(normal, np.array([[0.0, 0, 0, 0], [6.0, 6, 6, 6]]))
+    assert far["latent_knn"][1] > far["latent_knn"][0]
+    assert far["latent_gaussian"][1] > far["latent_gaussian"][0]

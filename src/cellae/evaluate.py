@@ -115,9 +115,9 @@ def z_is_encode(model: CellAutoencoder, x: torch.Tensor, output: Any) -> bool:
 
 @torch.no_grad()
 def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
-                            idx: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+                            idx: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
     """Losses and image-quality numbers of the test side, accumulated batch by batch, each
-    image's interior error (the anomaly score) and its latent code, from the same pass."""
+    image's error scores (the anomaly scores) and its latent code, from the same pass."""
     device = next(model.parameters()).device
     totals: dict[str, float] = {}
     psnr_parts: list[dict[str, Any]] = []
@@ -140,7 +140,7 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
         recon = output.recon.cpu().numpy()
         masks = np.asarray(cache.masks[rows])
         psnr_parts.append(metrics.mse_psnr(original, recon, masks) | {"n": len(rows)})
-        errors.append(anomaly.interior_errors(original, recon, masks))
+        errors.append(anomaly.error_scores(original, recon, masks))
         # on the device, in float32: within 1e-6 of the float64 figure (tests/test_metrics.py)
         ssim_values.append(float(metrics.ssim_per_image(x, output.recon).sum()))
         n += len(rows)
@@ -153,7 +153,8 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
         result[key] = float(np.nansum(values * weights) / weights[~np.isnan(values)].sum())
     result["ssim"] = float(sum(ssim_values) / n)
     result["n_images"] = n
-    return result, np.concatenate(errors), torch.cat(codes).numpy()
+    scores = {name: np.concatenate([e[name] for e in errors]) for name in errors[0]}
+    return result, scores, torch.cat(codes).numpy()
 
 
 def _latent_block(config: Config, train_codes: np.ndarray, train_labels: np.ndarray,
@@ -202,7 +203,7 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
         train_codes = encode_images(model, cache.images, train_idx)
     n_train = len(train_idx)
     with _timed(parts, "reconstruction"):
-        reconstruction, errors, test_codes = _reconstruction_numbers(model, cache, test_idx)
+        reconstruction, scores, test_codes = _reconstruction_numbers(model, cache, test_idx)
     codes = np.concatenate([train_codes, test_codes])
     result: dict[str, Any] = {
         "source": source,
@@ -212,8 +213,13 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
         "reconstruction": reconstruction,
     }
     if config.data.train_classes and _has_classes(cache, config.data.train_classes):
-        result["anomaly"] = anomaly.anomaly_numbers(errors, labels[test_idx], cache.class_names,
-                                                    config.data.train_classes)
+        normal = np.isin(labels[train_idx], class_labels(cache.class_names,
+                                                         config.data.train_classes))
+        if normal.sum() >= 2:
+            scores |= anomaly.latent_scores(train_codes[normal], test_codes)
+        result["anomaly"] = anomaly.anomaly_numbers(
+            scores.pop("interior_mean"), labels[test_idx], cache.class_names,
+            config.data.train_classes, scores)
     with _timed(parts, "latent_metrics"):
         probe = _latent_block(config, train_codes, labels[train_idx], test_codes, labels[test_idx])
     probe["test_patients"] = result["data"]["test"]["patients"]

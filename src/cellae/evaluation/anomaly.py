@@ -2,10 +2,17 @@
 reconstructs the cell's interior.
 
 Trained on uninfected cells only (``data.train_classes: [Uninfected]``), an autoencoder has
-never had to draw a parasite; where one lies, its reconstruction fails. The score of a cell is
-its mean squared error over the interior pixels (the outline and the padding, which every cell
-has, do not count), and the ROC AUC says how well that score tells the classes the model never
-saw from those it did, on the test patients.
+never had to draw a parasite; where one lies, its reconstruction fails. The ROC AUC says how
+well a score tells the classes the model never saw from those it did, on the test patients.
+
+The headline score (``anomaly.auroc``) is the mean squared error over the interior pixels
+(the outline and the padding, which every cell has, do not count). Beside it, every
+evaluation scores the same cells four more ways (``anomaly.scores``), so that they compare on
+the same runs: the largest local error (a parasite is a few pixels: a mean over the whole
+interior dilutes it), the error where the cell is dark (parasites are darker than the
+cytoplasm), and two scores of the latent code alone, how far it lies from the codes of the
+training side's normal cells (the mean distance to its nearest ones, and a Gaussian's
+Mahalanobis distance).
 """
 
 from __future__ import annotations
@@ -14,16 +21,34 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
+from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
 
 from cellae.columns import SAME_TEST_CELLS, Column
+from cellae.data.preprocess import LUMA
 from cellae.data.splits import class_labels
 from cellae.evaluation.metrics import interior_mse
 from cellae.images import unit_float_array
 
+# each score, its title in reports; the first is the headline (anomaly.auroc)
+SCORES = {
+    "interior_mean": "interior error",
+    "local_max": "largest local error",
+    "dark_error": "error where dark",
+    "latent_knn": "latent distance (kNN)",
+    "latent_gaussian": "latent distance (Gaussian)",
+}
+# the side, in pixels, of the window the local error is averaged over (a parasite's size at
+# 32 px); and the neighbours of the kNN distance
+LOCAL_WINDOW = 3
+LATENT_NEIGHBOURS = 15
+_SAME_CELLS = SAME_TEST_CELLS + ("data.train_classes",)
 COLUMNS = (
-    Column("anomaly.auroc", "anomaly AUROC (interior error)", "higher", 3,
-           SAME_TEST_CELLS + ("data.train_classes",)),
+    Column("anomaly.auroc", "anomaly AUROC (interior error)", "higher", 3, _SAME_CELLS),
+    *(Column(f"anomaly.scores.{name}", f"anomaly AUROC ({title})", "higher", 3, _SAME_CELLS)
+      for name, title in SCORES.items() if name != "interior_mean"),
 )
 
 
@@ -40,9 +65,52 @@ def interior_errors(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray
     return interior
 
 
+def error_scores(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
+    """The reconstruction-error scores of each image (N, C, H, W) with masks (N, H, W)."""
+    a, b = unit_float_array(originals), unit_float_array(recons)
+    inside = np.asarray(masks) != 0
+    squared = ((a - b) ** 2).mean(axis=1)  # (N, H, W)
+    window = (1, LOCAL_WINDOW, LOCAL_WINDOW)
+    # the window's mean over the interior pixels it covers, so the rim is not diluted by the
+    # padding around the cell
+    covered = ndimage.uniform_filter(inside.astype(np.float64), window, mode="constant")
+    local = ndimage.uniform_filter(np.where(inside, squared, 0.0), window, mode="constant")
+    local = np.where(inside, local / np.maximum(covered, 1e-12), -np.inf).reshape(len(a), -1)
+    luma = a.mean(axis=1) if a.shape[1] != 3 else np.tensordot(
+        np.array(LUMA, np.float64) / 1000, a, axes=([0], [1]))
+    area = np.maximum(inside.sum(axis=(1, 2)), 1)[:, None, None]
+    mean = np.where(inside, luma, 0.0).sum(axis=(1, 2), keepdims=True) / area
+    spread = np.sqrt(np.where(inside, (luma - mean) ** 2, 0.0).sum(axis=(1, 2), keepdims=True) / area)
+    # how many spreads below the cell's mean a pixel is: 0 for the cell's lighter half
+    darkness = np.where(inside, np.clip((mean - luma) / np.maximum(spread, 1e-6), 0.0, None), 0.0)
+    dark = (darkness * squared).sum(axis=(1, 2)) / np.maximum(darkness.sum(axis=(1, 2)), 1e-12)
+    empty = ~inside.any(axis=(1, 2))
+    return {
+        "interior_mean": interior_errors(a, b, masks),
+        "local_max": np.where(empty, squared.reshape(len(a), -1).mean(axis=1), local.max(axis=1)),
+        "dark_error": dark,
+    }
+
+
+def latent_scores(normal_codes: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """How far each code lies from ``normal_codes`` (the training side's normal cells): the
+    mean distance to its nearest ones, and the Mahalanobis distance of a Gaussian fit to them
+    (Ledoit-Wolf's shrunk covariance), both on codes scaled by the normal codes' spread."""
+    normal_codes = np.asarray(normal_codes, np.float64)
+    codes = np.asarray(codes, np.float64)
+    centre, scale = normal_codes.mean(axis=0), normal_codes.std(axis=0) + 1e-8
+    fitted, scored = (normal_codes - centre) / scale, (codes - centre) / scale
+    neighbours = NearestNeighbors(n_neighbors=min(LATENT_NEIGHBOURS, len(fitted))).fit(fitted)
+    distances, _ = neighbours.kneighbors(scored)
+    gaussian = LedoitWolf().fit(fitted)
+    return {"latent_knn": distances.mean(axis=1), "latent_gaussian": gaussian.mahalanobis(scored)}
+
+
 def anomaly_numbers(errors: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                    normal_classes: Sequence[str]) -> dict[str, Any]:
-    """ROC AUC of the interior error for "not one of ``normal_classes``", with the mean errors."""
+                    normal_classes: Sequence[str],
+                    scores: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """ROC AUC of the interior error for "not one of ``normal_classes``", with the mean errors;
+    and of each of ``scores`` (name -> one score per image, higher: more anomalous)."""
     normal = np.isin(np.asarray(labels), class_labels(class_names, normal_classes))
     result: dict[str, Any] = {
         "normal_classes": list(normal_classes),
@@ -56,4 +124,8 @@ def anomaly_numbers(errors: np.ndarray, labels: np.ndarray, class_names: Sequenc
         result["auroc_note"] = "undefined: the test images hold only one of normal and anomalous"
     else:
         result["auroc"] = float(roc_auc_score(~normal, errors))
+    if scores:
+        result["scores"] = {name: None if result["auroc"] is None
+                            else float(roc_auc_score(~normal, values))
+                            for name, values in scores.items()}
     return result
