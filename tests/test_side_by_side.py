@@ -3,6 +3,8 @@
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +24,13 @@ def report_share(label: str) -> dict:
     print(f"task {label} says hello")
     return {"status": "done", "label": label, "cores": sorted(os.sched_getaffinity(0)),
             "omp": os.environ.get("OMP_NUM_THREADS"), "group": os.getpgrp(), "pid": os.getpid()}
+
+
+def report_torch_threads(label: str) -> dict:
+    """A task: the size of torch's thread pool in its process, imported by the task."""
+    import torch
+
+    return {"status": "done", "label": label, "threads": torch.get_num_threads()}
 
 
 def log_through_one_handler(label: str) -> dict:
@@ -178,3 +187,18 @@ def test_a_sweep_with_jobs_runs_each_run_in_its_process_and_resumes(tmp_path, ca
     with pytest.raises(CellaeError, match="asks for several"):
         run_sweep(sweep_file, tmp_path / "runs", jobs=2, overrides=["train.devices=2"])
     assert len(list((tmp_path / "runs").iterdir())) == 1  # refused before a folder was made
+
+
+def test_a_worker_imports_torch_only_after_its_share_is_set(tmp_path):
+    """torch sizes its thread pools once, when imported: a worker that had it loaded before
+    its affinity was set ran two threads on one core, 30 times slower (a sweep of --jobs 2)."""
+    code = ("import sys, cellae.sweep.side_by_side; "
+            "print('torch' in sys.modules, 'lightning' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+    slots = machine_slots(2)
+    tasks = [Task(f"t{i}", f"{HERE}:report_torch_threads", (f"t{i}",)) for i in range(2)]
+    results = {}
+    run_side_by_side(tasks, slots, tmp_path / "logs", lambda task, log: None,
+                     lambda task, result: results.update({task.name: result}))
+    assert {r["threads"] for r in results.values()} == {slot.threads for slot in slots}
