@@ -360,3 +360,22 @@ def test_the_anomaly_scores_see_a_small_dark_spot_that_the_mean_error_dilutes():
     far = latent_scores(normal, np.array([[0.0, 0, 0, 0], [6.0, 6, 6, 6]]))
     assert far["latent_knn"][1] > far["latent_knn"][0]
     assert far["latent_gaussian"][1] > far["latent_gaussian"][0]
+
+
+def test_eval_anomaly_score_picks_the_headline_and_every_score_is_kept():
+    labels = np.array([1, 1, 0, 0])  # Uninfected, Uninfected, Parasitized, Parasitized
+    interior = np.array([0.3, 0.1, 0.2, 0.4])  # one normal cell scores above an anomaly
+    local = np.array([0.1, 0.2, 0.5, 0.6])
+    names = ["Parasitized", "Uninfected"]
+    numbers = anomaly_numbers(interior, labels, names, ["Uninfected"], {"local_max": local},
+                              headline="local_max")
+    assert numbers["auroc"] == 1.0 and numbers["score"] == "local_max"
+    assert numbers["scores"] == {"interior_mean": 0.75, "local_max": 1.0}
+    # the mean errors stay the interior error's, whatever the headline
+    assert numbers["mean_error_normal"] == pytest.approx(0.2)
+    with pytest.raises(CellaeError, match="eval.anomaly_score is 'latent_knn'"):
+        anomaly_numbers(interior, labels, names, ["Uninfected"], headline="latent_knn")
+    config = config_from_dict({"eval": {"anomaly_score": "dark_error"}}, check_paths=False)
+    assert config.eval.anomaly_score == "dark_error"
+    with pytest.raises(CellaeError, match="eval.anomaly_score"):
+        config_from_dict({"eval": {"anomaly_score": "biggest"}}, check_paths=False)

@@ -219,7 +219,7 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
             scores |= anomaly.latent_scores(train_codes[normal], test_codes)
         result["anomaly"] = anomaly.anomaly_numbers(
             scores.pop("interior_mean"), labels[test_idx], cache.class_names,
-            config.data.train_classes, scores)
+            config.data.train_classes, scores, headline=e.anomaly_score)
     with _timed(parts, "latent_metrics"):
         probe = _latent_block(config, train_codes, labels[train_idx], test_codes, labels[test_idx])
     probe["test_patients"] = result["data"]["test"]["patients"]
@@ -248,7 +248,7 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
         result[model.family] = family_numbers
     columns = list(RECONSTRUCTION_COLUMNS)
     if "anomaly" in result:
-        columns += list(anomaly.COLUMNS)
+        columns += list(anomaly.columns(e.anomaly_score))
     columns += [c for name in e.metrics for c in METRICS.get(name).columns]
     if "accuracy" in result["spot_baseline"]:
         columns += list(SPOT_COLUMNS)
@@ -399,7 +399,9 @@ def headline(result: dict[str, Any]) -> str:
     if "accuracy" in spots:
         parts.append(f"spot features acc {spots['accuracy']:.3f} AUROC {_fmt(spots.get('auroc'))}")
     if "anomaly" in result:
-        parts.append(f"anomaly AUROC {_fmt(result['anomaly'].get('auroc'))}")
+        score = result["anomaly"].get("score", "interior_mean")
+        parts.append(f"anomaly AUROC {_fmt(result['anomaly'].get('auroc'))} "
+                     f"({anomaly.SCORES.get(score, score)})")
     family = result.get("family", "")
     for column in result.get("columns", []):
         if column["key"].startswith(f"{family}."):

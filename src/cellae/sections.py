@@ -25,6 +25,8 @@ BackgroundMode = Literal["keep", "fill_mean"]
 NormalizeMode = Literal["none", "per_cell"]
 AugmentMode = Literal["none", "dihedral"]
 SplitMode = Literal["patient", "image"]
+# how an anomaly model scores a cell (cellae.evaluation.anomaly.SCORES says what each is)
+AnomalyScore = Literal["interior_mean", "local_max", "dark_error", "latent_knn", "latent_gaussian"]
 
 # a bound far beyond any k-fold study, short of a value that would make thousands of splits
 MAX_FOLDS = 100
@@ -109,6 +111,8 @@ class EvalConfig:
     n_traversal_dims: int = 6
     # latent metrics, by registered name or module:NAME (see cellae.evaluation.latent_metrics)
     metrics: list[str] = field(default_factory=lambda: ["linear_probe", "knn", "silhouette"])
+    # an anomaly run's headline score (anomaly.auroc); every score is in anomaly.scores
+    anomaly_score: AnomalyScore = "interior_mean"
 
 
 

@@ -5,10 +5,10 @@ Trained on uninfected cells only (``data.train_classes: [Uninfected]``), an auto
 never had to draw a parasite; where one lies, its reconstruction fails. The ROC AUC says how
 well a score tells the classes the model never saw from those it did, on the test patients.
 
-The headline score (``anomaly.auroc``) is the mean squared error over the interior pixels
-(the outline and the padding, which every cell has, do not count). Beside it, every
-evaluation scores the same cells four more ways (``anomaly.scores``), so that they compare on
-the same runs: the largest local error (a parasite is a few pixels: a mean over the whole
+The headline score (``anomaly.auroc``) is ``eval.anomaly_score``, by default the mean squared
+error over the interior pixels (the outline and the padding, which every cell has, do not
+count). Every evaluation scores the same cells all five ways (``anomaly.scores``), so that
+they compare on the same runs: the largest local error (a parasite is a few pixels: a mean over the whole
 interior dilutes it), the error where the cell is dark (parasites are darker than the
 cytoplasm), and two scores of the latent code alone, how far it lies from the codes of the
 training side's normal cells (the mean distance to its nearest ones, and a Gaussian's
@@ -18,7 +18,7 @@ Mahalanobis distance).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from scipy import ndimage
@@ -29,10 +29,12 @@ from sklearn.neighbors import NearestNeighbors
 from cellae.columns import SAME_TEST_CELLS, Column
 from cellae.data.preprocess import LUMA
 from cellae.data.splits import class_labels
+from cellae.errors import CellaeError
 from cellae.evaluation.metrics import interior_mse
 from cellae.images import unit_float_array
+from cellae.sections import AnomalyScore
 
-# each score, its title in reports; the first is the headline (anomaly.auroc)
+# each score (eval.anomaly_score), its title in reports
 SCORES = {
     "interior_mean": "interior error",
     "local_max": "largest local error",
@@ -45,11 +47,18 @@ SCORES = {
 LOCAL_WINDOW = 3
 LATENT_NEIGHBOURS = 15
 _SAME_CELLS = SAME_TEST_CELLS + ("data.train_classes",)
-COLUMNS = (
-    Column("anomaly.auroc", "anomaly AUROC (interior error)", "higher", 3, _SAME_CELLS),
-    *(Column(f"anomaly.scores.{name}", f"anomaly AUROC ({title})", "higher", 3, _SAME_CELLS)
-      for name, title in SCORES.items() if name != "interior_mean"),
-)
+if tuple(SCORES) != get_args(AnomalyScore):
+    raise AssertionError("SCORES must name every eval.anomaly_score, in its order")
+
+
+def columns(headline: str = "interior_mean") -> tuple[Column, ...]:
+    """The report's anomaly columns: the headline score, then each of the others."""
+    return (
+        Column("anomaly.auroc", f"anomaly AUROC ({SCORES[headline]})", "higher", 3,
+               _SAME_CELLS + ("eval.anomaly_score",)),
+        *(Column(f"anomaly.scores.{name}", f"anomaly AUROC ({title})", "higher", 3, _SAME_CELLS)
+          for name, title in SCORES.items() if name != headline),
+    )
 
 
 def interior_errors(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -107,10 +116,15 @@ def latent_scores(normal_codes: np.ndarray, codes: np.ndarray) -> dict[str, np.n
 
 
 def anomaly_numbers(errors: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                    normal_classes: Sequence[str],
-                    scores: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """ROC AUC of the interior error for "not one of ``normal_classes``", with the mean errors;
-    and of each of ``scores`` (name -> one score per image, higher: more anomalous)."""
+                    normal_classes: Sequence[str], scores: dict[str, np.ndarray] | None = None,
+                    headline: str = "interior_mean") -> dict[str, Any]:
+    """ROC AUC for "not one of ``normal_classes``" of the ``headline`` score (the interior
+    errors ``errors``, or one of ``scores``: name -> a score per image, higher: more
+    anomalous), with the mean interior errors; and of every score under ``scores``."""
+    scores = {"interior_mean": errors, **(scores or {})}
+    if headline not in scores:
+        raise CellaeError(f"eval.anomaly_score is '{headline}', which this evaluation could not "
+                          f"compute (it needs at least two normal cells on the training side)")
     normal = np.isin(np.asarray(labels), class_labels(class_names, normal_classes))
     result: dict[str, Any] = {
         "normal_classes": list(normal_classes),
@@ -123,9 +137,9 @@ def anomaly_numbers(errors: np.ndarray, labels: np.ndarray, class_names: Sequenc
         result["auroc"] = None
         result["auroc_note"] = "undefined: the test images hold only one of normal and anomalous"
     else:
-        result["auroc"] = float(roc_auc_score(~normal, errors))
-    if scores:
-        result["scores"] = {name: None if result["auroc"] is None
-                            else float(roc_auc_score(~normal, values))
-                            for name, values in scores.items()}
+        result["auroc"] = float(roc_auc_score(~normal, scores[headline]))
+    result["score"] = headline
+    result["scores"] = {name: None if result["auroc"] is None
+                        else float(roc_auc_score(~normal, values))
+                        for name, values in scores.items()}
     return result
