@@ -3,6 +3,7 @@ training classes (anomaly mode), dihedral augmentation, and the sweep's mean and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -253,9 +254,15 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
     anomaly = load_config(CONFIGS / "malaria" / "anomaly.yaml", check_paths=False)
     assert best.model.latent_dim == 20 and best.data.normalize == "per_cell"
     assert anomaly.data.train_classes == ["Uninfected"]
-    # the anomaly model is the best model but for the classes it learns from and its loss
-    assert best.train == anomaly.train and best.data.normalize == anomaly.data.normalize
-    assert best.model.loss.name == "spot_mse" and anomaly.model.loss.name == "masked_mse"
+    assert best.model.loss.name == "spot_mse"
+    # each shipped config is its setting of the sweep that ranked it, but for the data's path,
+    # the patient fold and the seed
+    round2 = load_sweep(CONFIGS / "sweeps" / "latent_quality_round2.yaml")
+    winner = next(c for c in round2.combinations if c["name"] == "anomaly-plain-f0-s0")
+    ranked = config_from_dict(round2.config_values(winner), check_paths=False)
+    assert ranked.model == anomaly.model and ranked.train == anomaly.train
+    assert dataclasses.replace(ranked.data, folds=0, fold=0) == anomaly.data
+    assert anomaly.eval.anomaly_score == "local_max" == ranked.eval.anomaly_score
 
 
 def test_spot_features_see_a_dark_spot_and_survive_a_flat_cell():
