@@ -301,10 +301,12 @@ def draw(evaluation: Evaluation, loaded: LoadedRun, cache: CellCache, figures: P
                                    run=run, titles=model.term_titles)
     if "anomaly" in evaluation.metrics:
         originals, masks = np.asarray(cache.images[shown]), np.asarray(cache.masks[shown])
+        scores = anomaly.error_scores(originals, evaluation.reconstructions, masks)
+        # the headline score where it is one of the reconstruction's; a latent one has no map
+        score = config.eval.anomaly_score if config.eval.anomaly_score in scores else "interior_mean"
         plots.plot_error_maps(originals, evaluation.reconstructions, masks, labels[shown],
                               class_names, figures / "error_maps.png", run=run,
-                              scores=anomaly.interior_errors(originals, evaluation.reconstructions,
-                                                             masks))
+                              scores=scores[score], score=anomaly.SCORES[score])
     numbers = evaluation.metrics.get(model.family, {})
     for name in model.figures:
         if name not in FAMILY_FIGURES:

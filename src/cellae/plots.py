@@ -561,11 +561,11 @@ def plot_traversals(
 
 def plot_error_maps(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray,
                     labels: np.ndarray, class_names: Sequence[str], path: Path, *,
-                    run: str, scores: Sequence[float]) -> Path:
+                    run: str, scores: Sequence[float], score: str = "interior error") -> Path:
     """Each test cell over its reconstruction over the map of its squared error inside the cell.
 
     The error maps share one colour scale, so a cell the model failed on stands out; each
-    cell's anomaly score (``scores``, its interior error) is written under its map.
+    cell's anomaly score (``scores``, of the kind ``score`` names) is written under its map.
     """
     a, b = unit_float_array(originals), unit_float_array(recons)
     inside = np.asarray(masks) != 0
@@ -600,5 +600,6 @@ def plot_error_maps(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray
             third.set_ylabel("squared error", fontsize=10)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.5, label="squared error inside the cell")
-    fig.suptitle(f"{run}: where the reconstruction fails (interior only)", fontsize=12)
+    fig.suptitle(f"{run}: where the reconstruction fails (interior only); under each map its "
+                 f"anomaly score, the {score}", fontsize=12)
     return save(fig, path)
