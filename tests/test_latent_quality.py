@@ -386,3 +386,21 @@ def test_eval_anomaly_score_picks_the_headline_and_every_score_is_kept():
     assert config.eval.anomaly_score == "dark_error"
     with pytest.raises(CellaeError, match="eval.anomaly_score"):
         config_from_dict({"eval": {"anomaly_score": "biggest"}}, check_paths=False)
+
+
+def test_spot_fft_is_spot_mse_plus_a_frequency_term_that_a_blur_pays():
+    from cellae.models.losses import LOSSES
+
+    target = torch.full((2, 3, 32, 32), 0.6)
+    target[:, :, 10:13, 10:13] = 0.1  # a parasite-sized spot
+    mask = torch.ones(2, 32, 32)
+    blurred = torch.nn.functional.avg_pool2d(target, 5, stride=1, padding=2)
+    logits = torch.logit(blurred.clamp(1e-4, 1 - 1e-4))
+    plain = LOSSES.get("spot_mse")(gain=8, background_weight=0)
+    none = LOSSES.get("spot_fft")(gain=8, background_weight=0, fft_weight=0.0)
+    some = LOSSES.get("spot_fft")(gain=8, background_weight=0, fft_weight=0.1)
+    (p, pw), (n, nw), (s, sw) = plain(logits, target, mask), none(logits, target, mask), some(logits, target, mask)
+    assert torch.allclose(p, n) and torch.equal(pw, nw) and torch.equal(pw, sw)
+    assert (s > p).all()
+    exact = torch.logit(target.clamp(1e-4, 1 - 1e-4))
+    assert (some(exact, target, mask)[0] < s).all()
