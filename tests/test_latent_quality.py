@@ -263,6 +263,10 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
     assert ranked.model == anomaly.model and ranked.train == anomaly.train
     assert dataclasses.replace(ranked.data, folds=0, fold=0) == anomaly.data
     assert anomaly.eval.anomaly_score == "local_max" == ranked.eval.anomaly_score
+    winner = next(c for c in round2.combinations if c["name"] == "standardised-dihedral-spot-64px-f0-s0")
+    ranked = config_from_dict(round2.config_values(winner), check_paths=False)
+    assert ranked.model == best.model and ranked.train == best.train
+    assert dataclasses.replace(ranked.data, folds=0, fold=0) == best.data
 
 
 def test_spot_features_see_a_dark_spot_and_survive_a_flat_cell():
