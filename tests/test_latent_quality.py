@@ -408,3 +408,16 @@ def test_spot_fft_is_spot_mse_plus_a_frequency_term_that_a_blur_pays():
     assert (s > p).all()
     exact = torch.logit(target.clamp(1e-4, 1 - 1e-4))
     assert (some(exact, target, mask)[0] < s).all()
+
+
+def test_the_spot_baseline_can_see_the_cells_at_a_larger_size(tmp_path):
+    """eval.spot_size: the same cells, preprocessed the run's way at 64 px, matched by file."""
+    from cellae.evaluate import evaluate_run
+    from cellae.training import train
+
+    config = tiny_config(tmp_path, eval={"spot_size": 64})
+    run_dir = train(config, tmp_path / "runs", evaluate=False)
+    spots = evaluate_run(run_dir, quiet=True, cache_dir=str(tmp_path / "cache"))["spot_baseline"]
+    assert spots["image_size"] == 64 and 0.0 <= spots["auroc"] <= 1.0
+    with pytest.raises(CellaeError, match="eval.spot_size"):
+        config_from_dict({"eval": {"spot_size": 48}}, check_paths=False)

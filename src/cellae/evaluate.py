@@ -175,9 +175,30 @@ def _pixels(cache: CellCache, idx: np.ndarray) -> np.ndarray:
     return np.multiply(pixels, np.float32(1 / 255), out=pixels)
 
 
-def _spots(cache: CellCache, idx: np.ndarray) -> np.ndarray:
-    rows = np.sort(idx)
+def _spots(cache: CellCache, rows: np.ndarray) -> np.ndarray:
+    """The spot features of ``rows`` of ``cache``, in that order."""
     return spot_features(np.asarray(cache.images[rows]), np.asarray(cache.masks[rows]))
+
+
+def _spot_cells(config: Config, cache: CellCache, source: str, train_idx: np.ndarray,
+                test_idx: np.ndarray) -> tuple[CellCache, np.ndarray, np.ndarray]:
+    """The cache the spot features see, and the rows there of both sides: ``cache`` itself, or
+    at ``eval.spot_size`` the same source and preprocessing at that size, matched by file."""
+    size = config.eval.spot_size
+    if size in (0, config.data.image_size):
+        return cache, np.sort(train_idx), np.sort(test_idx)
+    data = dataclasses.replace(config.data, source=source, image_size=size)
+    larger = prepare_cache(data, progress=sys.stderr.isatty())
+    position = {name: i for i, name in enumerate(np.asarray(larger.files).tolist())}
+    files = np.asarray(cache.files).tolist()
+    try:
+        # in the same (sorted) order as the rows of ``cache``, so the labels line up
+        sides = [np.array([position[files[i]] for i in np.sort(idx)], dtype=np.int64)
+                 for idx in (train_idx, test_idx)]
+    except KeyError as exc:
+        raise CellaeError(f"eval.spot_size {size}: {exc.args[0]} is not in the source at that "
+                          "size; evaluate with eval.spot_size 0") from exc
+    return larger, sides[0], sides[1]
 
 
 def _has_classes(cache: CellCache, wanted: list[str]) -> bool:
@@ -232,10 +253,12 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
             config, pca_train, labels[np.sort(train_idx)], pca_test, labels[np.sort(test_idx)]
         )
     with _timed(parts, "spot_baseline"):
+        spot_cache, spot_train, spot_test = _spot_cells(config, cache, source, train_idx,
+                                                        test_idx)
         result["spot_baseline"] = _latent_block(
-            config, _spots(cache, train_idx), labels[np.sort(train_idx)],
-            _spots(cache, test_idx), labels[np.sort(test_idx)],
-        )
+            config, _spots(spot_cache, spot_train), labels[np.sort(train_idx)],
+            _spots(spot_cache, spot_test), labels[np.sort(test_idx)],
+        ) | {"image_size": int(spot_cache.images.shape[-1])}
     view = FamilyEvaluation(
         test_batches=lambda: _batches(cache.images, test_idx, loaded.device),
         test_codes=test_codes, test_losses=reconstruction, eval=e, seed=seed, title=config.name,

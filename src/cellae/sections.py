@@ -113,6 +113,10 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["linear_probe", "knn", "silhouette"])
     # an anomaly run's headline score (anomaly.auroc); every score is in anomaly.scores
     anomaly_score: AnomalyScore = "interior_mean"
+    # the side at which the spot-feature baseline sees the cells: 0 for the run's own image
+    # size, or a larger one of IMAGE_SIZES (the source preprocessed the run's way at that
+    # size, in a cache of its own): a baseline as strong as the source allows
+    spot_size: int = 0
 
 
 
@@ -179,4 +183,6 @@ def validate_eval(e: EvalConfig) -> EvalConfig:
     check(e.n_samples >= 1, "eval.n_samples", "a positive integer", e.n_samples)
     check(e.n_traversal_dims >= 1, "eval.n_traversal_dims", "a positive integer", e.n_traversal_dims)
     check(len(set(e.metrics)) == len(e.metrics), "eval.metrics", "a list without repeats", e.metrics)
+    check(e.spot_size == 0 or e.spot_size in IMAGE_SIZES, "eval.spot_size",
+          f"0 (the run's own size) or one of {IMAGE_SIZES}", e.spot_size)
     return e
