@@ -112,7 +112,7 @@ class CellDataModule(L.LightningDataModule):
         labels on the device too.
         """
         pin = device.type == "cuda"
-        picked = rows.cpu().numpy()
+        rows = rows.cpu()
         if device not in self._resident and self._keep_on_device(device):
             # np.array copies the read-only memory map into memory torch may own
             self._resident[device] = (
@@ -122,8 +122,9 @@ class CellDataModule(L.LightningDataModule):
             )
         if device in self._resident:
             images, masks, labels = self._resident[device]
-            on_device = _to_device(rows.cpu(), device, pin)
+            on_device = _to_device(rows, device, pin)
             return CellBatch(images[on_device], masks[on_device], labels[on_device])
+        picked = rows.numpy()
         # memory-mapped reads are fastest in file order; the batch's own order is restored after
         order = np.argsort(picked)
         back = np.empty_like(order)

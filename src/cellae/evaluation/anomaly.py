@@ -27,10 +27,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 from cellae.columns import SAME_TEST_CELLS, Column
-from cellae.data.preprocess import LUMA
 from cellae.data.splits import class_labels
 from cellae.errors import CellaeError
 from cellae.evaluation.metrics import interior_mse
+from cellae.evaluation.spot_features import interior_z
 from cellae.images import unit_float_array
 from cellae.sections import AnomalyScore
 
@@ -85,13 +85,8 @@ def error_scores(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray) -
     covered = ndimage.uniform_filter(inside.astype(np.float64), window, mode="constant")
     local = ndimage.uniform_filter(np.where(inside, squared, 0.0), window, mode="constant")
     local = np.where(inside, local / np.maximum(covered, 1e-12), -np.inf).reshape(len(a), -1)
-    luma = a.mean(axis=1) if a.shape[1] != 3 else np.tensordot(
-        np.array(LUMA, np.float64) / 1000, a, axes=([0], [1]))
-    area = np.maximum(inside.sum(axis=(1, 2)), 1)[:, None, None]
-    mean = np.where(inside, luma, 0.0).sum(axis=(1, 2), keepdims=True) / area
-    spread = np.sqrt(np.where(inside, (luma - mean) ** 2, 0.0).sum(axis=(1, 2), keepdims=True) / area)
     # how many spreads below the cell's mean a pixel is: 0 for the cell's lighter half
-    darkness = np.where(inside, np.clip((mean - luma) / np.maximum(spread, 1e-6), 0.0, None), 0.0)
+    darkness = np.where(inside, np.clip(-interior_z(a, inside, 1e-6), 0.0, None), 0.0)
     dark = (darkness * squared).sum(axis=(1, 2)) / np.maximum(darkness.sum(axis=(1, 2)), 1e-12)
     empty = ~inside.any(axis=(1, 2))
     return {

@@ -53,19 +53,25 @@ def spot_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return features
 
 
+def interior_z(pixels: np.ndarray, inside: np.ndarray, min_spread: float) -> np.ndarray:
+    """Each pixel's luma (N, H, W) standardised by its cell's interior: minus the interior's
+    mean, over its spread (at least ``min_spread``). ``pixels`` are floats in [0, 1],
+    (N, C, H, W); ``inside`` the interior, (N, H, W) booleans. An empty cell divides by 1."""
+    luma = pixels.mean(axis=1) if pixels.shape[1] != 3 else np.tensordot(
+        np.array(LUMA, np.float64) / 1000, pixels, axes=([0], [1]))
+    per_pixel = np.maximum(inside.sum(axis=(1, 2)), 1)[:, None, None]
+    mean = np.where(inside, luma, 0.0).sum(axis=(1, 2), keepdims=True) / per_pixel
+    variance = np.where(inside, (luma - mean) ** 2, 0.0).sum(axis=(1, 2), keepdims=True) / per_pixel
+    return (luma - mean) / np.maximum(np.sqrt(variance), min_spread)
+
+
 def _chunk_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     n = len(images)
-    pixels = images.astype(np.float64) / 255.0
-    luma = pixels.mean(axis=1) if images.shape[1] != 3 else np.tensordot(
-        np.array(LUMA, np.float64) / 1000, pixels, axes=([0], [1]))
     inside = masks != 0
     counts = inside.sum(axis=(1, 2))
     valid = counts >= 2
     area = np.maximum(counts, 1)  # an empty cell divides by 1; its features are zeroed below
-    per_pixel = area[:, None, None]
-    mean = np.where(inside, luma, 0.0).sum(axis=(1, 2), keepdims=True) / per_pixel
-    variance = np.where(inside, (luma - mean) ** 2, 0.0).sum(axis=(1, 2), keepdims=True) / per_pixel
-    z = (luma - mean) / np.maximum(np.sqrt(variance), MIN_SPREAD)
+    z = interior_z(images.astype(np.float64) / 255.0, inside, MIN_SPREAD)
     dark = inside & (z < -2.0)
     # np.percentile's default (linear) rule, on each cell's own interior pixels; only the
     # lowest few per cell need sorting, the outside is +inf so it sorts last

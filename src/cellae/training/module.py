@@ -22,7 +22,6 @@ class NonFiniteLossError(CellaeError):
     """The loss became NaN or infinite."""
 
 
-
 # the two passes of an epoch, as the loss columns name them
 SIDES = ("train", "test")
 
@@ -39,6 +38,7 @@ class EpochMeans:
 
     def __init__(self, names: list[str], device: torch.device) -> None:
         self.names = names
+        self._loss = names.index("loss")
         self.sums = torch.zeros(len(names), device=device)
         self.nan = torch.zeros((), dtype=torch.bool, device=device)
         self.images = 0
@@ -49,7 +49,7 @@ class EpochMeans:
         with torch.no_grad():
             values = torch.stack([v.detach() for v in losses.values()]).float()
             self.sums += values * size
-            self.nan |= torch.isnan(values[self.names.index("loss")])
+            self.nan |= torch.isnan(values[self._loss])
         self.images += size
         for key, value in (weights or {}).items():
             self.weights[key] = self.weights.get(key, 0.0) + value * size
