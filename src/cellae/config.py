@@ -85,8 +85,6 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-
-
 def validate(config: Config, check_paths: bool = True) -> Config:
     """Reject values that are well typed but impossible; return ``config`` unchanged."""
     d, m = config.data, config.model
@@ -150,8 +148,6 @@ def config_from_dict(
 ) -> Config:
     values = apply_overrides(dict(values), list(overrides or []))
     return validate(build_section(Config, values), check_paths=check_paths)
-
-
 
 
 def load_config(

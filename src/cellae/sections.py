@@ -67,7 +67,6 @@ class DataConfig:
     workers: int = 0
 
 
-
 @dataclass
 class TrainConfig:
     """The optimisation loop and the devices it runs on."""
@@ -117,7 +116,6 @@ class EvalConfig:
     # size, or a larger one of IMAGE_SIZES (the source preprocessed the run's way at that
     # size, in a cache of its own): a baseline as strong as the source allows
     spot_size: int = 0
-
 
 
 def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data") -> DataConfig:

@@ -148,7 +148,6 @@ def check(condition: bool, key: str, allowed: str, value: Any) -> None:
         raise CellaeError(f"config key '{key}' must be {allowed}, got {value!r}")
 
 
-
 # ---------------------------------------------------------------- overrides and files
 
 
@@ -215,8 +214,6 @@ def apply_overrides(values: dict[str, Any], overrides: list[str], root: type) ->
                     raise CellaeError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
         target[parts[-1]] = value
     return values
-
-
 
 
 MAX_YAML_BYTES = 1 * 2**20

@@ -51,7 +51,6 @@ class LossConfig:
         upgrade_plugin_fields(self)
 
 
-
 def per_image(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).sum(dim=1)
 

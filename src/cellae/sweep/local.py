@@ -20,7 +20,7 @@ from cellae.data.cache import prepare_cache
 from cellae.errors import CellaeError, first_line
 from cellae.machine import gpu_count, keep_freed_memory
 from cellae.run_inputs import read_config
-from cellae.sweep.record import ended, is_finished, where, write_status
+from cellae.sweep.record import ended, is_finished, where, write_record
 from cellae.sweep.side_by_side import Task, machine_slots, run_side_by_side
 from cellae.sweep.spec import Sweep
 from cellae.training import RUN_DIR_ENV, TrainingInterrupted, resume, train
@@ -35,12 +35,11 @@ SPLIT_KEYS = ("split", "test_fraction", "folds", "fold", "train_classes", "worke
 def run_one(sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool) -> str:
     """Train, resume or skip one run; return what happened."""
     run_dir = sweep_dir / name
-    if run_dir.exists() and runs.is_run_dir(run_dir):
-        if runs.read_status(run_dir) == "finished":
-            return "kept"
-        if runs.last_checkpoint(run_dir).is_file():
-            resume(run_dir, evaluate=evaluate)
-            return "resumed"
+    if is_finished(run_dir):
+        return "kept"
+    if runs.is_run_dir(run_dir) and runs.last_checkpoint(run_dir).is_file():
+        resume(run_dir, evaluate=evaluate)
+        return "resumed"
     if run_dir.exists():
         # started but never checkpointed: keep it aside rather than overwrite it
         aside = sweep_dir / f".{name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -50,10 +49,9 @@ def run_one(sweep_dir: Path, name: str, values: dict[str, Any], evaluate: bool) 
     return "trained"
 
 
-
 def run_reported(sweep_dir: Path, name: str, values: dict[str, Any],
                   evaluate: bool) -> dict[str, Any]:
-    """:func:`_run_one` as its entry in the status file: what happened, or its error."""
+    """:func:`run_one` as its entry in the status file: what happened, or its error."""
     started = time.perf_counter()
     try:
         result: dict[str, Any] = {"status": run_one(sweep_dir, name, values, evaluate)}
@@ -83,7 +81,6 @@ def run_in_own_process(sweep_dir: Path, name: str, values: dict[str, Any],
     """One run of ``--jobs N``, in its own process (see :mod:`cellae.side_by_side`)."""
     keep_freed_memory()  # its own process, as `cellae train` would set it
     return run_reported(sweep_dir, name, values, evaluate)
-
 
 
 def run_one_after_another(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
@@ -132,7 +129,7 @@ def run_side_by_side_here(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
               file=sys.stderr, flush=True)
         logs[task.name] = str(log.relative_to(sweep_dir))
         status["runs"][task.name] = {"status": "running", "log": logs[task.name]}
-        write_status(sweep_dir, status)
+        write_record(sweep_dir, status)
 
     def on_end(task: Task, result: dict[str, Any]) -> None:
         result = {**result, "log": logs[task.name]}
@@ -146,7 +143,6 @@ def run_side_by_side_here(sweep: Sweep, sweep_dir: Path, status: dict[str, Any],
               f"{sweep_dir} --jobs {jobs}", file=sys.stderr, flush=True)
         raise TrainingInterrupted(f"sweep interrupted; continue with cellae sweep --resume "
                                   f"{sweep_dir} --jobs {jobs}")
-
 
 
 def lightning_rank_run() -> Path | None:
@@ -185,7 +181,6 @@ def join_run(run_dir: Path, evaluate: bool) -> Path:
         print(f"[{run_dir.name}, another device] {first_line(exc)}", file=sys.stderr, flush=True)
         sys.exit(0)
     return run_dir.parent
-
 
 
 def cache_inputs(values: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ def is_finished(run_dir: Path) -> bool:
     return runs.is_run_dir(run_dir) and runs.read_status(run_dir) == "finished"
 
 
-def write_status(sweep_dir: Path, status: dict[str, Any]) -> None:
+def write_record(sweep_dir: Path, status: dict[str, Any]) -> None:
     entries = status["runs"]
     runs.write_json(sweep_dir / runs.SWEEP_STATUS_FILE,
                     status | {"runs": {n: entries[n] for n in status["order"] if n in entries}})
@@ -27,15 +27,13 @@ def write_status(sweep_dir: Path, status: dict[str, Any]) -> None:
 
 def runs_in_jobs(sweep_dir: Path) -> list[str]:
     """The runs of a sweep folder that its status file has in SLURM jobs not yet collected."""
-    entries = read_status(sweep_dir).get("runs", {})
+    entries = read_record(sweep_dir).get("runs", {})
     return [n for n, r in entries.items() if isinstance(r, dict) and r.get("status") == SUBMITTED]
 
 
-
-def read_status(sweep_dir: Path) -> dict[str, Any]:
+def read_record(sweep_dir: Path) -> dict[str, Any]:
     path = sweep_dir / runs.SWEEP_STATUS_FILE
     return runs.read_json_object(path) if path.is_file() else {}
-
 
 
 def ended(sweep: Sweep, sweep_dir: Path, status: dict[str, Any], name: str,
@@ -47,7 +45,7 @@ def ended(sweep: Sweep, sweep_dir: Path, status: dict[str, Any], name: str,
         print(f"[sweep {sweep.name}] {name} failed: {result['error']}", file=sys.stderr,
               flush=True)
     status["runs"][name] = result
-    write_status(sweep_dir, status)
+    write_record(sweep_dir, status)
     return result
 
 

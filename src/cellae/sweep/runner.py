@@ -20,7 +20,7 @@ from cellae.sweep.local import (
     run_one_after_another,
     run_side_by_side_here,
 )
-from cellae.sweep.record import SUBMITTED, read_status, where, write_status
+from cellae.sweep.record import SUBMITTED, read_record, where, write_record
 from cellae.sweep.spec import SWEEP_FILE, Sweep, load_sweep, one_device_each
 from cellae.sweep.summary import write_summary
 
@@ -68,7 +68,7 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
         sweep = load_sweep(sweep_dir / SWEEP_FILE, resumed=True)
         if jobs > 1:
             one_device_each(sweep)
-        previous = read_status(sweep_dir)
+        previous = read_record(sweep_dir)
     else:
         sweep = load_sweep(path, overrides)
         # a data path that is wrong for one run is wrong for all: say so before starting any
@@ -93,7 +93,7 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
                               "runs": dict(in_jobs)}
     if parameters:
         status["slurm"] = parameters
-    write_status(sweep_dir, status)
+    write_record(sweep_dir, status)
     if launcher == "slurm":
         slurm_launcher.submit(sweep, sweep_dir, status, evaluate, executor, job_ids)
         _finish(sweep, sweep_dir, order, status["runs"], evaluate, again=" --launcher slurm")

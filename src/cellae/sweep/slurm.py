@@ -12,7 +12,7 @@ from cellae import runs
 from cellae.errors import CellaeError, first_line
 from cellae.machine import keep_freed_memory
 from cellae.sweep import local
-from cellae.sweep.record import SUBMITTED, is_finished, where, write_status
+from cellae.sweep.record import SUBMITTED, is_finished, where, write_record
 from cellae.sweep.spec import Sweep
 
 # submitit's scripts, pickles and logs of the jobs, inside the sweep folder
@@ -20,7 +20,8 @@ SUBMITIT_DIR = "submitit"
 
 
 class RunJob:
-    """One run of a sweep as a submitit job: the same :func:`_run_one` as the local loop.
+    """One run of a sweep as a submitit job: the same :func:`~cellae.sweep.local.run_one` as
+    the local loop.
 
     On a time-out or pre-emption submitit calls :meth:`checkpoint` and requeues the job under
     the same id; the requeued job resumes the run from its last checkpoint, as ``--resume`` does.
@@ -82,7 +83,6 @@ def slurm_executor(folder: Path, parameters: dict[str, Any], cluster: str = "slu
     return executor
 
 
-
 def active_jobs(sweep: Sweep, sweep_dir: Path, previous: dict[str, Any],
                  parameters: dict[str, Any],
                  executor: Callable[..., Any]) -> dict[str, dict[str, Any]]:
@@ -113,7 +113,6 @@ def active_jobs(sweep: Sweep, sweep_dir: Path, previous: dict[str, Any],
     return active
 
 
-
 def submit(sweep: Sweep, sweep_dir: Path, status: dict[str, Any], evaluate: bool,
             executor: Callable[..., Any], job_ids: dict[str, str]) -> None:
     """Submit every run that is neither finished nor in a job, each as its own job."""
@@ -133,7 +132,7 @@ def submit(sweep: Sweep, sweep_dir: Path, status: dict[str, Any], evaluate: bool
     failed = local.prepare_caches(sweep, todo)
     results |= {name: {"status": "failed", "error": message} for name, message in failed.items()}
     todo = [(name, values) for name, values in todo if name not in failed]
-    write_status(sweep_dir, status)
+    write_record(sweep_dir, status)
     if not todo:
         return
     made = executor(sweep_dir / SUBMITIT_DIR, status.get("slurm", {}))
@@ -146,13 +145,13 @@ def submit(sweep: Sweep, sweep_dir: Path, status: dict[str, Any], evaluate: bool
             except Exception as exc:  # sbatch's refusal comes in many types; say it and stop
                 message = first_line(exc) if str(exc).strip() else repr(exc)
                 results[name] = {"status": "failed", "error": f"not submitted: {message}"}
-                write_status(sweep_dir, status)
+                write_record(sweep_dir, status)
                 raise CellaeError(
                     f"submitting {name} failed: {message}; the runs before it are in their jobs "
                     f"(see {sweep_dir / runs.SWEEP_STATUS_FILE}); fix the cause and continue with "
                     f"cellae sweep --resume {sweep_dir} --launcher slurm"
                 ) from exc
             results[name] = {"status": SUBMITTED, "job_id": str(job.job_id)}
-            write_status(sweep_dir, status)
+            write_record(sweep_dir, status)
             print(f"[sweep {sweep.name}] {name}: submitted as job {job.job_id}", file=sys.stderr,
                   flush=True)

@@ -185,7 +185,6 @@ def repeats(path: Path, combinations: list[dict[str, Any]], folds: Any,
     return repeated
 
 
-
 def one_device_each(sweep: Sweep) -> None:
     """``--jobs`` gives each run one device: a run on several would start its other ranks by
     running this whole command again, a sweep inside each rank."""

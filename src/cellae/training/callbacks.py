@@ -108,7 +108,6 @@ class FiniteLossGuard(Callback):
             pl_module.raise_if_nonfinite()
 
 
-
 class EpochLog(Callback):
     """Appends one row per epoch to ``metrics.csv`` and, off a terminal, prints one plain line
     (a log file gets one line per epoch where a progress bar would fill it with redraws).

@@ -69,7 +69,6 @@ def accelerator(config: Config) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-
 def devices(config: Config, accelerator: str) -> int | str:
     """``train.devices`` checked against the machine: each CPU device is a process of its own,
     and more of them than cores (``train.devices=1000``) only start processes that wait."""
@@ -127,7 +126,6 @@ def process_launch(config: Config) -> Launch:
     node_rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
     return Launch(node_rank * _devices_per_node(config) + int(local_rank or 0),
                   external=local_rank is not None)
-
 
 
 def requeued_run(out: Path, name: str) -> Path | None:

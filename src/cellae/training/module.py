@@ -200,7 +200,6 @@ class CellaeModule(L.LightningModule):
             torch.set_rng_state(state)
 
 
-
 def compiled_or_eager(model: torch.nn.Module, probe: torch.Tensor) -> Any:
     """``torch.compile(model)`` where it compiles and runs a training step, else the model.
 

@@ -52,7 +52,6 @@ class TrainingInterrupted(CellaeError):
     exit_code = 130
 
 
-
 class RunSplit(NamedTuple):
     """A run's rows of its cache: each side of its split, and the train rows it learns from
     (all of them, or those of ``data.train_classes``)."""
@@ -218,7 +217,6 @@ def train(
         trainer = _fit(config, run_dir, None, callbacks, evaluate, owner=True, cache=cache,
                        split=split)
         return _finish(run_dir, config, trainer, evaluate)
-
 
 
 @contextlib.contextmanager

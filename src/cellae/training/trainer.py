@@ -35,7 +35,6 @@ def resolved_precision(setting: str, accelerator: str) -> str:
     return "32-true"
 
 
-
 def _quiet_lightning() -> None:
     """Silence advice that does not apply: our loaders yield row numbers, cut on the device."""
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")

@@ -48,7 +48,6 @@ METRICS: Registry[LatentMetric] = Registry(
 )
 
 
-
 def check_metric_names(names: list[str]) -> None:
     """Refuse, before anything runs, a name of ``eval.metrics`` that names no metric."""
     for name in names:
