@@ -24,7 +24,7 @@ def test_settings_from_config_and_validation():
         "image_size": 32, "color": "gray", "resize": "pad", "background": "fill_mean",
         "normalize": "none",
     }
-    assert settings.channels == 1 and settings.rim == 2
+    assert settings.channels == () and settings.rim == 2  # channels: the kept ones (all)
     assert PreprocessSettings(image_size=64).rim == 3 and PreprocessSettings(image_size=128).rim == 6
     assert PreprocessSettings() == PreprocessSettings.from_config(DataConfig())
 
@@ -112,5 +112,9 @@ def test_all_black_image_does_not_crash():
 
 
 def test_rejects_wrong_input():
-    with pytest.raises(ValueError, match="uint8 RGB"):
+    with pytest.raises(ValueError, match="HxWxC uint8"):
         preprocess(np.zeros((10, 10), dtype=np.uint8), PreprocessSettings())
+    with pytest.raises(ValueError, match="HxWxC uint8"):
+        preprocess(np.zeros((10, 10, 4), dtype=np.uint16), PreprocessSettings())
+    with pytest.raises(ValueError, match="luma of an RGB crop"):
+        preprocess(np.zeros((10, 10, 4), dtype=np.uint8), PreprocessSettings(color="gray"))

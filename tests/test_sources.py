@@ -287,12 +287,20 @@ def test_palette_png_becomes_rgb(tmp_path, make_kaggle_folder):
     np.testing.assert_array_equal(out, np.asarray(palette.convert("RGB")))
 
 
-def test_16_bit_png_is_scaled_to_8_bit(tmp_path, make_kaggle_folder):
+def test_16_bit_png_keeps_its_16_bits_and_full_range_scales_it_to_8(tmp_path, make_kaggle_folder):
     values = np.array([[0, 257 * 128, 65535]], dtype=np.uint16)
     image = Image.fromarray(values)
     assert image.mode == "I;16"
     out = _decode_one(tmp_path, make_kaggle_folder, image)
-    np.testing.assert_array_equal(out[0, :, 0], [0, 128, 255])
+    # one channel at 16 bits: fluorescence, not a grey crop to repeat into RGB
+    assert out.shape == (1, 3, 1) and out.dtype == np.uint16
+    np.testing.assert_array_equal(out[0, :, 0], values[0])
+    from cellae.data.channels import ChannelLayout, ChannelPlan
+
+    plan = ChannelPlan(ChannelLayout(("ch0",), "uint16"), (0,), "full_range")
+    eight, clipped = plan.apply(out)
+    np.testing.assert_array_equal(eight[0, :, 0], [0, 128, 255])
+    assert clipped.sum() == 0
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

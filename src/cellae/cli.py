@@ -13,6 +13,27 @@ from cellae import __version__
 from cellae.errors import CellaeError
 
 
+def _add_data_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+        help="data settings, as in a config's data section: --set channels=[DAPI,mito] "
+             "fields.class_column=treatment",
+    )
+
+
+def _data_config(args: argparse.Namespace, **given: object) -> object:
+    """The data section from the command's options and its --set overrides (with or without
+    the ``data.`` prefix), validated as a run's would be."""
+    from dataclasses import asdict
+
+    from cellae.sections import DataConfig, validate_data
+    from cellae.typed_config import apply_overrides, build_section
+
+    overrides = [text.removeprefix("data.") for text in args.overrides]
+    values = apply_overrides(asdict(DataConfig(**given)), overrides, DataConfig)  # type: ignore[arg-type]
+    return validate_data(build_section(DataConfig, values, prefix="data"))
+
+
 def _add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     from typing import get_args
 
@@ -80,9 +101,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("source", help="class folder, zip, CSV (file,label[,patient]) or 'synthetic'")
     inspect.add_argument("--strict", action="store_true", help="fail on the first bad file")
+    _add_data_overrides(inspect)
     prepare = data_commands.add_parser("prepare", help="build (or reuse) the preprocessed cache")
     prepare.add_argument("source", help="class folder, zip, CSV (file,label[,patient]) or 'synthetic'")
     _add_preprocessing_options(prepare)
+    _add_data_overrides(prepare)
+    make_fields = data_commands.add_parser(
+        "make-fields", help="write a small synthetic fluorescence experiment (fields + masks)")
+    make_fields.add_argument("folder", help="a new or empty folder")
+    make_fields.add_argument("--fields", type=int, default=8, help="fields of view (default 8)")
+    make_fields.add_argument("--seed", type=int, default=0)
     download = data_commands.add_parser("download", help="fetch the NIH malaria cell_images.zip")
     download.add_argument("--to", default="data", help="folder to save the zip in (default: data)")
     download.add_argument("--url", default=None, help="download from this address instead")
@@ -237,24 +265,35 @@ def _run_data(args: argparse.Namespace) -> int:
     if args.data_command == "inspect":
         from cellae.data.inspection import inspect_source
 
-        print(inspect_source(DataConfig(source=args.source, strict=args.strict)))
+        print(inspect_source(_data_config(args, source=args.source, strict=args.strict)))
         return 0
     if args.data_command == "prepare":
         from cellae.data.cache import prepare_cache
-        from cellae.sections import validate_data
 
-        data = validate_data(
-            DataConfig(
-                source=args.source, image_size=args.size, color=args.color, resize=args.resize,
-                background=args.background, normalize=args.normalize, cache_dir=args.cache_dir, strict=args.strict,
-                workers=args.workers,
-            )
+        data = _data_config(
+            args, source=args.source, image_size=args.size, color=args.color, resize=args.resize,
+            background=args.background, normalize=args.normalize, cache_dir=args.cache_dir,
+            strict=args.strict, workers=args.workers,
         )
-        cache = prepare_cache(data, progress=sys.stderr.isatty())
+        cache = prepare_cache(data, progress=sys.stderr.isatty())  # type: ignore[arg-type]
         print(
             f"cache: {cache.path} ({len(cache)} images, {cache.images.shape[1]}x"
             f"{cache.images.shape[2]}x{cache.images.shape[3]}, classes {', '.join(cache.class_names)})"
         )
+        channels = cache.meta.get("channels", {})
+        if channels:
+            print(f"channels: {', '.join(channels['names'])} ({channels['intensity']} from "
+                  f"{channels['dtype']}); clipped: " + ", ".join(
+                      f"{name} {100 * lo:.2f}% low {100 * hi:.2f}% high" for name, lo, hi in zip(
+                          channels["names"], channels["clipped_low"], channels["clipped_high"],
+                          strict=True)))
+        return 0
+    if args.data_command == "make-fields":
+        from cellae.data.synthetic_fields import write_fields
+
+        counts = write_fields(Path(args.folder), n_fields=args.fields, seed=args.seed)
+        print(f"wrote {counts['fields']} fields ({counts['objects']} cells) to {args.folder}: "
+              f"images/, masks/, fields.csv, cells.csv")
         return 0
     if args.data_command == "download":
         from cellae.data.download import DEFAULT_URL, download

@@ -2,7 +2,8 @@
 
 Figures are built on ``matplotlib.figure.Figure`` directly (Agg rendering, no pyplot), so
 plotting never touches a display or a global figure list, and nothing needs closing.
-Images come as arrays (N, C, H, W), uint8 or float in [0, 1], with C = 1 (grey) or 3 (RGB).
+Images come as arrays (N, C, H, W), uint8 or float in [0, 1]: C = 1 (grey), 3 (RGB), or any
+other count (fluorescence channels, shown mixed in colours: :func:`cellae.images.display_rgb`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from cellae.files import write_atomic
-from cellae.images import to_uint8, unit_float_array
+from cellae.images import display_rgb, to_uint8, unit_float_array
 from cellae.naming import natural_key
 
 DPI = 130
@@ -44,8 +45,8 @@ def save(fig: Figure, path: Path) -> Path:
 
 def _uint8(images: np.ndarray) -> np.ndarray:
     array = to_uint8(images)
-    if array.ndim != 4 or array.shape[1] not in (1, 3):
-        raise ValueError(f"expected images shaped (N, C, H, W) with C 1 or 3, got {array.shape}")
+    if array.ndim != 4 or array.shape[1] < 1:
+        raise ValueError(f"expected images shaped (N, C, H, W), got {array.shape}")
     return array
 
 
@@ -54,7 +55,7 @@ def show_image(ax: Axes, image: np.ndarray) -> None:
     if image.shape[0] == 1:
         ax.imshow(image[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     else:
-        ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+        ax.imshow(display_rgb(image).transpose(1, 2, 0), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -94,7 +95,7 @@ class _Mosaic:
         for r, row in enumerate(rows):
             for c, image in enumerate(row):
                 y0, x0 = self.tops[r], self.x(c)
-                rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
+                rgb = display_rgb(image)
                 self.canvas[y0:y0 + height, x0:x0 + width] = rgb.transpose(1, 2, 0)
 
     def x(self, column: int) -> int:

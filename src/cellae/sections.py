@@ -25,6 +25,10 @@ BackgroundMode = Literal["keep", "fill_mean"]
 NormalizeMode = Literal["none", "per_cell"]
 AugmentMode = Literal["none", "dihedral"]
 SplitMode = Literal["patient", "image"]
+# how a channel's samples become the cache's 8 bits (cellae.data.channels says how)
+IntensityMode = Literal["auto", "percentile", "full_range"]
+# the 2-D map of the latent codes drawn and put in the explorer
+MapMethod = Literal["tsne", "umap"]
 # how an anomaly model scores a cell (cellae.evaluation.anomaly.SCORES says what each is)
 AnomalyScore = Literal["interior_mean", "local_max", "dark_error", "latent_knn", "latent_gaussian"]
 
@@ -40,6 +44,22 @@ class SyntheticConfig:
     n_patients: int = 20
     infected_fraction: float = 0.4
     seed: int = 0
+
+
+@dataclass
+class FieldsConfig:
+    """How a folder of fields of view and label masks becomes one crop per cell."""
+
+    # objects smaller than this many pixels (of the field) are skipped and counted
+    min_area: int = 20
+    # the crop around an object is its bounding box's longer side times (1 + 2 margin)
+    margin: float = 0.1
+    # pixels of the field a crop's side spans: 0 sizes each crop to its cell, N > 0 cuts every
+    # crop at N pixels, so that a cell's size survives the resize to image_size
+    crop_size: int = 0
+    # the columns of cells.csv / fields.csv that give each cell's class and patient (donor)
+    class_column: str = "class"
+    patient_column: str = "patient"
 
 
 @dataclass
@@ -65,6 +85,14 @@ class DataConfig:
     cache_dir: str = ".cellae-cache"
     strict: bool = False
     workers: int = 0
+    # the source's channels by position, where its files do not name them (OME-TIFF does)
+    channel_names: list[str] = field(default_factory=list)
+    # the channels a run keeps, by name, in this order (empty: all of them)
+    channels: list[str] = field(default_factory=list)
+    intensity: IntensityMode = "auto"
+    # the low and high percentiles a channel is scaled between (intensity percentile / auto)
+    percentiles: list[float] = field(default_factory=lambda: [0.1, 99.9])
+    fields: FieldsConfig = field(default_factory=FieldsConfig)
 
 
 @dataclass
@@ -112,6 +140,13 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["linear_probe", "knn", "silhouette"])
     # an anomaly run's headline score (anomaly.auroc); every score is in anomaly.scores
     anomaly_score: AnomalyScore = "interior_mean"
+    # the 2-D maps of the test codes: tsne (openTSNE), umap (umap-learn, the `umap` extra);
+    # the first is the explorer's
+    maps: list[MapMethod] = field(default_factory=lambda: ["tsne"])
+    # columns the maps are also coloured by: any metadata column of the source
+    color_by: list[str] = field(default_factory=list)
+    # a self-contained explorer.html of the test cells' map (thumbnails, colours, metadata)
+    explorer: bool = True
     # the side at which the spot-feature baseline sees the cells: 0 for the run's own image
     # size, or a larger one of IMAGE_SIZES (the source preprocessed the run's way at that
     # size, in a cache of its own): a baseline as strong as the source allows
@@ -133,6 +168,18 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
           f"a fold number from 0 to {max(d.folds, 1) - 1}", d.fold)
     check(len({c.casefold() for c in d.train_classes}) == len(d.train_classes),
           f"{prefix}.train_classes", "a list without repeats (in any case)", d.train_classes)
+    for key, names in (("channel_names", d.channel_names), ("channels", d.channels)):
+        check(all(isinstance(n, str) and n.strip() for n in names)
+              and len(set(names)) == len(names), f"{prefix}.{key}",
+              "a list of distinct names", names)
+    check(len(d.percentiles) == 2 and 0.0 <= d.percentiles[0] < d.percentiles[1] <= 100.0,
+          f"{prefix}.percentiles", "two percentiles, low below high, from 0 to 100",
+          d.percentiles)
+    f = d.fields
+    check(f.min_area >= 1, f"{prefix}.fields.min_area", "a positive number of pixels", f.min_area)
+    check(0.0 <= f.margin <= 2.0, f"{prefix}.fields.margin", "from 0 to 2", f.margin)
+    check(f.crop_size == 0 or 4 <= f.crop_size <= 4096, f"{prefix}.fields.crop_size",
+          "0 (each cell's own size) or 4 to 4096 pixels", f.crop_size)
     s = d.synthetic
     check(s.n_images >= 10, f"{prefix}.synthetic.n_images", "at least 10", s.n_images)
     check(s.n_patients >= 2, f"{prefix}.synthetic.n_patients", "at least 2", s.n_patients)
@@ -181,6 +228,10 @@ def validate_eval(e: EvalConfig) -> EvalConfig:
     check(e.n_samples >= 1, "eval.n_samples", "a positive integer", e.n_samples)
     check(e.n_traversal_dims >= 1, "eval.n_traversal_dims", "a positive integer", e.n_traversal_dims)
     check(len(set(e.metrics)) == len(e.metrics), "eval.metrics", "a list without repeats", e.metrics)
+    check(len(e.maps) >= 1 and len(set(e.maps)) == len(e.maps), "eval.maps",
+          "one or more of tsne, umap, without repeats", e.maps)
+    check(len(set(e.color_by)) == len(e.color_by), "eval.color_by", "a list without repeats",
+          e.color_by)
     check(e.spot_size == 0 or e.spot_size in IMAGE_SIZES, "eval.spot_size",
           f"0 (the run's own size) or one of {IMAGE_SIZES}", e.spot_size)
     return e

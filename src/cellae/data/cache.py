@@ -7,7 +7,9 @@ A cache folder, named by the first 16 hex digits of its key, holds::
     labels.npy    int64 (N,)
     patients.npy  str (N,)
     files.npy     str (N,), relative to the source
-    meta.json     key, format version, source, preprocessing, counts, skipped files, timings
+    metadata.npz  str (N,) per further column of the source (plate, well, ...), where it has any
+    meta.json     key, format version, source, preprocessing, channels, counts, skipped files,
+                  timings
 
 The key digests the source's file list (names, sizes, modification times), the preprocessing
 settings and :data:`FORMAT_VERSION`: change any of them and a new cache is built; change
@@ -37,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from cellae.data.channels import ChannelPlan, clipping_warning, make_plan
 from cellae.data.decode import BadImage
 from cellae.data.preprocess import PreprocessSettings, preprocess
 from cellae.data.sources import Source, open_source
@@ -51,6 +54,7 @@ FORMAT_VERSION = 3
 TEMP_PREFIX = ".building-"
 META_FILE = "meta.json"
 ARRAYS = ("images", "masks", "labels", "patients", "files")
+METADATA_FILE = "metadata.npz"
 # below this many images, starting worker processes costs more than it saves
 IN_PROCESS_LIMIT = 256
 CHUNK = 32
@@ -74,6 +78,27 @@ class CellCache:
         self.patients: np.ndarray = np.load(path / "patients.npy", mmap_mode="r")
         self.files: np.ndarray = np.load(path / "files.npy", mmap_mode="r")
         self.class_names: list[str] = list(meta["class_names"])
+        self._metadata: dict[str, np.ndarray] | None = None
+
+    @property
+    def channel_names(self) -> list[str]:
+        """The channels of ``images``, by name (red, green, blue for a cache of 8-bit crops)."""
+        names = self.meta.get("channels", {}).get("names")
+        if names:
+            return list(names)
+        return ["gray"] if self.images.shape[1] == 1 else ["red", "green", "blue"]
+
+    @property
+    def metadata(self) -> dict[str, np.ndarray]:
+        """The source's further columns (str arrays parallel to ``files``); {} where none."""
+        if self._metadata is None:
+            path = self.path / METADATA_FILE
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as stored:
+                    self._metadata = {name: stored[name] for name in stored.files}
+            else:
+                self._metadata = {}
+        return self._metadata
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -204,41 +229,46 @@ def _workers(requested: int, n_images: int) -> int:
 
 # -- the work of one image, in this process or a worker
 
-_State = tuple[Source, PreprocessSettings, "_RowFile", "_RowFile"]
+_State = tuple[Source, PreprocessSettings, ChannelPlan, "_RowFile", "_RowFile"]
+# what one image's work reports: its index, why it was skipped (or None), and for the kept
+# channels the pixels below / above the scaling limits (C, 2) out of how many
+_Outcome = tuple[int, "str | None", np.ndarray | None, int]
 # a worker process's state, set once as it starts; the in-process path passes its own
 _WORKER_STATE: _State | None = None
 
 
-def _init_worker(handed: Path, settings: PreprocessSettings, images: _RowFile,
-                 masks: _RowFile) -> None:
+def _init_worker(handed: Path, settings: PreprocessSettings, plan: ChannelPlan,
+                 images: _RowFile, masks: _RowFile) -> None:
     global _WORKER_STATE
     with handed.open("rb") as handle:
         source = pickle.load(handle)
-    _WORKER_STATE = (source, settings, images, masks)
+    _WORKER_STATE = (source, settings, plan, images, masks)
 
 
-def _prepare_in_worker(index: int) -> tuple[int, str | None]:
+def _prepare_in_worker(index: int) -> _Outcome:
     assert _WORKER_STATE is not None
     return _prepare_one(_WORKER_STATE, index)
 
 
-def _prepare_one(state: _State, index: int) -> tuple[int, str | None]:
-    """Preprocess image ``index`` and write its rows in place: (index, None), or (index, the
-    reason it was skipped). Rows go straight into the files, so the 16 KB of each image (at
-    64 px) never travels back to the parent through a pipe."""
-    source, settings, images, masks = state
+def _prepare_one(state: _State, index: int) -> _Outcome:
+    """Preprocess image ``index`` and write its rows in place: (index, None, clipped, counted),
+    or (index, the reason it was skipped, None, 0). Rows go straight into the files, so the
+    16 KB of each image (at 64 px) never travels back to the parent through a pipe."""
+    source, settings, plan, images, masks = state
     try:
-        image = source.load(index)
+        inside = source.load_mask(index)
+        pixels, clipped = plan.apply(source.load(index), inside)
     except BadImage as exc:
-        return index, str(exc)
-    image, mask = preprocess(image, settings)
+        return index, str(exc), None, 0
+    counted = int(inside.sum()) if inside is not None else pixels.shape[0] * pixels.shape[1]
+    image, mask = preprocess(pixels, settings, inside)
     images.write(index, image)
     masks.write(index, mask)
-    return index, None
+    return index, None, clipped, counted
 
 
-def _results(source: Source, settings: PreprocessSettings, images: _RowFile, masks: _RowFile,
-             workers: int) -> Iterator[tuple[int, str | None]]:
+def _results(source: Source, settings: PreprocessSettings, plan: ChannelPlan, images: _RowFile,
+             masks: _RowFile, workers: int) -> Iterator[_Outcome]:
     """Each image's outcome in index order, from a pool of processes or from this one.
 
     The files are opened here before any row is written and synced when all are, so that a
@@ -249,10 +279,10 @@ def _results(source: Source, settings: PreprocessSettings, images: _RowFile, mas
     masks.open()
     try:
         if workers == 1:
-            yield from map(partial(_prepare_one, (source, settings, images, masks)),
+            yield from map(partial(_prepare_one, (source, settings, plan, images, masks)),
                            range(len(source)))
         else:
-            yield from _pool_results(source, settings, images, masks, workers)
+            yield from _pool_results(source, settings, plan, images, masks, workers)
         images.sync()
         masks.sync()
     finally:
@@ -276,8 +306,8 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _pool_results(source: Source, settings: PreprocessSettings, images: _RowFile,
-                  masks: _RowFile, workers: int) -> Iterator[tuple[int, str | None]]:
+def _pool_results(source: Source, settings: PreprocessSettings, plan: ChannelPlan,
+                  images: _RowFile, masks: _RowFile, workers: int) -> Iterator[_Outcome]:
     context = multiprocessing.get_context(_start_method())
     # The source goes to the workers through a file, pickled once: pickled into each worker's
     # start-up arguments, a large set's file list was copied once per worker and kept by the
@@ -292,7 +322,7 @@ def _pool_results(source: Source, settings: PreprocessSettings, images: _RowFile
             warnings.filterwarnings("ignore", message=".*multi-threaded.*fork",
                                     category=DeprecationWarning)
             pool = context.Pool(workers, initializer=_init_worker,
-                                initargs=(handed, settings, images, masks))
+                                initargs=(handed, settings, plan, images, masks))
         with pool:
             yield from pool.imap(_prepare_in_worker, range(len(source)), chunksize=CHUNK)
     finally:
@@ -303,6 +333,9 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
            final: Path, progress: bool) -> CellCache:
     n = len(source)
     size = settings.image_size
+    plan = make_plan(source, settings.color, settings.channels, settings.intensity,
+                     settings.percentiles)
+    channels = 1 if settings.color == "gray" else len(plan.indices)
     workers = _workers(data.workers, n)
     temp = final.parent / (f"{TEMP_PREFIX}{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}-"
                            f"{socket.gethostname()}")
@@ -311,16 +344,22 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
     try:
         # each image's rows are written at its own place in the files, so memory stays flat
         # at any size; the rows of skipped images are squeezed out at the end
-        images = _RowFile(temp / "images.npy", (n, settings.channels, size, size))
+        images = _RowFile(temp / "images.npy", (n, channels, size, size))
         masks = _RowFile(temp / "masks.npy", (n, size, size))
         read = np.ones(n, dtype=bool)
+        clipped = np.zeros((len(plan.indices), 2), dtype=np.int64)
+        counted = 0
         bar = _progress_bar(n, f"preparing {source.description}", progress)
         try:
-            for index, reason in _results(source, settings, images, masks, workers):
+            for index, reason, image_clipped, image_counted in _results(
+                    source, settings, plan, images, masks, workers):
                 bar.update(1)
                 if reason is not None:
                     read[index] = False
                     source.skip(source.files[index], reason)
+                else:
+                    clipped += image_clipped
+                    counted += image_counted
         finally:
             bar.close()
         kept_idx = np.flatnonzero(read)
@@ -332,12 +371,21 @@ def _build(source: Source, settings: PreprocessSettings, data: DataConfig, key: 
         np.save(temp / "labels.npy", labels)
         _save_strings(temp / "patients.npy", source.patients, kept_idx)
         _save_strings(temp / "files.npy", source.files, kept_idx)
+        if source.metadata:
+            np.savez(temp / METADATA_FILE, **{
+                name: np.array([str(values[i]) for i in kept_idx.tolist()], dtype=str)
+                for name, values in source.metadata.items()})
+        channel_block = plan.summary(clipped, counted)
+        warning = clipping_warning(channel_block)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         meta = {
             "key": key,
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "source": source.info(),
             "preprocess": settings.to_dict(),
+            "channels": channel_block,
             "class_names": source.class_names,
             "label_map": source.label_map,
             "n_images": len(kept_idx),

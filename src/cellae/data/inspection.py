@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellae.data.channels import select
 from cellae.data.decode import BadImage
 from cellae.data.sources import open_source
 from cellae.data.sources.labels import unmatched_warning
@@ -23,8 +24,12 @@ _COMMON_INFO = ("kind", "path", "layout")
 
 
 def inspect_source(spec: str | Path | DataConfig) -> str:
-    """A plain-text report: labels, counts per class and patient, image sizes, what was skipped."""
-    source = open_source(spec)
+    """A plain-text report: labels, counts per class and patient, channels and bit depth, image
+    sizes, metadata columns, what was skipped."""
+    data = spec if isinstance(spec, DataConfig) else DataConfig(source=str(spec))
+    source = open_source(data)
+    layout = source.channel_layout()
+    kept = select(layout, list(data.channels), source.description)
     sizes: list[tuple[int, int]] = []
     good: list[int] = []
     for index, file in enumerate(source.files):
@@ -43,6 +48,10 @@ def inspect_source(spec: str | Path | DataConfig) -> str:
         f"{named[label]} = {name} = {label}" if named[label] != name else f"{name} = {label}"
         for label, name in enumerate(source.class_names)
     ))
+    lines.append(f"channels: {len(layout.names)} ({', '.join(layout.names)})"
+                 + (f", kept: {', '.join(layout.names[i] for i in kept)}"
+                    if len(kept) != len(layout.names) or data.channels else ""))
+    lines.append(f"bit depth: {layout.bits} ({layout.dtype})")
     lines.append(f"images: {len(good):,}")
     for label in range(len(source.class_names)):
         lines.append(f"  {named[label]}: {int((labels == label).sum()):,}")
@@ -70,6 +79,8 @@ def inspect_source(spec: str | Path | DataConfig) -> str:
             f"height {min(heights)}-{max(heights)} px "
             f"(median {statistics.median(widths):g} x {statistics.median(heights):g})"
         )
+    if source.metadata:
+        lines.append(f"metadata: {', '.join(source.metadata)}")
     lines.append(f"skipped: {len(source.skipped)} files")
     # names come from whoever made the data: escaped, so that one cannot forge a line
     lines += [f"  {printable(file)}: {printable(reason)}" for file, reason in source.skipped]

@@ -15,8 +15,10 @@ fixed ``image_size``. Four choices matter for what a model can learn, so they ar
   128), so the stain's shade and strength, which differ by slide and not by infection, are
   gone and what is left is the pattern inside the cell.
 
-The mask is computed on the original crop, where the padding is exactly black, and resized
-with the same filter and geometry as the image, so both stay aligned.
+The mask is computed on the original crop, where the padding is exactly black (or given by
+the source: a segmenter's label of the cell), and resized with the same filter and geometry as
+the image, so both stay aligned. A crop may have any number of channels (fluorescence); the
+8-bit RGB crop is the common case and keeps its fast path.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from cellae.sections import BackgroundMode, ColorMode, DataConfig, NormalizeMode, ResizeMode
+from cellae.sections import (
+    BackgroundMode,
+    ColorMode,
+    DataConfig,
+    IntensityMode,
+    NormalizeMode,
+    ResizeMode,
+)
 
 # The padding is exactly 0; stained cell pixels never come near this, even dark parasites.
 DARK_THRESHOLD = 10
@@ -60,8 +69,15 @@ class PreprocessSettings:
     resize: ResizeMode = _DATA_DEFAULTS.resize
     background: BackgroundMode = _DATA_DEFAULTS.background
     normalize: NormalizeMode = _DATA_DEFAULTS.normalize
+    # which channels, named how, scaled how: read by cellae.data.channels before preprocess
+    channel_names: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    intensity: IntensityMode = _DATA_DEFAULTS.intensity
+    percentiles: tuple[float, ...] = tuple(_DATA_DEFAULTS.percentiles)
 
     def __post_init__(self) -> None:
+        for name in ("channel_names", "channels", "percentiles"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         # Any positive size works here (tests and tools use odd ones); the run config keeps to
         # IMAGE_SIZES, which the models' halvings are built around.
         if type(self.image_size) is not int:
@@ -78,11 +94,20 @@ class PreprocessSettings:
         return cls(**{f.name: getattr(data, f.name) for f in fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.color == "gray" else 3
+        values = asdict(self)
+        # the channel settings join the cache key only where given, so that the key (and the
+        # cache) of every 8-bit RGB set stays what it was before channels were settings
+        for name in ("channel_names", "channels"):
+            if not values[name]:
+                del values[name]
+            else:
+                values[name] = list(values[name])
+        if values["intensity"] == "auto" and tuple(values["percentiles"]) == tuple(
+                _DATA_DEFAULTS.percentiles):
+            del values["intensity"], values["percentiles"]
+        else:
+            values["percentiles"] = list(values["percentiles"])
+        return values
 
     @property
     def rim(self) -> int:
@@ -104,18 +129,19 @@ _CHOICES = {
 }
 
 
-def _check_rgb(image: Any) -> None:
+def _check_crop(image: Any, rgb: bool = False) -> None:
     if not (
         isinstance(image, np.ndarray)
         and image.dtype == np.uint8
         and image.ndim == 3
-        and image.shape[2] == 3
+        and (image.shape[2] == 3 or (not rgb and image.shape[2] >= 1))
         and image.shape[0] > 0
         and image.shape[1] > 0
     ):
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)
-        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {shape} and dtype {dtype}")
+        kind = "HxWx3 uint8 RGB" if rgb else "HxWxC uint8"
+        raise ValueError(f"expected an {kind} image, got shape {shape} and dtype {dtype}")
 
 
 # ndimage.label's default connectivity, built once rather than on every call
@@ -127,12 +153,15 @@ def cell_mask(image: np.ndarray) -> np.ndarray:
 
     Pixels brighter than the padding, the largest connected piece only (crops often catch a
     sliver of a neighbouring cell in a corner), with holes filled (a parasite can be dark
-    enough to read as padding, but it lies inside the cell).
+    enough to read as padding, but it lies inside the cell). Any channel count: the brightest
+    channel decides.
     """
-    _check_rgb(image)
+    _check_crop(image)
     # channel by channel: numpy's max over a last axis of 3 is some 15x slower, and this line
     # was a quarter of a cache build
-    brightest = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
+    brightest = image[..., 0]
+    for channel in range(1, image.shape[2]):
+        brightest = np.maximum(brightest, image[..., channel])
     bright = brightest > DARK_THRESHOLD
     labels, count = ndimage.label(bright, structure=_CROSS)
     if count == 0:
@@ -172,18 +201,43 @@ def _geometry(height: int, width: int, settings: PreprocessSettings) -> tuple[in
 
 
 def preprocess(
-    image: np.ndarray, settings: PreprocessSettings
+    image: np.ndarray, settings: PreprocessSettings, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (image CxSxS uint8, mask SxS uint8 of 0/1) for one HxWx3 uint8 RGB crop.
+    """Return (image CxSxS uint8, mask SxS uint8 of 0/1) for one HxWxC uint8 crop.
 
-    With ``fill_mean`` the returned mask is the interior less the painted rim, so that
-    everything outside it is the one fill colour and everything inside is the cell untouched.
+    ``mask`` is the cell's own (a segmenter's label), where the source has one; otherwise it
+    is found as the bright piece on the black padding (:func:`cell_mask`). With ``fill_mean``
+    the returned mask is the interior less the painted rim, so that everything outside it is
+    the one fill colour and everything inside is the cell untouched.
     """
-    _check_rgb(image)
+    _check_crop(image)
+    if settings.color == "gray" and image.shape[2] != 3:
+        raise ValueError(f"color 'gray' is the luma of an RGB crop, got {image.shape[2]} channels")
     size = settings.image_size
-    mask = cell_mask(image)
+    mask = cell_mask(image) if mask is None else np.asarray(mask, dtype=bool)
     new_h, new_w, top, left = _geometry(image.shape[0], image.shape[1], settings)
+    if image.shape[2] != 3:
+        resized, resized_mask = _resize_bands(image, mask, new_w, new_h)
+    else:
+        resized, resized_mask = _resize_rgb(image, mask, new_w, new_h)
+    channels = image.shape[2]
 
+    if (new_h, new_w) == (size, size):
+        rgb, inside = resized, resized_mask
+    else:
+        rgb = np.zeros((size, size, channels), dtype=np.uint8)
+        inside = np.zeros((size, size), dtype=bool)
+        rgb[top : top + new_h, left : left + new_w] = resized
+        inside[top : top + new_h, left : left + new_w] = resized_mask
+
+    out = to_gray(rgb)[None] if settings.color == "gray" else np.ascontiguousarray(
+        rgb.transpose(2, 0, 1)
+    )
+    return _finish(out, inside, settings)
+
+
+def _resize_rgb(image: np.ndarray, mask: np.ndarray, new_w: int, new_h: int
+                ) -> tuple[np.ndarray, np.ndarray]:
     # The mask goes through the same filter and is cut at half, so its edge sits where the
     # resized image is half cell, half padding. It rides as the fourth band of an RGBX image:
     # Pillow filters each band alike, so this is the same as two resizes, at half the calls.
@@ -192,21 +246,22 @@ def preprocess(
     mask_band = Image.fromarray(mask.view(np.uint8) * np.uint8(255))
     both = Image.merge("RGBX", (*Image.fromarray(image).split(), mask_band))
     resized_bands = np.asarray(both.resize((new_w, new_h), RESAMPLE))
-    resized = resized_bands[..., :3]
-    resized_mask = resized_bands[..., 3] >= 128
+    return resized_bands[..., :3], resized_bands[..., 3] >= 128
 
-    if (new_h, new_w) == (size, size):
-        rgb, inside = resized, resized_mask
-    else:
-        rgb = np.zeros((size, size, 3), dtype=np.uint8)
-        inside = np.zeros((size, size), dtype=bool)
-        rgb[top : top + new_h, left : left + new_w] = resized
-        inside[top : top + new_h, left : left + new_w] = resized_mask
 
-    out = to_gray(rgb)[None] if settings.color == "gray" else np.ascontiguousarray(
-        rgb.transpose(2, 0, 1)
-    )
+def _resize_bands(image: np.ndarray, mask: np.ndarray, new_w: int, new_h: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_resize_rgb` for any channel count: each band, then the mask, alike."""
+    bands = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
+        (new_w, new_h), RESAMPLE)) for c in range(image.shape[2])]
+    resized_mask = np.asarray(Image.fromarray(mask.view(np.uint8) * np.uint8(255)).resize(
+        (new_w, new_h), RESAMPLE)) >= 128
+    return np.stack(bands, axis=2), resized_mask
 
+
+def _finish(out: np.ndarray, inside: np.ndarray, settings: PreprocessSettings
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The background and normalisation settings on the resized crop (C, S, S)."""
     if settings.background == "fill_mean" and inside.any():
         # border_value=0: where the frame cuts a cell, the crop's edge is the segmentation's
         # edge too (pale membrane, a blended pixel); kept, it showed as cream stubs on the fill

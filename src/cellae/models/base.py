@@ -28,7 +28,8 @@ from cellae.registry import Registry
 from cellae.sections import EvalConfig
 from cellae.typed_config import check, fields_of, one_of, plugin_section, upgrade_plugin_fields
 
-CHANNELS = (1, 3)
+# grey, RGB, or a fluorescence image's channels
+MAX_CHANNELS = 64
 # Bounds on sizes: far beyond any model of these images, and short of a value that would
 # allocate petabytes (model.latent_dim=10**12)
 MAX_LATENT_DIM = 4096
@@ -140,8 +141,8 @@ class CellAutoencoder(nn.Module):
 
     def __init__(self, config: ModelConfig, image_size: int, channels: int) -> None:
         super().__init__()
-        if channels not in CHANNELS:
-            raise CellaeError(f"image channels must be 1 (gray) or 3 (rgb), got {channels}")
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise CellaeError(f"image channels must be 1 to {MAX_CHANNELS}, got {channels}")
         if not isinstance(config, self.config_class):
             raise TypeError(
                 f"the '{self.family}' family needs a {self.config_class.__name__}, "

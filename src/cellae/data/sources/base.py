@@ -1,8 +1,11 @@
 """What a source is: everything the cache, ``cellae data inspect`` and a plug-in rely on.
 
-A source lists its images once, when it is opened (names, labels, patients; nothing
-decoded), then hands out each image as uint8 RGB, height x width x 3. A file it cannot use
-is skipped with a reason, or with ``strict`` stops everything at the first one.
+A source lists its images once, when it is opened (names, labels, patients, any further
+metadata; nothing decoded), then hands out each image as height x width x channels: uint8 RGB
+for the malaria crops, any channel count and sample type for fluorescence (the cache scales
+them to 8 bits, :mod:`cellae.data.channels`), with the cell's own mask where the source knows
+it. A file it cannot use is skipped with a reason, or with ``strict`` stops everything at the
+first one.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from cellae.data.decode import BadImage, decode_image, image_size
+from cellae.data.channels import ChannelLayout, default_names
+from cellae.data.decode import BadImage, decode_pixels, image_header
 from cellae.errors import CellaeError
 from cellae.sections import DataConfig
 
@@ -53,6 +57,9 @@ class Source(ABC):
         self.layout = ""  # how the source is organised, in words
         self.ignored: list[str] = []  # what was left out on purpose (junk files), in words
         self.unmatched_patients = 0  # images whose patient is unknown, each its own patient
+        # further columns, each parallel to files: plate, well, treatment... (strings)
+        self.metadata: dict[str, list[str]] = {}
+        self.channel_names: tuple[str, ...] = tuple(data.channel_names)  # by position, if given
         self._skipped: dict[str, str] = {}
 
     @classmethod
@@ -62,7 +69,35 @@ class Source(ABC):
 
     @abstractmethod
     def load(self, index: int) -> np.ndarray:
-        """Image ``index`` as uint8 RGB (H, W, 3); raise :class:`BadImage` when unusable."""
+        """Image ``index`` as (H, W, C): uint8 RGB for colour crops, or any channels and sample
+        type; raise :class:`BadImage` when unusable."""
+
+    def load_mask(self, index: int) -> np.ndarray | None:
+        """The cell's own mask in image ``index`` (bool H x W), or None to find it as the bright
+        piece on black padding, as for the malaria crops."""
+        return None
+
+    def header(self, index: int) -> tuple[int, str, tuple[str, ...]]:
+        """(channels, sample type, the file's own channel names or ()) of image ``index``;
+        by default from the decoded image, which a source may do more cheaply."""
+        image = self.load(index)
+        return (image.shape[2] if image.ndim == 3 else 1), str(image.dtype), ()
+
+    def channel_layout(self) -> ChannelLayout:
+        """The channels every image must have: those of the first readable image, named by
+        ``data.channel_names``, else by the file, else red/green/blue or ch0, ch1, ..."""
+        for index, file in enumerate(self.files):
+            try:
+                count, dtype, named = self.header(index)
+            except BadImage as exc:
+                self.skip(file, str(exc))
+                continue
+            if self.channel_names and len(self.channel_names) != count:
+                raise CellaeError(
+                    f"data.channel_names names {len(self.channel_names)} channels, but "
+                    f"{file} of {self.description} has {count}")
+            return ChannelLayout(self.channel_names or default_names(count, dtype, named), dtype)
+        raise CellaeError(f"no image of {self.description} could be read")
 
     @abstractmethod
     def probe(self, index: int) -> tuple[int, int]:
@@ -114,10 +149,15 @@ class FileSource(Source):
         """The file of image ``index``; raise :class:`BadImage` when it cannot be read."""
 
     def load(self, index: int) -> np.ndarray:
-        return decode_image(self.read_bytes(index))
+        return decode_pixels(self.read_bytes(index))
 
     def probe(self, index: int) -> tuple[int, int]:
-        return image_size(self.read_bytes(index))
+        header = image_header(self.read_bytes(index))
+        return header.width, header.height
+
+    def header(self, index: int) -> tuple[int, str, tuple[str, ...]]:
+        header = image_header(self.read_bytes(index))
+        return header.channels, header.dtype, header.channel_names
 
 
 class OnDiskFiles:
