@@ -260,7 +260,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from cellae.sections import DataConfig
 
     if args.data_command == "inspect":
         from cellae.data.inspection import inspect_source
