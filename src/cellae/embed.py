@@ -61,13 +61,19 @@ def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False)
         "patient": np.asarray(cache.patients).astype(str),
         "side": side_of_each_image(run_dir, loaded.config, source, files),
     }
+    # the source's further columns (plate, well, treatment, a cell's area...), after cellae's
+    columns |= {name: values for name, values in cache.metadata.items() if name not in columns}
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
         buffer = io.BytesIO()
         # plural keys, as in eval/latents.npz (and "file" would collide with savez's own argument)
+        extra = {name: values for name, values in cache.metadata.items()}
+        metadata = ({"metadata_columns": np.array(list(extra)),
+                     "metadata": np.stack(list(extra.values()), axis=1).astype(str)}
+                    if extra else {})
         np.savez_compressed(buffer, codes=codes, class_names=class_names, files=columns["file"],
                             labels=labels, classes=columns["class"], patients=columns["patient"],
-                            sides=columns["side"])
+                            sides=columns["side"], **metadata)
         runs.write_atomic(out, buffer.getvalue())
         return out
     if suffix == ".h5ad":
@@ -100,7 +106,9 @@ def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False)
 
 
 def _write_anndata(out: Path, codes: np.ndarray, columns: dict[str, np.ndarray], run_name: str) -> Path:
-    """Codes as ``X`` (cells x latent dimensions) and the rest as ``obs``, for scanpy."""
+    """Codes as ``X`` (cells x latent dimensions) and in ``obsm["X_cellae"]`` (for
+    ``sc.pp.neighbors(adata, use_rep="X_cellae")``), the rest as ``obs``: a metadata column
+    whose every value is a number as numbers, any other as a category."""
     try:
         import anndata
         import pandas as pd
@@ -108,10 +116,17 @@ def _write_anndata(out: Path, codes: np.ndarray, columns: dict[str, np.ndarray],
         raise CellaeError("writing .h5ad needs anndata: pip install 'cellae[anndata]'") from exc
     obs = pd.DataFrame({k: v for k, v in columns.items() if k != "file"},
                        index=pd.Index(columns["file"], name="file"))
-    for key in ("class", "patient", "side"):
-        obs[key] = obs[key].astype("category")
+    for key in obs.columns:
+        if key == "label":
+            continue
+        numbers = pd.to_numeric(obs[key], errors="coerce")
+        if key not in ("class", "patient", "side") and numbers.notna().all():
+            obs[key] = numbers
+        else:
+            obs[key] = obs[key].astype(str).astype("category")
     var = pd.DataFrame(index=[f"z{i}" for i in range(codes.shape[1])])
     adata = anndata.AnnData(X=codes.astype(np.float32), obs=obs, var=var,
+                            obsm={"X_cellae": codes.astype(np.float32)},
                             uns={"cellae_run": run_name})
     tmp = out.with_name(f".{out.name}.tmp")
     try:

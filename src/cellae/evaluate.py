@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellae import plots, runs
+from cellae import explorer, plots, runs
 from cellae.api import LoadedRun, load_run
 from cellae.columns import SAME_IMAGES, Column
 from cellae.config import SYNTHETIC, Config
@@ -35,6 +35,7 @@ from cellae.evaluation.spot_features import COLUMNS as SPOT_COLUMNS
 from cellae.evaluation.spot_features import spot_features
 from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
+from cellae.naming import safe_name
 from cellae.run_inputs import run_cache, split_rows
 
 BATCH = 256
@@ -56,8 +57,9 @@ class Evaluation:
     codes: np.ndarray  # train codes then test codes
     rows: np.ndarray  # the cache rows of ``codes``
     n_train: int
-    tsne: np.ndarray  # (M, 2), of the test codes at tsne_rows
-    tsne_rows: np.ndarray  # positions within the test side
+    maps: dict[str, np.ndarray]  # eval.maps' 2-D maps (M, 2) of the test codes at map_rows
+    map_rows: np.ndarray  # positions within the test side
+    test_errors: np.ndarray  # each test cell's mean squared error inside it
     shown_rows: np.ndarray  # cache rows whose reconstructions are drawn
     reconstructions: np.ndarray  # uint8, of shown_rows
     family_view: FamilyEvaluation = field(repr=False)
@@ -225,6 +227,7 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
     n_train = len(train_idx)
     with _timed(parts, "reconstruction"):
         reconstruction, scores, test_codes = _reconstruction_numbers(model, cache, test_idx)
+    test_errors = np.asarray(scores["interior_mean"], dtype=np.float64)
     codes = np.concatenate([train_codes, test_codes])
     result: dict[str, Any] = {
         "source": source,
@@ -278,14 +281,17 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
     columns += list(model.report_columns)
     result["columns"] = [c.to_dict() for c in columns]
 
-    with _timed(parts, "tsne"):
-        tsne, tsne_rows = latent.tsne_embedding(test_codes, e.tsne_max_points, e.tsne_perplexity,
-                                                seed)
+    maps: dict[str, np.ndarray] = {}
+    for method in e.maps:
+        with _timed(parts, method):
+            maps[method], map_rows = latent.map_embedding(method, test_codes, e.tsne_max_points,
+                                                          e.tsne_perplexity, seed)
     shown = test_idx[plots.balanced_pick(labels[test_idx], e.n_reconstructions, seed)]
     with _timed(parts, "reconstruction"):
         reconstructions = to_uint8(loaded.reconstruct(cache.images[shown]))
     return Evaluation(
-        metrics=result, codes=codes, rows=every, n_train=n_train, tsne=tsne, tsne_rows=tsne_rows,
+        metrics=result, codes=codes, rows=every, n_train=n_train, maps=maps, map_rows=map_rows,
+        test_errors=test_errors,
         shown_rows=shown, reconstructions=reconstructions, family_view=view,
         seconds_by_part=parts,
     )
@@ -303,9 +309,27 @@ def draw(evaluation: Evaluation, loaded: LoadedRun, cache: CellCache, figures: P
     patients = np.asarray(cache.patients).astype(str)
     class_names = list(cache.class_names)
     test_idx = evaluation.rows[evaluation.n_train:]
-    chosen = test_idx[evaluation.tsne_rows]
-    plots.plot_latent_tsne(evaluation.tsne, labels[chosen], class_names, patients[chosen],
-                           figures / "latent_tsne.png", run=run)
+    chosen = test_idx[evaluation.map_rows]
+    columns = cell_columns(cache, chosen)
+    for method, embedding in evaluation.maps.items():
+        title = latent.MAP_TITLES[method]
+        plots.plot_latent_tsne(embedding, labels[chosen], class_names, patients[chosen],
+                               figures / f"latent_{method}.png", run=run, method=title)
+    first, embedding = next(iter(evaluation.maps.items()))
+    for column in config.eval.color_by:
+        if column not in columns:
+            raise CellaeError(f"eval.color_by: no column '{column}' in {config.data.source} "
+                              f"(its columns: {', '.join(columns)})")
+        plots.plot_latent_by_column(embedding, columns[column], column,
+                                    figures / f"latent_{first}_by_{safe_name(column)}.png",
+                                    run=run, method=latent.MAP_TITLES[first])
+    if config.eval.explorer:
+        errors = evaluation.test_errors[evaluation.map_rows]
+        explorer.write_explorer(
+            figures / "explorer.html", embedding, np.asarray(cache.images[chosen]),
+            to_uint8(loaded.reconstruct(cache.images[chosen])),
+            columns | {"interior error": errors}, run=run, method=latent.MAP_TITLES[first],
+            channel_names=cache.channel_names)
     rng = np.random.default_rng(seed)
     sample_idx = np.sort(rng.choice(test_idx, size=min(256, len(test_idx)), replace=False))
     plots.plot_inputs(cache.images[sample_idx], labels[sample_idx], class_names,
@@ -385,6 +409,18 @@ def _traversals(model: CellAutoencoder, view: FamilyEvaluation, numbers: dict[st
 FAMILY_FIGURES = {"prior_samples": _prior_samples, "traversals": _traversals}
 
 
+def cell_columns(cache: CellCache, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """What is known of the cells at ``rows``: file, class, patient and every metadata column
+    of the source (plate, well, treatment, ...), as arrays the maps can be coloured by."""
+    class_names = np.asarray(list(cache.class_names))
+    columns = {
+        "file": np.asarray(cache.files).astype(str)[rows],
+        "class": class_names[np.asarray(cache.labels)[rows]],
+        "patient": np.asarray(cache.patients).astype(str)[rows],
+    }
+    return columns | {name: values[rows] for name, values in cache.metadata.items()}
+
+
 def write(evaluation: Evaluation, cache: CellCache, out_dir: Path) -> None:
     """``metrics.json``, ``latents.npz`` and the drawn test cells into ``out_dir``."""
     rows, n_train = evaluation.rows, evaluation.n_train
@@ -396,6 +432,14 @@ def write(evaluation: Evaluation, cache: CellCache, out_dir: Path) -> None:
         "side": np.array(["train"] * n_train + ["test"] * (len(rows) - n_train)),
         "class_names": np.array(list(cache.class_names)),
     }
+    if cache.metadata:
+        # the source's further columns, one row per code: (N, K) strings and their K names
+        latents["metadata_columns"] = np.array(list(cache.metadata))
+        latents["metadata"] = np.stack([values[rows] for values in cache.metadata.values()],
+                                       axis=1).astype(str)
+    for method, embedding in evaluation.maps.items():
+        latents[f"map_{method}"] = embedding  # of the test codes at map_rows
+    latents["map_rows"] = n_train + evaluation.map_rows
     shown = evaluation.shown_rows
     drawn = {
         "files": np.asarray(cache.files).astype(str)[shown],

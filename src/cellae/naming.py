@@ -21,3 +21,10 @@ def printable(text: str) -> str:
     """``text`` with control and other unprintable characters written as escapes (``\\r``,
     ``\\x1b``), so that a file name printed on a terminal cannot forge a line or move the cursor."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def safe_name(text: str, limit: int = 60) -> str:
+    """``text`` as a file-name part: letters, digits, ``-`` and ``_`` kept, runs of anything
+    else one ``_`` (a column named "cell cycle / phase" is drawn into ``..._cell_cycle_phase``)."""
+    kept = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else " " for c in text)
+    return "_".join(kept.split())[:limit] or "column"

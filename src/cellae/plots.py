@@ -401,8 +401,10 @@ def plot_latent_tsne(
     path: Path,
     *,
     run: str,
+    method: str = "t-SNE",
 ) -> Path:
-    """The 2-D t-SNE embedding of test codes twice: coloured by class, and coloured by patient (slide).
+    """The 2-D map (t-SNE or UMAP: ``method``) of test codes twice: coloured by class, and
+    coloured by patient (slide).
 
     The second panel shows whether the latent space groups images by the slide they come from
     rather than by infection. Up to 20 patients get a legend; more share 20 repeating colours.
@@ -453,16 +455,78 @@ def plot_latent_tsne(
             f"coloured by patient ({len(names)} patients, colours repeat every 20)", fontsize=11
         )
     for ax in (by_class, by_patient):
-        ax.set_xlabel("t-SNE 1")
-        ax.set_ylabel("t-SNE 2")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_aspect("equal", adjustable="datalim")
-    fig.suptitle(f"{run}: t-SNE of test latent codes ({m} images)", fontsize=13)
+        _map_axes(ax, method)
+    fig.suptitle(f"{run}: {method} of test latent codes ({m} images)", fontsize=13)
     fig.text(0.5, 0.01, "Classes apart on the left = the codes know the class. "
              "Patches of one colour on the right = the codes group by slide.",
              ha="center", fontsize=9, color="dimgray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return save(fig, path)
+
+
+def _map_axes(ax: Axes, method: str) -> None:
+    ax.set_xlabel(f"{method} 1")
+    ax.set_ylabel(f"{method} 2")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal", adjustable="datalim")
+
+
+# a column with more distinct values than this is drawn as a number (when every value is one)
+# or with its commonest values named and the rest grey
+CATEGORY_LEGEND_MAX = 20
+
+
+def numeric_values(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as float64 where every non-empty one is a number and there are more than
+    :data:`CATEGORY_LEGEND_MAX` distinct ones (a well number is a category), else None."""
+    array = np.asarray(values)
+    if array.dtype.kind in "fiu":
+        numbers = array.astype(np.float64)
+    else:
+        try:
+            numbers = np.array([float(v) if str(v).strip() else np.nan for v in array.tolist()])
+        except ValueError:
+            return None
+    return numbers if len(np.unique(numbers[np.isfinite(numbers)])) > CATEGORY_LEGEND_MAX else None
+
+
+def plot_latent_by_column(embedding: np.ndarray, values: np.ndarray, column: str, path: Path, *,
+                          run: str, method: str = "t-SNE") -> Path:
+    """The 2-D map of the test codes coloured by one column of the cells' metadata: a colour
+    scale for a number, a legend of the commonest values for a category."""
+    embedding = np.asarray(embedding, dtype=np.float64)
+    if len(embedding) != len(values):
+        raise ValueError(f"{len(embedding)} points but {len(values)} values")
+    m = len(embedding)
+    size = float(np.clip(4000 / max(m, 1), 3, 30))
+    order = np.random.default_rng(0).permutation(m)
+    fig = Figure(figsize=(8.5, 6.4))
+    ax = fig.subplots()
+    numbers = numeric_values(values)
+    if numbers is not None:
+        points = ax.scatter(*embedding[order].T, s=size, c=numbers[order], cmap="viridis",
+                            alpha=0.8, linewidths=0)
+        fig.colorbar(points, ax=ax, label=column)
+    else:
+        text = np.asarray(values).astype(str)
+        names, counts = np.unique(text, return_counts=True)
+        named = [n for _, n in sorted(zip(-counts, names, strict=True))][:CATEGORY_LEGEND_MAX]
+        colour = dict(zip(named, _patient_colours(len(named)), strict=True))
+        grey = (0.75, 0.75, 0.75, 1.0)
+        ax.scatter(*embedding[order].T, s=size, c=[colour.get(v, grey) for v in text[order]],
+                   alpha=0.8, linewidths=0)
+        handles = [Line2D([], [], marker="o", linestyle="", color=colour[n], markersize=7,
+                          label=f"{n or '(empty)'} ({int((text == n).sum())})")
+                   for n in sorted(named, key=natural_key)]
+        if len(names) > len(named):
+            handles.append(Line2D([], [], marker="o", linestyle="", color=grey, markersize=7,
+                                  label=f"{len(names) - len(named)} others"))
+        ax.legend(handles=handles, title=column, fontsize=8, loc="center left",
+                  bbox_to_anchor=(1.01, 0.5))
+    _map_axes(ax, method)
+    fig.suptitle(f"{run}: {method} of test latent codes ({m} images) by {column}", fontsize=12)
+    fig.tight_layout()
     return save(fig, path)
 
 

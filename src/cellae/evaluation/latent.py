@@ -200,3 +200,39 @@ def tsne_embedding(
     )
     embedding = np.asarray(tsne.fit(codes[chosen]), dtype=np.float64)
     return embedding, chosen
+
+
+# UMAP's own default; its neighbour graph needs a few more points than that
+UMAP_NEIGHBOURS = 15
+MAP_TITLES = {"tsne": "t-SNE", "umap": "UMAP"}
+
+
+def umap_embedding(codes: np.ndarray, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """2-D UMAP (umap-learn, the ``umap`` extra) of at most ``max_points`` codes, seeded; the
+    same rows as :func:`tsne_embedding` would take."""
+    try:
+        import umap
+    except ModuleNotFoundError as exc:
+        raise CellaeError("eval.maps: umap needs umap-learn: pip install 'cellae[umap]'") from exc
+    import warnings
+
+    codes = _codes(codes, "codes")
+    chosen = _subsample(len(codes), max_points, seed)
+    m = len(chosen)
+    if m < MIN_TSNE_POINTS:
+        raise CellaeError(f"UMAP needs at least {MIN_TSNE_POINTS} latent codes, got {m}")
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(UMAP_NEIGHBOURS, m - 1),
+                        random_state=seed, init="spectral" if m > UMAP_NEIGHBOURS + 2 else "random")
+    with warnings.catch_warnings():
+        # a seeded UMAP runs on one thread and says so; that is the price of reproducibility
+        warnings.filterwarnings("ignore", message=".*n_jobs.*")
+        embedding = np.asarray(reducer.fit_transform(codes[chosen]), dtype=np.float64)
+    return embedding, chosen
+
+
+def map_embedding(method: str, codes: np.ndarray, max_points: int, perplexity: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-D map ``method`` (``tsne`` or ``umap``) of the codes, and the rows it shows."""
+    if method == "umap":
+        return umap_embedding(codes, max_points, seed)
+    return tsne_embedding(codes, max_points, perplexity, seed)

@@ -89,9 +89,9 @@ class FieldsSource(Source):
             raise CellaeError(f"{self.root / IMAGES}: no image files (.tif, .tiff, .png)")
         masks = {p.name: p.name for p in (self.root / MASKS).iterdir()
                  if p.is_file() and is_image_name(p.name)}
-        by_stem = {Path(name).stem: name for name in masks}
+        by_stem = {field_stem(name): name for name in masks}
         for name in images:
-            mask = masks.get(name) or by_stem.get(Path(name).stem)
+            mask = masks.get(name) or by_stem.get(field_stem(name))
             if mask is None:
                 raise CellaeError(f"{self.root / IMAGES / name}: no mask in {self.root / MASKS} "
                                   f"(a label image of the same name, 0 = background)")
@@ -128,7 +128,7 @@ class FieldsSource(Source):
             labels = self._read_mask(number)
             height, width = labels.shape
             self._identity.append(self._stat(IMAGES, image) + self._stat(MASKS, mask))
-            stem = Path(image).stem
+            stem = field_stem(image)
             field_row = per_field.get((stem,), {})
             areas = np.bincount(labels.ravel())
             for label, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -262,6 +262,13 @@ class FieldsSource(Source):
                                  "cut_by_edge": self.cut_by_edge, "too_small": self.too_small}
 
 
+def field_stem(name: str) -> str:
+    """A field's name without its suffixes: ``field_001.ome.tif`` is ``field_001``, so that
+    ``masks/field_001.png`` and a table's ``field_001`` both name it."""
+    stem = Path(name).stem
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
+
+
 def _read(path: Path, reader: Any) -> Any:
     """``reader`` (decode or header) of the file at ``path``; its problem as a one-line error."""
     try:
@@ -295,7 +302,7 @@ def _read_table(path: Path, keys: tuple[str, ...]) -> dict[tuple[str, ...], dict
     table: dict[tuple[str, ...], dict[str, str]] = {}
     for row in reader:
         values = {k: (v or "").strip() for k, v in row.items() if k is not None}
-        key = tuple(Path(values[k]).stem if k == FIELD else values[k] for k in keys)
+        key = tuple(field_stem(values[k]) if k == FIELD else values[k] for k in keys)
         if key in table:
             raise CellaeError(f"{path}: line {reader.line_num}: {', '.join(key)} is listed twice")
         table[key] = {k: v for k, v in values.items() if k not in keys}
