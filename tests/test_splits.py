@@ -69,9 +69,11 @@ def test_impossible_patient_split_is_an_error():
         split_indices(patients, labels, 0.3, 0)
 
 
-def test_one_class_and_bad_arguments_are_errors():
-    with pytest.raises(CellaeError, match="same label"):
-        split_indices(["a", "b"], [1, 1], 0.5, 0)
+def test_one_class_splits_by_patient_and_bad_arguments_are_errors():
+    # an unlabelled set (every cell of the class "cell") still keeps each patient on one side
+    patients = ["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["d"] * 4
+    train, test = split_indices(patients, [0] * 16, 0.25, 0)
+    assert len(test) == 4 and not {patients[i] for i in train} & {patients[i] for i in test}
     with pytest.raises(CellaeError, match="data.split"):
         split_indices(["a", "b"], [0, 1], 0.5, 0, by="slide")
     with pytest.raises(CellaeError, match="test_fraction"):

@@ -161,6 +161,9 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
 
 def _latent_block(config: Config, train_codes: np.ndarray, train_labels: np.ndarray,
                   test_codes: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
+    if len(np.unique(train_labels)) < 2 or len(np.unique(test_labels)) < 2:
+        # an unlabelled source (one class): nothing for a probe to tell apart
+        return {"skipped": "one class only: the latent metrics need two classes on both sides"}
     split = LatentSplit(train_codes, train_labels, test_codes, test_labels, config.eval,
                                config.seed)
     block: dict[str, Any] = {}

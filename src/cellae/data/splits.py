@@ -47,8 +47,7 @@ def split_indices(
     labels = np.asarray(labels, dtype=np.int64)
     if len(patients) != len(labels):
         raise ValueError(f"{len(patients)} patients but {len(labels)} labels")
-    if len(np.unique(labels)) < 2:
-        raise CellaeError("every image has the same label: a split needs at least two classes")
+    # one class is an unlabelled set (cells segmented from fields): split by patient all the same
     if folds > 1:
         return _fold_split(patients, labels, by, folds, fold)
     rng = np.random.default_rng(seed)

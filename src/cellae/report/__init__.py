@@ -19,7 +19,13 @@ from pathlib import Path
 from cellae import runs
 from cellae.errors import CellaeError
 from cellae.report import markdown, page
-from cellae.report.collect import RunSummary, expand_run_dirs, report_columns, summarise_runs
+from cellae.report.collect import (
+    RunSummary,
+    expand_run_dirs,
+    own_explorer,
+    report_columns,
+    summarise_runs,
+)
 from cellae.report.compare import group_settings
 from cellae.report.figures import learning_curves, same_cells
 from cellae.report.tables import runs_table, settings_table
@@ -111,10 +117,18 @@ def write_report(paths: list[Path], out: Path, title: str | None = None) -> Path
     note = _settings_note(len(summaries), len(settings))
     title = title or ("cellae report: " + ", ".join(p.name for p in paths))
     files_dir = _own_files_dir(out)
+    # each run's explorer is copied beside the report, so that the report's folder travels whole
+    explorers = [own_explorer(s.path) for s in summaries]
+    links = [f"{files_dir.name}/explorer-{i + 1}.html" if e else None
+             for i, e in enumerate(explorers)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_atomic(out, page.render(title, summaries, tables, figures, sections, note))
+    runs.write_atomic(out, page.render(title, summaries, tables, figures, sections, note,
+                                       explorers=links))
     files_dir.mkdir()
     (files_dir / FILES_MARK).write_text("written by cellae report; replaced by the next one\n")
+    for i, explorer in enumerate(explorers):
+        if explorer is not None:
+            runs.write_atomic(files_dir / f"explorer-{i + 1}.html", explorer.read_bytes())
     text = markdown.render(title, summaries, tables, figures, sections, note, files_dir, out)
     runs.write_atomic(out.with_suffix(".md"), text)
     return out

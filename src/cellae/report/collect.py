@@ -24,7 +24,7 @@ from cellae.sections import SYNTHETIC, DataConfig, TrainConfig
 
 # the study's order: latent map, reconstructions, curves; then the rest. The evaluation's grid of
 # inputs was called samples.png before it was called inputs.png: a report reads runs of both.
-FIGURE_ORDER = ("latent_tsne.png", "reconstructions.png", "error_maps.png", "learning_curves.png", "inputs.png",
+FIGURE_ORDER = ("latent_tsne.png", "latent_umap.png", "reconstructions.png", "error_maps.png", "learning_curves.png", "inputs.png",
                 "samples.png", "prior_samples.png", "traversals.png")
 FINISHED = "finished"
 # a figure larger than this is not one cellae drew (they are well under 1 MB)
@@ -137,6 +137,28 @@ def _declared_columns(metrics: dict[str, Any]) -> list[Column]:
             column = KNOWN_COLUMNS.get(column.key, column)
         columns.append(column)
     return columns
+
+
+EXPLORER_FILE = "explorer.html"
+# an explorer of 20,000 cells at 64 px is some 60 MB; anything far larger is not one
+MAX_EXPLORER_BYTES = 256 * 2**20
+
+
+def own_explorer(run_dir: Path) -> Path | None:
+    """The run's ``figures/explorer.html`` where it is a regular file of its own of bounded
+    size that cellae's explorer wrote (the same guards as a figure's), else None."""
+    path = run_dir / runs.FIGURES_DIR / EXPLORER_FILE
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_EXPLORER_BYTES:
+            return None
+        if not path.resolve().is_relative_to(run_dir.resolve()):
+            return None
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    return path if b"cellaeExplorer" in head or head.startswith(b"<!DOCTYPE html>") else None
 
 
 def _is_own_png(path: Path, run_root: Path) -> bool:

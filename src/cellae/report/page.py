@@ -114,21 +114,26 @@ def _run_figure(png: bytes, label: str, run: str) -> str:
             "</figure>")
 
 
-def _run_section(index: int, summary: RunSummary, data_line: str, notes: list[str]) -> str:
+def _run_section(index: int, summary: RunSummary, data_line: str, notes: list[str],
+                 explorer: str | None = None) -> str:
     figures = "".join(_run_figure(p.read_bytes(), p.stem.replace("_", " "), summary.name)
                       for p in summary.figures)
+    link = (f'<p class="note"><a class="explorer" href="{_e(explorer)}">open the embedding '
+            "explorer</a>: the latent map with each test cell's thumbnail, colour by any "
+            "column, click for the cell and its reconstruction</p>") if explorer else ""
     return (f'<section class="run" id="{_e(anchor(index, summary.name))}">'
             f'<h3>{_e(summary.name)}<a class="top" href="#runs">↑ runs table</a></h3>'
             f'<p class="note">{_e(run_facts(summary))}</p><p class="note">{_e(data_line)}</p>'
-            f'{_notes(notes, warn=True)}<div class="figures">{figures}</div></section>')
+            f'{link}{_notes(notes, warn=True)}<div class="figures">{figures}</div></section>')
 
 
 def render(title: str, summaries: Sequence[RunSummary], tables: tuple[Table, Table],
            figures: Sequence[ReportFigure], sections: Sequence[tuple[str, list[str]]],
-           settings_note: str) -> str:
+           settings_note: str, explorers: Sequence[str | None] = ()) -> str:
     """The page: settings, runs, the figures across runs, then one section per run.
 
-    ``sections`` holds each run's data line and notes, in the order of ``summaries``.
+    ``sections`` holds each run's data line and notes, in the order of ``summaries``;
+    ``explorers`` each run's explorer page relative to the report (or None).
     """
     settings, runs_ = tables
     stamp = time.strftime("%Y-%m-%d %H:%M")
@@ -143,7 +148,8 @@ def render(title: str, summaries: Sequence[RunSummary], tables: tuple[Table, Tab
         "<h2>Runs</h2>", _table(runs_), _notes([MARKING_NOTE, COLUMN_NOTE]),
         *(_report_figure(f) for f in figures),
         "<h2>Each run</h2>",
-        *(_run_section(i, s, *sections[i]) for i, s in enumerate(summaries)),
+        *(_run_section(i, s, *sections[i], explorers[i] if i < len(explorers) else None)
+          for i, s in enumerate(summaries)),
         f"<script>{_SORT_SCRIPT}</script></body></html>\n",
     ]
     return "".join(parts)
