@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cellae"
 FLOORS = {
     "cellae.errors": 0, "cellae.files": 0, "cellae.images": 0, "cellae.naming": 0,
     "cellae.columns": 0, "cellae.registry": 0, "cellae.repeats": 0, "cellae.machine": 0,
-    "cellae.plots": 0, "cellae.typed_config": 0, "cellae.sections": 0,
+    "cellae.plots": 0, "cellae.explorer": 0, "cellae.typed_config": 0, "cellae.sections": 0,
     "cellae.data": 1, "cellae.models": 1, "cellae.runs": 1,
     "cellae.evaluation": 2,
     "cellae.config": 3,

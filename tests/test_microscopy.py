@@ -288,3 +288,19 @@ def test_make_fields_command_and_inspect_with_settings(tmp_path):
                            check=True)
     assert "labels: control = 0, drug = 1" in shown.stdout
     assert json.dumps  # noqa: B018 - the module is used by the other tests' fixtures
+
+
+def test_the_api_prepares_a_field_crop_as_the_run_did(fields_run, experiment, tmp_path):
+    from cellae import load_run
+    from cellae.data.sources import open_source
+
+    run = load_run(fields_run, cache_dir=str(tmp_path / "own-cache"))
+    source = open_source(run.config.data)
+    crop = source.load(0)
+    path = tmp_path / "cell.tif"
+    path.write_bytes(_tiff(np.moveaxis(np.where(source.load_mask(0)[..., None], crop, 0), -1, 0),
+                           photometric="minisblack", metadata={"axes": "CYX"}))
+    prepared = run.prepare(path)
+    assert prepared.shape == (1, 4, 32, 32)
+    codes = run.encode(path)
+    assert codes.shape == (1, 4) and np.isfinite(codes).all()

@@ -19,7 +19,8 @@ from PIL import Image
 
 from cellae import runs
 from cellae.config import Config
-from cellae.data.decode import BadImage, decode_image
+from cellae.data.channels import ChannelLayout, ChannelPlan
+from cellae.data.decode import BadImage, decode_pixels
 from cellae.data.preprocess import PreprocessSettings, preprocess
 from cellae.errors import CellaeError
 from cellae.images import unit_float
@@ -54,23 +55,41 @@ class LoadedRun:
         self.model.to(device).use_channels_last(prefers_channels_last(device))
         return self
 
+    def _channel_plan(self) -> ChannelPlan | None:
+        """How the run's cache picked and scaled channels (run.json), or None for 8-bit crops
+        kept as they are."""
+        block = runs.read_run_info(self.path).get("data", {}).get("channels")
+        if not isinstance(block, dict) or block.get("intensity") in (None, "none") and list(
+                block.get("names", [])) == list(block.get("source_channels", [])):
+            return None
+        layout = ChannelLayout(tuple(block["source_channels"]), str(block["dtype"]))
+        indices = tuple(layout.names.index(name) for name in block["names"])
+        return ChannelPlan(layout, indices, str(block["intensity"]),
+                           tuple(block.get("low", ())), tuple(block.get("high", ())))
+
     def prepare(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image]) -> np.ndarray:
-        """Image files or PIL images preprocessed as the run's training images were:
-        uint8 N x C x H x W, the cache's layout."""
+        """Image files or PIL images preprocessed as the run's training images were (channels
+        picked and scaled as its cache did): uint8 N x C x H x W, the cache's layout."""
         settings = PreprocessSettings.from_config(self.config.data)
+        plan = self._channel_plan()
         items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
         prepared = []
         for item in items:
-            if isinstance(item, Image.Image):
-                rgb = np.asarray(item.convert("RGB"))
-            else:
-                try:
-                    rgb = decode_image(Path(item).expanduser().read_bytes())
-                except OSError as exc:
-                    raise CellaeError(f"cannot read {item}: {exc.strerror or exc}") from exc
-                except BadImage as exc:
-                    raise CellaeError(f"{item}: {exc}") from exc
-            prepared.append(preprocess(rgb, settings)[0])
+            try:
+                if isinstance(item, Image.Image):
+                    pixels = np.asarray(item if plan is not None else item.convert("RGB"))
+                else:
+                    pixels = decode_pixels(Path(item).expanduser().read_bytes())
+                if plan is not None:
+                    pixels = plan.apply(pixels)[0]
+                elif pixels.dtype != np.uint8 or pixels.shape[-1] != 3:
+                    raise BadImage(f"holds {pixels.shape[-1]} channel(s) of {pixels.dtype}; this "
+                                   "run was trained on 8-bit RGB crops")
+            except OSError as exc:
+                raise CellaeError(f"cannot read {item}: {exc.strerror or exc}") from exc
+            except BadImage as exc:
+                raise CellaeError(f"{item}: {exc}") from exc
+            prepared.append(preprocess(pixels, settings)[0])
         if not prepared:
             raise CellaeError("no images given")
         return np.stack(prepared)

@@ -103,6 +103,8 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
             print(warning, file=sys.stderr, flush=True)
         runs.update_run_info(run_dir, channels=channels, data={
             "cache": str(cache.path), "cache_format": FORMAT_VERSION,
+            # the channels kept and how they were scaled: the API prepares new images alike
+            **({"channels": cache.meta["channels"]} if "channels" in cache.meta else {}),
             "class_names": list(cache.class_names), **summary,
             "files_without_patient": unmatched, **({"warning": warning} if warning else {}),
             **({"trained_on": {"classes": list(d.train_classes), "images": len(fit_idx)}}
