@@ -304,3 +304,24 @@ def test_the_api_prepares_a_field_crop_as_the_run_did(fields_run, experiment, tm
     assert prepared.shape == (1, 4, 32, 32)
     codes = run.encode(path)
     assert codes.shape == (1, 4) and np.isfinite(codes).all()
+
+
+def test_a_csv_sources_further_columns_are_metadata(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = ["file,label,patient,Plate,well"]
+    for i in range(8):
+        cell = np.zeros((20, 20, 3), dtype=np.uint8)
+        cell[4:16, 4:16] = rng.integers(60, 250, (12, 12, 3))
+        Image.fromarray(cell).save(tmp_path / f"c{i}.png")
+        rows.append(f"c{i}.png,{'ab'[i % 2]},P{i // 4},plate{i // 4},A{i}")
+    (tmp_path / "cells.csv").write_text("\n".join(rows) + "\n")
+    data = DataConfig(source=str(tmp_path / "cells.csv"), cache_dir=str(tmp_path / "cache"),
+                      image_size=32)
+    source = open_source(data)
+    assert source.metadata == {"plate": ["plate0"] * 4 + ["plate1"] * 4,
+                               "well": [f"A{i}" for i in range(8)]}
+    cache = prepare_cache(data, progress=False)
+    assert cache.metadata["well"].tolist() == [f"A{i}" for i in range(8)]
+    (tmp_path / "bad.csv").write_text("file,label,side\nc0.png,a,x\nc1.png,b,y\n")
+    with pytest.raises(CellaeError, match="'side' is a name cellae uses"):
+        open_source(str(tmp_path / "bad.csv"))

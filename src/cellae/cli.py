@@ -173,6 +173,8 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", help="run or sweep folders")
     report.add_argument("--out", default="report.html",
                         help="output HTML, report.md is written beside it (default: report.html)")
+    report.add_argument("--overwrite", action="store_true",
+                        help="replace files at --out that an earlier report did not write")
     return parser
 
 
@@ -205,7 +207,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.resume:
             from cellae.training import resume
 
-            run_dir = resume(Path(args.resume), evaluate=not args.no_eval)
+            if args.config is not None:
+                raise CellaeError(f"give a config or --resume {args.resume}, not both: a resumed "
+                                  "run keeps its own config.yaml (a new config is a new run)")
+            run_dir = resume(Path(args.resume), evaluate=not args.no_eval,
+                             overrides=args.overrides)
         else:
             if args.config is None and not args.print_config:
                 raise CellaeError("give a config file, e.g. cellae train configs/quickstart.yaml")
@@ -253,7 +259,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "report":
         from cellae.report import write_report
 
-        html = write_report([Path(p) for p in args.runs], Path(args.out))
+        html = write_report([Path(p) for p in args.runs], Path(args.out),
+                            overwrite=args.overwrite)
         print(f"wrote {html} and {html.with_suffix('.md')}")
         return 0
     raise AssertionError(f"unhandled command {args.command}")

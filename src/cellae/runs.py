@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+import socket
 import stat
 import warnings
 from collections.abc import Iterator, Sequence
@@ -146,10 +147,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "another process"
+        holder = os.read(fd, 160).decode("utf-8", "replace").strip() or "another process"
         os.close(fd)
         raise CellaeError(f"{run_dir} is in use by process {holder}; wait for it to end "
-                          f"(or stop it) before training in this run folder") from None
+                          f"(or stop it) before working in this folder") from None
     except OSError as exc:
         # a file system without flock (some cluster and FUSE mounts): train unguarded, as before
         os.close(fd)
@@ -159,7 +160,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         return
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays, harmless, for the next holder

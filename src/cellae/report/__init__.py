@@ -102,8 +102,33 @@ def _own_files_dir(out: Path) -> Path:
     return files_dir
 
 
-def write_report(paths: list[Path], out: Path, title: str | None = None) -> Path:
-    """Write ``out`` (HTML) and the same content as Markdown beside it; return the HTML path."""
+def _refuse_others_files(out: Path, overwrite: bool) -> None:
+    """A report replaces its own page and Markdown; any other file at those names (a user's
+    ``index.html`` or ``report.md``) only with ``overwrite``."""
+    if out.is_dir():
+        raise CellaeError(f"--out {out} is a folder; name the report's .html file in it")
+    for path, mark in ((out, page.GENERATOR.encode()), (out.with_suffix(".md"),
+                                                      markdown.MARK.encode())):
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise CellaeError(f"{path} is in the way of the report and not a plain file; move "
+                              "it or choose another --out")
+        if path.is_file() and not overwrite:
+            try:
+                with path.open("rb") as handle:
+                    head = handle.read(4096)
+            except OSError as exc:
+                raise CellaeError(f"cannot read {path}: {exc.strerror}") from exc
+            if mark not in head:
+                raise CellaeError(f"{path} exists and was not written by cellae report; pass "
+                                  "--overwrite to replace it, or choose another --out")
+
+
+def write_report(paths: list[Path], out: Path, title: str | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write ``out`` (HTML) and the same content as Markdown beside it; return the HTML path.
+
+    A file at either name that an earlier report did not write is replaced only with
+    ``overwrite``."""
     run_dirs = expand_run_dirs(paths)
     if len(run_dirs) > MAX_RUNS:
         raise CellaeError(f"{len(run_dirs):,} runs found; a report compares at most {MAX_RUNS} "
@@ -117,6 +142,7 @@ def write_report(paths: list[Path], out: Path, title: str | None = None) -> Path
     note = _settings_note(len(summaries), len(settings))
     title = title or ("cellae report: " + ", ".join(p.name for p in paths))
     files_dir = _own_files_dir(out)
+    _refuse_others_files(out, overwrite)
     # each run's explorer is copied beside the report, so that the report's folder travels whole
     explorers = [own_explorer(s.path) for s in summaries]
     links = [f"{files_dir.name}/explorer-{i + 1}.html" if e else None

@@ -69,12 +69,16 @@ def _run_section(index: int, summary: RunSummary, data_line: str, notes: list[st
     return lines
 
 
+# the first line of every report.md: the next report may replace a file that starts with it
+MARK = "<!-- written by cellae report -->"
+
+
 def render(title: str, summaries: Sequence[RunSummary], tables: tuple[Table, Table],
            figures: Sequence[ReportFigure], sections: Sequence[tuple[str, list[str]]],
            settings_note: str, files_dir: Path, out: Path) -> str:
     """The Markdown, in the page's order; writes its figures into ``files_dir`` as it goes."""
     settings, runs_ = tables
-    lines = [f"# {md_escape(title)}", "",
+    lines = [MARK, f"# {md_escape(title)}", "",
              f"{len(summaries)} runs in {len(settings.rows)} settings. Best value per column in "
              "**bold** (among comparable runs only); unfinished runs' numbers in *italics*.", "",
              "## Settings: mean ± standard deviation over seeds and patient folds", "", md_escape(settings_note), "",

@@ -127,6 +127,10 @@ def _run_section(index: int, summary: RunSummary, data_line: str, notes: list[st
             f'{link}{_notes(notes, warn=True)}<div class="figures">{figures}</div></section>')
 
 
+# in every report page's head: the next report may replace a page that has it
+GENERATOR = '<meta name="generator" content="cellae report">'
+
+
 def render(title: str, summaries: Sequence[RunSummary], tables: tuple[Table, Table],
            figures: Sequence[ReportFigure], sections: Sequence[tuple[str, list[str]]],
            settings_note: str, explorers: Sequence[str | None] = ()) -> str:
@@ -138,7 +142,7 @@ def render(title: str, summaries: Sequence[RunSummary], tables: tuple[Table, Tab
     settings, runs_ = tables
     stamp = time.strftime("%Y-%m-%d %H:%M")
     parts = [
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">' + GENERATOR,
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{_e(title)}</h1><p class=\"sub\">{len(summaries)} runs in {len(settings.rows)} "
         f"settings, written {stamp} by cellae {__version__}. Click a column title to sort; a "

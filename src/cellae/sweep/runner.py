@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -61,57 +62,61 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
                           "a job of its own already")
     if launcher == "slurm":
         slurm_launcher.import_submitit()  # before any folder is made
-    if resume:
-        sweep_dir = Path(resume)
-        if not (sweep_dir / SWEEP_FILE).is_file():
-            raise CellaeError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_FILE})")
-        sweep = load_sweep(sweep_dir / SWEEP_FILE, resumed=True)
+    with contextlib.ExitStack() as held:
+        if resume:
+            sweep_dir = Path(resume)
+            if not (sweep_dir / SWEEP_FILE).is_file():
+                raise CellaeError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_FILE})")
+            # one process at a time per sweep folder: a second would mark the first's runs failed
+            held.enter_context(runs.run_lock(sweep_dir))
+            sweep = load_sweep(sweep_dir / SWEEP_FILE, resumed=True)
+            if jobs > 1:
+                one_device_each(sweep)
+            previous = read_record(sweep_dir)
+        else:
+            sweep = load_sweep(path, overrides)
+            # a data path that is wrong for one run is wrong for all: say so before starting any
+            for combination in sweep.combinations:
+                config_from_dict(sweep.config_values(combination), check_paths=True)
+            if jobs > 1:
+                one_device_each(sweep)
+            sweep_dir = runs.new_run_dir(out, sweep.name)
+            held.enter_context(runs.run_lock(sweep_dir))
+            # keep the sweep self-contained: the base config is inlined so the folder can move
+            frozen = {"name": sweep.name, "config": sweep.base, "runs": sweep.combinations}
+            runs.write_atomic(sweep_dir / SWEEP_FILE, yaml.safe_dump(frozen, sort_keys=False))
+            previous = {}
+        order = [sweep.run_name(c) for c in sweep.combinations]
+        # the SLURM options given once hold for every later submission of this sweep
+        parameters = {**previous.get("slurm", {}), **(slurm or {})}
+        in_jobs = slurm_launcher.active_jobs(sweep, sweep_dir, previous, parameters, executor)
+        # a run its job finished keeps that job's id in the status file
+        job_ids = {n: r["job_id"] for n, r in previous.get("runs", {}).items()
+                   if isinstance(r, dict) and r.get("status") == SUBMITTED and "job_id" in r}
+        # the order first, so that a report of a sweep stopped in its first run lists it right
+        status: dict[str, Any] = {"name": sweep.name, "order": order, "launcher": launcher,
+                                  "runs": dict(in_jobs)}
+        if parameters:
+            status["slurm"] = parameters
+        write_record(sweep_dir, status)
+        if launcher == "slurm":
+            slurm_launcher.submit(sweep, sweep_dir, status, evaluate, executor, job_ids)
+            _finish(sweep, sweep_dir, order, status["runs"], evaluate, again=" --launcher slurm")
+            return sweep_dir
+        todo = []
+        for number, combination in enumerate(sweep.combinations, start=1):
+            name = sweep.run_name(combination)
+            if name in in_jobs:
+                print(f"{where(sweep, number, name)} is in job {in_jobs[name]['job_id']} "
+                      f"({in_jobs[name]['state']})", file=sys.stderr, flush=True)
+                continue
+            todo.append((number, name, sweep.config_values(combination)))
         if jobs > 1:
-            one_device_each(sweep)
-        previous = read_record(sweep_dir)
-    else:
-        sweep = load_sweep(path, overrides)
-        # a data path that is wrong for one run is wrong for all: say so before starting any
-        for combination in sweep.combinations:
-            config_from_dict(sweep.config_values(combination), check_paths=True)
-        if jobs > 1:
-            one_device_each(sweep)
-        sweep_dir = runs.new_run_dir(out, sweep.name)
-        # keep the sweep self-contained: the base config is inlined so the folder can move
-        frozen = {"name": sweep.name, "config": sweep.base, "runs": sweep.combinations}
-        runs.write_atomic(sweep_dir / SWEEP_FILE, yaml.safe_dump(frozen, sort_keys=False))
-        previous = {}
-    order = [sweep.run_name(c) for c in sweep.combinations]
-    # the SLURM options given once hold for every later submission of this sweep
-    parameters = {**previous.get("slurm", {}), **(slurm or {})}
-    in_jobs = slurm_launcher.active_jobs(sweep, sweep_dir, previous, parameters, executor)
-    # a run its job finished keeps that job's id in the status file
-    job_ids = {n: r["job_id"] for n, r in previous.get("runs", {}).items()
-               if isinstance(r, dict) and r.get("status") == SUBMITTED and "job_id" in r}
-    # the order first, so that a report of a sweep stopped in its first run lists it right
-    status: dict[str, Any] = {"name": sweep.name, "order": order, "launcher": launcher,
-                              "runs": dict(in_jobs)}
-    if parameters:
-        status["slurm"] = parameters
-    write_record(sweep_dir, status)
-    if launcher == "slurm":
-        slurm_launcher.submit(sweep, sweep_dir, status, evaluate, executor, job_ids)
-        _finish(sweep, sweep_dir, order, status["runs"], evaluate, again=" --launcher slurm")
+            run_side_by_side_here(sweep, sweep_dir, status, todo, evaluate, jobs, job_ids)
+        else:
+            run_one_after_another(sweep, sweep_dir, status, todo, evaluate, job_ids)
+        _finish(sweep, sweep_dir, order, status["runs"], evaluate)
         return sweep_dir
-    todo = []
-    for number, combination in enumerate(sweep.combinations, start=1):
-        name = sweep.run_name(combination)
-        if name in in_jobs:
-            print(f"{where(sweep, number, name)} is in job {in_jobs[name]['job_id']} "
-                  f"({in_jobs[name]['state']})", file=sys.stderr, flush=True)
-            continue
-        todo.append((number, name, sweep.config_values(combination)))
-    if jobs > 1:
-        run_side_by_side_here(sweep, sweep_dir, status, todo, evaluate, jobs, job_ids)
-    else:
-        run_one_after_another(sweep, sweep_dir, status, todo, evaluate, job_ids)
-    _finish(sweep, sweep_dir, order, status["runs"], evaluate)
-    return sweep_dir
 
 
 def _finish(sweep: Sweep, sweep_dir: Path, order: list[str], results: dict[str, dict[str, Any]],

@@ -7,6 +7,7 @@ run folder; ``resume(run_dir)`` continues an interrupted run from its last check
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import statistics
 import sys
@@ -30,7 +31,7 @@ from cellae.data.splits import split_indices, training_rows
 from cellae.errors import CellaeError, first_line
 from cellae.evaluate import evaluate_run
 from cellae.evaluation.latent import MIN_TSNE_POINTS
-from cellae.run_inputs import read_config, warn_if_older_images
+from cellae.run_inputs import read_config, split_rows, warn_if_older_images
 from cellae.training.launch import (
     LAUNCHER_ENV,
     RUN_DIR_ENV,
@@ -241,10 +242,65 @@ def _held(run_dir: Path, owner: bool) -> Iterator[None]:
             raise
 
 
-def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | None = None) -> Path:
-    """Continue an interrupted run from its last checkpoint; it ends where an uninterrupted run would."""
+# the one setting a resume may change: how long the run trains (the rest would make it another run)
+RESUMABLE_KEYS = ("train.epochs",)
+
+
+def _resumed_config(run_dir: Path, config: Config, overrides: list[str]) -> Config:
+    """The run's config with the overrides a resume honours (``train.epochs``); any other is
+    refused, never ignored."""
+    from cellae.typed_config import parse_override
+
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in RESUMABLE_KEYS:
+            raise CellaeError(f"--set {key}: a resumed run keeps its config.yaml; only "
+                              f"{', '.join(RESUMABLE_KEYS)} can change on --resume (to train "
+                              "longer); start a new run for another setting")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CellaeError(f"--set train.epochs must be a positive integer, got {value!r}")
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                        epochs=value))
+    return config
+
+
+def _resumed_split(run_dir: Path, config: Config, cache: CellCache) -> RunSplit:
+    """The run's own split (split.json), matched to the cache by file name: a source that
+    gained images since the run started must not put them, or move test patients, into the
+    resumed epochs. Images gone from the source are refused; new ones are left out, said once."""
+    train_idx, test_idx = split_rows(run_dir, cache)
+    added = len(cache) - len(train_idx) - len(test_idx)
+    if added > 0:
+        print(f"{added} images of {config.data.source} are newer than this run's split and are "
+              "left out of the resumed epochs (start a new run to use them)", file=sys.stderr,
+              flush=True)
+    return RunSplit(train_idx, test_idx, training_rows(train_idx, cache.labels,
+                                                       cache.class_names,
+                                                       config.data.train_classes))
+
+
+def _check_checkpoint_fits(path: Path, state: dict, config: Config, channels: int) -> None:
+    """Refuse, in one line, a checkpoint that the model of config.yaml cannot take (the file
+    was edited after training: latent size, family, widths), before Lightning's 40-line
+    state_dict error."""
+    from cellae.models.base import build_model
+
+    model = build_model(config.model, config.data.image_size, channels)
+    try:
+        model.load_state_dict(runs.model_state_from_checkpoint(state))
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[-1].strip()[:160] if str(exc) else type(exc).__name__
+        raise CellaeError(f"{path} does not fit the model {runs.CONFIG_FILE} describes (was it "
+                          f"edited after training?): {detail}; restore config.yaml or start a "
+                          "new run") from exc
+
+
+def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | None = None,
+           overrides: list[str] | None = None) -> Path:
+    """Continue an interrupted run from its last checkpoint; it ends where an uninterrupted run
+    would. ``overrides`` may set ``train.epochs`` (to train longer); any other is refused."""
     runs.require_run_dir(run_dir)
-    config = read_config(run_dir)
+    config = _resumed_config(run_dir, read_config(run_dir), list(overrides or []))
     last = runs.last_checkpoint(run_dir)
     if not last.is_file():
         raise CellaeError(f"{run_dir} has no {last.relative_to(run_dir)} to resume from")
@@ -255,14 +311,23 @@ def resume(run_dir: Path, evaluate: bool = True, callbacks: list[Callback] | Non
         # read under the lock: a run still training would change it meanwhile
         state = runs.load_checkpoint(last)
         completed = int(state.get("epoch", -1)) + 1
+        if overrides and config.train.epochs < completed:
+            raise CellaeError(f"--set train.epochs={config.train.epochs}: the run has already "
+                              f"trained {completed} epochs")
         if (completed >= config.train.epochs
                 and runs.read_status(run_dir) == "finished"):
             print(f"{run_dir} already finished all {config.train.epochs} epochs", file=sys.stderr)
             return run_dir
+        cache = prepare_cache(config.data, progress=sys.stderr.isatty())
+        _check_checkpoint_fits(last, state, config, int(cache.images.shape[1]))
+        split = _resumed_split(run_dir, config, cache)
         if owner:
+            if overrides:  # config.yaml says what the run trained for
+                runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
             runs.truncate_metrics(run_dir, completed)
             runs.set_status(run_dir, "running", resumed_from_epoch=completed)
             warn_if_older_images(run_dir, config)
         print(f"resuming {run_dir} after epoch {completed}", file=sys.stderr)
-        trainer = _fit(config, run_dir, last, callbacks, evaluate, owner)
+        trainer = _fit(config, run_dir, last, callbacks, evaluate, owner, cache=cache,
+                       split=split)
         return _finish(run_dir, config, trainer, evaluate)

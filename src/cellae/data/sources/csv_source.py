@@ -4,7 +4,8 @@ This is for collections that are not laid out as class folders, or whose labels 
 live in a table. A row that cannot be used (missing values, a path that leaves the CSV's
 folder, a file that is not there or not an image) is skipped and listed like a bad file of
 any other source. Without a ``patient`` column, or where it is empty, the patient is read
-from the file name as for the other sources.
+from the file name as for the other sources. Every further column (plate, well, treatment)
+is metadata: it follows each image into ``latents.npz``, ``cellae embed`` and the maps.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from cellae.sections import DataConfig
 # a CSV of a million images is about 100 MB; anything larger is not a label table
 MAX_CSV_BYTES = 100_000_000
 FILE, LABEL, PATIENT = "file", "label", "patient"
+# what cellae writes beside each image's codes; a metadata column may not take these names
+RESERVED = ("class", "side")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -100,6 +103,14 @@ class CsvSource(OnDiskFiles, FileSource):
                     f"the columns {FILE},{LABEL} (and optionally {PATIENT})"
                 )
             column = {name: header.index(name) for name in (FILE, LABEL, PATIENT) if name in header}
+            # every other named column is metadata that follows the image (plate, well, ...)
+            extra = {name: i for i, name in enumerate(header)
+                     if name and name not in column and name not in RESERVED}
+            taken = [name for name in header if name in RESERVED and name not in column]
+            if taken:
+                raise CellaeError(f"{self.path}: the column '{taken[0]}' is a name cellae uses "
+                                  f"for each image ({', '.join(RESERVED)}); rename it")
+            self.metadata = {name: [] for name in extra}
             labels: list[str] = []
             patients: list[str] = []
             first_row: dict[str, int] = {}
@@ -128,6 +139,8 @@ class CsvSource(OnDiskFiles, FileSource):
                 self.paths.append(name)
                 labels.append(label)
                 patients.append(row[column[PATIENT]].strip() if PATIENT in column else "")
+                for name, position in extra.items():
+                    self.metadata[name].append(row[position].strip())
         except csv.Error as exc:
             raise CellaeError(
                 f"{self.path}: line {reader.line_num}: not a readable CSV ({exc})"
