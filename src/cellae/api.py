@@ -102,6 +102,7 @@ class LoadedRun:
             images = self.prepare(images)  # type: ignore[arg-type]
         # np.array copies: a read-only memory map must not back a tensor torch may write
         x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
+        _check_pixel_values(x)
         if x.ndim == 3:
             x = x.unsqueeze(0)
         expected = (self.model.channels, self.model.image_size, self.model.image_size)
@@ -141,6 +142,23 @@ class LoadedRun:
         return torch.cat([self.model(b).recon for b in x.split(batch_size)]).cpu().numpy()
 
 
+def _check_pixel_values(x: torch.Tensor) -> None:
+    """Refuse arrays whose values the model would misread: integers other than uint8 (0-255 in
+    int64 would enter as 255 times too bright) and floats beyond [0, 1]."""
+    if x.dtype == torch.uint8:
+        return
+    if not (x.dtype.is_floating_point):
+        raise CellaeError(f"images as {x.dtype} arrays are ambiguous: give uint8 (0-255) or floats "
+                          "in [0, 1] (for 0-255 values: .astype(numpy.uint8))")
+    if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1 + 1e-6):
+        top = float(x.max()) if x.numel() else 0.0
+        raise CellaeError(f"float images must be in [0, 1], these reach {top:g}"
+                          + ("; divide 0-255 values by 255" if top > 1.5 else ""))
+
+
+CHECKPOINTS = ("best", "last")
+
+
 def load_run(path: str | Path, checkpoint: str = "best", cache_dir: str | None = None) -> LoadedRun:
     """Open a run folder: its config and its model (best checkpoint unless ``checkpoint='last'``).
 
@@ -152,6 +170,8 @@ def load_run(path: str | Path, checkpoint: str = "best", cache_dir: str | None =
     never where the run's config says: a run folder may come from anyone, and its
     ``data.cache_dir`` would have cellae write, and clear temporary folders, wherever it names.
     """
+    if checkpoint not in CHECKPOINTS:
+        raise CellaeError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     run_dir = runs.require_run_dir(Path(path))
     config = read_config(run_dir)
     own = cache_dir if cache_dir is not None else DataConfig().cache_dir

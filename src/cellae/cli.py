@@ -311,7 +311,8 @@ def _run_data(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled data command {args.data_command}")
 
 
-_MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                   errno.EPERM}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from cellae.api import load_run
 from cellae.config import SYNTHETIC, Config
 from cellae.errors import CellaeError
 from cellae.evaluate import encode_images, source_cache
+from cellae.files import remove_stale_temporaries, temporary_path
 
 EMBED_SUFFIXES = (".npz", ".csv", ".parquet", ".h5ad")
 
@@ -43,11 +44,15 @@ def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False)
         raise CellaeError(f"--out must end in {', '.join(EMBED_SUFFIXES)}, got '{out.name}'")
     if out.is_dir():
         raise CellaeError(f"--out {out} is a folder; name a file in it")
+    if out.is_symlink():
+        raise CellaeError(f"--out {out} is a link; name a plain file (cellae does not write "
+                          "through links)")
     if out.exists() and not overwrite:
         raise CellaeError(f"{out} exists; pass --overwrite to replace it")
     if any(parent.is_file() for parent in out.parents):
         raise CellaeError(f"--out {out} lies under a file, not a folder")
     run_dir = runs.require_run_dir(run_dir)
+    remove_stale_temporaries(out.parent, depth=0)
     loaded = load_run(run_dir)
     cache = source_cache(loaded.config, source)
     codes = encode_images(loaded.model.inference_copy(), cache.images)
@@ -94,7 +99,7 @@ def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False)
         import pandas as pd
     except ModuleNotFoundError as exc:
         raise CellaeError("writing .parquet needs pandas and pyarrow: pip install 'cellae[parquet]'") from exc
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = temporary_path(out)
     try:
         pd.DataFrame(table).to_parquet(tmp, index=False)
         tmp.replace(out)
@@ -128,7 +133,7 @@ def _write_anndata(out: Path, codes: np.ndarray, columns: dict[str, np.ndarray],
     adata = anndata.AnnData(X=codes.astype(np.float32), obs=obs, var=var,
                             obsm={"X_cellae": codes.astype(np.float32)},
                             uns={"cellae_run": run_name})
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = temporary_path(out)
     try:
         adata.write_h5ad(tmp)
         tmp.replace(out)

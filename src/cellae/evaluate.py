@@ -33,9 +33,10 @@ from cellae.evaluation import anomaly, latent, metrics
 from cellae.evaluation.latent_metrics import METRICS, LatentSplit
 from cellae.evaluation.spot_features import COLUMNS as SPOT_COLUMNS
 from cellae.evaluation.spot_features import spot_features
+from cellae.files import remove_stale_temporaries
 from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
-from cellae.naming import safe_name
+from cellae.naming import displayable, safe_name
 from cellae.run_inputs import run_cache, split_rows
 
 BATCH = 256
@@ -267,7 +268,8 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
         ) | {"image_size": int(spot_cache.images.shape[-1])}
     view = FamilyEvaluation(
         test_batches=lambda: _batches(cache.images, test_idx, loaded.device),
-        test_codes=test_codes, test_losses=reconstruction, eval=e, seed=seed, title=config.name,
+        test_codes=test_codes, test_losses=reconstruction, eval=e, seed=seed,
+        title=displayable(config.name),
     )
     with _timed(parts, "family"):
         family_numbers = model.evaluation_numbers(view)
@@ -306,7 +308,7 @@ def draw(evaluation: Evaluation, loaded: LoadedRun, cache: CellCache, figures: P
     figure copied into a slide or a report still says where it comes from; returns their names.
     """
     config, model = loaded.config, loaded.model
-    seed, run = config.seed, config.name
+    seed, run = config.seed, displayable(config.name)
     figures.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(cache.labels)
     patients = np.asarray(cache.patients).astype(str)
@@ -496,6 +498,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False,
     A cache it needs is built in ``cache_dir`` (see :func:`cellae.api.load_run`).
     """
     run_dir = runs.require_run_dir(run_dir)
+    remove_stale_temporaries(run_dir)  # what an evaluation killed midway left half written
     loaded = load_run(run_dir, cache_dir=cache_dir)
     if torch.cuda.is_available():
         loaded.to("cuda")

@@ -28,3 +28,13 @@ def safe_name(text: str, limit: int = 60) -> str:
     else one ``_`` (a column named "cell cycle / phase" is drawn into ``..._cell_cycle_phase``)."""
     kept = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else " " for c in text)
     return "_".join(kept.split())[:limit] or "column"
+
+
+def displayable(text: str) -> str:
+    """``text`` with what no font or UTF-8 file can hold made visible: a name read from bytes
+    of another encoding (surrogates, from a Latin-1 file name) shown as ``\\xe9``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text

@@ -40,7 +40,7 @@ import torch
 import yaml
 
 from cellae.errors import CellaeError, first_line
-from cellae.files import write_atomic
+from cellae.files import remove_stale_temporaries, write_atomic
 from cellae.typed_config import MAX_YAML_BYTES, load_yaml
 
 CONFIG_FILE = "config.yaml"
@@ -161,6 +161,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+        # held now: what a killed process of this folder left half written can go
+        remove_stale_temporaries(run_dir)
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays, harmless, for the next holder

@@ -9,6 +9,7 @@ family's own (:mod:`cellae.models.base`), and the whole run's config, which hold
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
@@ -32,6 +33,8 @@ MapMethod = Literal["tsne", "umap"]
 # how an anomaly model scores a cell (cellae.evaluation.anomaly.SCORES says what each is)
 AnomalyScore = Literal["interior_mean", "local_max", "dark_error", "latent_knn", "latent_gaussian"]
 
+# ten times the NIH set: more synthetic cells only cost a cache of gigabytes
+MAX_SYNTHETIC_IMAGES = 300_000
 # a bound far beyond any k-fold study, short of a value that would make thousands of splits
 MAX_FOLDS = 100
 
@@ -181,7 +184,8 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
     check(f.crop_size == 0 or 4 <= f.crop_size <= 4096, f"{prefix}.fields.crop_size",
           "0 (each cell's own size) or 4 to 4096 pixels", f.crop_size)
     s = d.synthetic
-    check(s.n_images >= 10, f"{prefix}.synthetic.n_images", "at least 10", s.n_images)
+    check(10 <= s.n_images <= MAX_SYNTHETIC_IMAGES, f"{prefix}.synthetic.n_images",
+          f"from 10 to {MAX_SYNTHETIC_IMAGES:,}", s.n_images)
     check(s.n_patients >= 2, f"{prefix}.synthetic.n_patients", "at least 2", s.n_patients)
     check(
         0.0 < s.infected_fraction < 1.0,
@@ -205,9 +209,11 @@ def validate_train(t: TrainConfig) -> TrainConfig:
     """Reject impossible training settings."""
     check(t.epochs >= 1, "train.epochs", "a positive integer", t.epochs)
     check(t.batch_size >= 1, "train.batch_size", "a positive integer", t.batch_size)
-    check(t.lr > 0, "train.lr", "a positive number", t.lr)
-    check(t.weight_decay >= 0, "train.weight_decay", "0 or more", t.weight_decay)
-    check(t.grad_clip >= 0, "train.grad_clip", "0 (off) or more", t.grad_clip)
+    check(math.isfinite(t.lr) and t.lr > 0, "train.lr", "a finite positive number", t.lr)
+    check(math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay",
+          "a finite number, 0 or more", t.weight_decay)
+    check(math.isfinite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip",
+          "0 (off) or a finite positive number", t.grad_clip)
     check(t.num_workers >= 0, "train.num_workers", "0 or more", t.num_workers)
     check(
         t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1),

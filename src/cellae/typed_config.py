@@ -10,8 +10,10 @@ name; its owner (the models package) answers it, so this module knows no plug-in
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -111,14 +113,19 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            number = float(value)
         # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it plainly is
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None:
+            # no setting of cellae means anything at infinity (lr, free_bits, beta ...), and a
+            # NaN compares false with every bound a validator checks
+            if not math.isfinite(number):
+                raise CellaeError(f"config key '{key}' must be a finite number, got {value!r}")
+            return number
     elif tp is str and isinstance(value, str):
         return value
     raise CellaeError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")

@@ -29,6 +29,9 @@ DEFAULT_URL = "https://data.lhncbc.nlm.nih.gov/public/Malaria/cell_images.zip"
 ATTEMPTS = 5  # tries per call; each one resumes from what the previous ones saved
 
 _CHUNK = 1 << 20
+# the NIH zip is 337 MB; a download that grows beyond this is not a cell data set (or a server
+# streaming without end) and is stopped, its part removed
+MAX_DOWNLOAD_BYTES = 8 * 2**30
 _TIMEOUT_S = 60  # a stalled connection is a broken one: better to reconnect than to wait forever
 _PAUSE_S = 2.0  # times the attempt number, only after an attempt that saved nothing
 
@@ -135,6 +138,9 @@ def _fetch(url: str, part: Path, first: bool, progress: bool) -> None:
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
         total = None if length is None else offset + length
+        if total is not None and total > MAX_DOWNLOAD_BYTES:
+            raise CellaeError(f"{url} is {total / 2**30:.1f} GB; cellae downloads at most "
+                              f"{MAX_DOWNLOAD_BYTES / 2**30:.0f} GB (fetch it another way)")
         received = 0
         try:
             with (
@@ -163,6 +169,11 @@ def _fetch(url: str, part: Path, first: bool, progress: bool) -> None:
                         break
                     handle.write(chunk)
                     received += len(chunk)
+                    if offset + received > MAX_DOWNLOAD_BYTES:
+                        handle.close()
+                        part.unlink(missing_ok=True)
+                        raise CellaeError(f"{url} sent more than {MAX_DOWNLOAD_BYTES / 2**30:.0f}"
+                                          " GB; stopped and removed what arrived")
                     bar.update(len(chunk))
         except OSError as error:
             raise CellaeError(f"cannot write {part}: {error.strerror or error}") from None

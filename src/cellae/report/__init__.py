@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cellae import runs
 from cellae.errors import CellaeError
+from cellae.files import remove_stale_temporaries
 from cellae.report import markdown, page
 from cellae.report.collect import (
     RunSummary,
@@ -143,6 +144,7 @@ def write_report(paths: list[Path], out: Path, title: str | None = None,
     title = title or ("cellae report: " + ", ".join(p.name for p in paths))
     files_dir = _own_files_dir(out)
     _refuse_others_files(out, overwrite)
+    remove_stale_temporaries(out.parent, depth=0)
     # each run's explorer is copied beside the report, so that the report's folder travels whole
     explorers = [own_explorer(s.path) for s in summaries]
     links = [f"{files_dir.name}/explorer-{i + 1}.html" if e else None

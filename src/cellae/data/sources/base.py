@@ -23,6 +23,9 @@ from cellae.data.decode import BadImage, decode_pixels, image_header
 from cellae.errors import CellaeError
 from cellae.sections import DataConfig
 
+# the largest image file read: a 16-bit 4096 x 4096 crop of 4 channels is 128 MB uncompressed
+MAX_FILE_BYTES = 256 * 2**20
+
 
 class Sample(NamedTuple):
     image: np.ndarray
@@ -171,8 +174,14 @@ class OnDiskFiles:
     _mtimes: dict[str, int]
 
     def read_bytes(self, index: int) -> bytes:
+        path = self.root / self.paths[index]
         try:
-            return (self.root / self.paths[index]).read_bytes()
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                # refused from its size: read whole, a 1.5 GB file named like a cell costs 1.5 GB
+                raise BadImage(f"refused: {size:,} bytes, more than an image cellae reads "
+                               f"(at most {MAX_FILE_BYTES:,})")
+            return path.read_bytes()
         except OSError as exc:
             raise BadImage(f"cannot be read ({exc.strerror})") from exc
 

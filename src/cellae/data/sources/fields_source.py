@@ -46,6 +46,8 @@ ONE_CLASS = "cell"
 # a field of view is larger than a crop: 8k x 8k (a stitched well) at most
 MAX_FIELD_PIXELS = 8192 * 8192
 MAX_TABLE_BYTES = 100_000_000
+# 8k x 8k x 8 channels at 16 bits is 1 GB uncompressed; a field file beyond this is refused
+MAX_FIELD_BYTES = 2 * 2**30
 # what cellae itself records of each cell; a table's column may not take these names
 OWN_COLUMNS = ("field", "object", "area", "centroid_y", "centroid_x")
 RESERVED = ("file", "label", "class", "patient", "side", *OWN_COLUMNS)
@@ -272,6 +274,10 @@ def field_stem(name: str) -> str:
 def _read(path: Path, reader: Any) -> Any:
     """``reader`` (decode or header) of the file at ``path``; its problem as a one-line error."""
     try:
+        size = path.stat().st_size
+        if size > MAX_FIELD_BYTES:
+            raise CellaeError(f"{path}: {size:,} bytes, more than a field cellae reads (at most "
+                              f"{MAX_FIELD_BYTES:,})")
         return reader(path.read_bytes(), MAX_FIELD_PIXELS)
     except OSError as exc:
         raise CellaeError(f"{path}: cannot be read ({exc.strerror})") from exc

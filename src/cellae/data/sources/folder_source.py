@@ -11,6 +11,12 @@ from cellae.data.sources.class_folders import ClassFolderSource, find_class_fold
 from cellae.errors import CellaeError
 from cellae.sections import DataConfig
 
+# a walk that finds more entries than this is not in a data set (``cellae data inspect /``):
+# it stops and says so rather than list the whole machine; ten times the largest sets in use
+MAX_WALK_ENTRIES = 5_000_000
+# the kernel's and devices' pseudo-files: never a data set, and /proc goes on for ever
+_SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+
 
 @register_source
 class FolderSource(OnDiskFiles, ClassFolderSource):
@@ -56,10 +62,23 @@ def _walk(root: Path) -> tuple[list[str], set[str], dict[str, int], dict[str, in
     """
     files, dirs, sizes, mtimes = [], set(), {}, {}
     seen = {os.path.realpath(root)}
+    if os.path.realpath(root) == os.path.realpath(os.sep):
+        raise CellaeError(f"{root} is the whole file system, not a data set; give the folder of "
+                          "the class folders")
+    if _is_system_folder(seen.copy().pop()):
+        raise CellaeError(f"{root} is a system folder ({', '.join(_SYSTEM_FOLDERS)}), not a data "
+                          "set; give the folder of the images")
+    entries = 0
     for current, subdirs, names in os.walk(root, followlinks=True):
+        entries += len(subdirs) + len(names)
+        if entries > MAX_WALK_ENTRIES:
+            raise CellaeError(f"more than {MAX_WALK_ENTRIES:,} files and folders under {root}: "
+                              "not a data set's folder? give the folder of the class folders")
         fresh = []
         for d in sorted(subdirs):
             real = os.path.realpath(Path(current) / d)
+            if _is_system_folder(real):
+                continue
             if real not in seen:
                 seen.add(real)
                 fresh.append(d)
@@ -77,6 +96,10 @@ def _walk(root: Path) -> tuple[list[str], set[str], dict[str, int], dict[str, in
             sizes[f"{base}{name}"] = stat.st_size
             mtimes[f"{base}{name}"] = stat.st_mtime_ns
     return files, dirs, sizes, mtimes
+
+
+def _is_system_folder(real: str) -> bool:
+    return any(real == top or real.startswith(top + "/") for top in _SYSTEM_FOLDERS)
 
 
 def _is_utf8(name: str) -> bool:
