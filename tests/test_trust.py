@@ -161,7 +161,7 @@ def test_report_replaces_only_what_a_report_wrote(tiny_run, tmp_path, capsys):
     folder.mkdir()
     (folder / "report.md").write_text("my notes\n")
     (folder / "index.html").write_text("<html>my page</html>")
-    for out, mine in (("report.html", "report.md"), ("index.html", "index.html")):
+    for out in ("report.html", "index.html"):  # a user's report.md beside, a user's page at
         assert main(["report", str(tiny_run), "--out", str(folder / out)]) == 2
         assert "was not written by cellae report; pass --overwrite" in one_line(
             capsys.readouterr().err)
@@ -331,15 +331,14 @@ def test_sigkill_at_random_points_of_training_and_evaluation_loses_nothing(tmp_p
         if runs.read_status(run_dir) == "finished" and (run_dir / "eval" / "metrics.json").is_file():
             break
         if runs.last_checkpoint(run_dir).is_file():
-            code = _kill_after([*CLI, "train", "--resume", str(run_dir)], rng.uniform(1.0, 6.0))
+            _kill_after([*CLI, "train", "--resume", str(run_dir)], rng.uniform(1.0, 6.0))
         else:  # killed before its first checkpoint: the folder says so; train anew beside it
             shutil.rmtree(run_dir)
             run_dirs = []
             continue
-        del code
     else:
         run_dir = run_dirs[0]
-    if not (runs.read_status(run_dir) == "finished"):
+    if runs.read_status(run_dir) != "finished":
         assert main(["train", "--resume", str(run_dir)]) == 0
     if not (run_dir / "eval" / "metrics.json").is_file():
         assert main(["evaluate", str(run_dir)]) == 0
