@@ -14,7 +14,7 @@ SAME_IMAGES = ("data.source", "data.image_size", "data.color", "data.resize", "d
                "data.normalize")
 # ... and what the loss is: a loss compares only among runs that minimised the same objective
 SAME_OBJECTIVE = SAME_IMAGES + ("model.family", "model.loss", "model.beta", "model.latent_l1",
-                                "model.free_bits")
+                                "model.free_bits", "train.invariance")
 # config keys that fix which cells are scored: a latent metric compares only within them
 SAME_TEST_CELLS = ("data.source", "data.split", "data.test_fraction", "data.folds", "data.fold")
 

@@ -126,6 +126,9 @@ class TrainConfig:
     channels_last: Literal["auto", "always", "never"] = "auto"
     # torch.compile the model; a model or machine it fails on trains uncompiled, with a warning
     compile: bool = False
+    # weight of a VICReg term between each cell's code and that of a second view of it
+    # (cellae.training.invariance); 0 is off
+    invariance: float = 0.0
 
 
 @dataclass
@@ -222,6 +225,7 @@ def validate_train(t: TrainConfig) -> TrainConfig:
         t.devices,
     )
     check(t.num_nodes >= 1, "train.num_nodes", "a positive integer", t.num_nodes)
+    check(t.invariance >= 0, "train.invariance", "0 (off) or a positive weight", t.invariance)
     return t
 
 

@@ -16,6 +16,7 @@ from cellae.errors import CellaeError, first_line
 from cellae.images import unit_float
 from cellae.models import build_model
 from cellae.models.base import prefers_channels_last
+from cellae.training.invariance import second_view, vicreg
 
 
 class NonFiniteLossError(CellaeError):
@@ -106,6 +107,11 @@ class CellaeModule(L.LightningModule):
         # the test loss is always the full objective, as in evaluation: one definition of it
         weights = self.model.schedule(self.epochs_done()) if side == "train" else None
         losses = self.model.loss(x, mask, output, weights)
+        if self.config.train.invariance > 0:
+            # both sides: the test loss stays the full objective
+            term = vicreg(output.z, self.model.encode(second_view(x, masks)))
+            losses["invariance"] = term
+            losses["loss"] = losses["loss"] + self.config.train.invariance * term
         epoch = self._record(side, losses, len(x), weights)
         if last:
             self._log_epoch(side, epoch)
@@ -177,7 +183,8 @@ class CellaeModule(L.LightningModule):
 
     def metric_columns(self) -> list[str]:
         """The columns of ``metrics.csv``: the totals, each loss term, each schedule weight."""
-        terms = self.model.loss_terms()
+        terms = self.model.loss_terms() + (("invariance",) if self.config.train.invariance > 0
+                                           else ())
         return (["epoch", "train_loss", "test_loss"]
                 + [f"{side}_{t}" for t in terms for side in SIDES]
                 + list(self.model.schedule(0.0)) + ["lr", "seconds", "images_per_second"])
