@@ -71,7 +71,7 @@ def _rounded(values: np.ndarray) -> list[float]:
 def _column(values: np.ndarray) -> dict[str, Any]:
     """A column as the page reads it: numbers, or categories as codes into their levels."""
     array = np.asarray(values)
-    numbers = _numbers(array)
+    numbers = numeric_values(array)
     if numbers is not None:
         return {"kind": "number",
                 "values": [None if not np.isfinite(v) else round(float(v), 6) for v in numbers]}
@@ -86,7 +86,11 @@ def _column(values: np.ndarray) -> dict[str, Any]:
             "colour": coloured.tolist()}
 
 
-def _numbers(array: np.ndarray) -> np.ndarray | None:
+def numeric_values(values: np.ndarray) -> np.ndarray | None:
+    """A column as float64 where it is drawn as a number, on a colour scale: numbers
+    already, or strings that all read as numbers with more than :data:`CATEGORY_MAX` distinct
+    values (a well number or a cell-cycle phase is a category); else None."""
+    array = np.asarray(values)
     if array.dtype.kind in "fiu":
         return array.astype(np.float64)
     try:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from cellae.explorer import CATEGORY_MAX, numeric_values
 from cellae.files import write_atomic
 from cellae.images import display_rgb, to_uint8, unit_float_array
 from cellae.naming import natural_key
@@ -472,25 +473,6 @@ def _map_axes(ax: Axes, method: str) -> None:
     ax.set_aspect("equal", adjustable="datalim")
 
 
-# a column with more distinct values than this is drawn as a number (when every value is one)
-# or with its commonest values named and the rest grey
-CATEGORY_LEGEND_MAX = 20
-
-
-def numeric_values(values: np.ndarray) -> np.ndarray | None:
-    """``values`` as float64 where every non-empty one is a number and there are more than
-    :data:`CATEGORY_LEGEND_MAX` distinct ones (a well number is a category), else None."""
-    array = np.asarray(values)
-    if array.dtype.kind in "fiu":
-        numbers = array.astype(np.float64)
-    else:
-        try:
-            numbers = np.array([float(v) if str(v).strip() else np.nan for v in array.tolist()])
-        except ValueError:
-            return None
-    return numbers if len(np.unique(numbers[np.isfinite(numbers)])) > CATEGORY_LEGEND_MAX else None
-
-
 def plot_latent_by_column(embedding: np.ndarray, values: np.ndarray, column: str, path: Path, *,
                           run: str, method: str = "t-SNE") -> Path:
     """The 2-D map of the test codes coloured by one column of the cells' metadata: a colour
@@ -511,7 +493,7 @@ def plot_latent_by_column(embedding: np.ndarray, values: np.ndarray, column: str
     else:
         text = np.asarray(values).astype(str)
         names, counts = np.unique(text, return_counts=True)
-        named = [n for _, n in sorted(zip(-counts, names, strict=True))][:CATEGORY_LEGEND_MAX]
+        named = [n for _, n in sorted(zip(-counts, names, strict=True))][:CATEGORY_MAX]
         colour = dict(zip(named, _patient_colours(len(named)), strict=True))
         grey = (0.75, 0.75, 0.75, 1.0)
         ax.scatter(*embedding[order].T, s=size, c=[colour.get(v, grey) for v in text[order]],
