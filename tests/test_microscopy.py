@@ -325,3 +325,12 @@ def test_a_csv_sources_further_columns_are_metadata(tmp_path):
     (tmp_path / "bad.csv").write_text("file,label,side\nc0.png,a,x\nc1.png,b,y\n")
     with pytest.raises(CellaeError, match="'side' is a name cellae uses"):
         open_source(str(tmp_path / "bad.csv"))
+
+
+def test_embedding_a_source_of_other_channels_is_one_line(fields_run, tmp_path, capsys):
+    from cellae.cli import main
+
+    assert main(["embed", str(fields_run), "synthetic", "--out", str(tmp_path / "c.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "gives 3 channel(s) (red, green, blue)" in err
+    assert "this run's model takes 4" in err

@@ -77,14 +77,22 @@ def _timed(parts: dict[str, float], name: str) -> Iterator[None]:
         parts[name] = round(parts.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
-def source_cache(config: Config, source: str | None) -> CellCache:
-    """The run's own cache (rebuilt if it was deleted), or ``source`` preprocessed the run's way."""
+def source_cache(config: Config, source: str | None, channels: int | None = None) -> CellCache:
+    """The run's own cache (rebuilt if it was deleted), or ``source`` preprocessed the run's
+    way; with ``channels`` (the model's), a source whose images have other channels is refused
+    in one line rather than in the model's first convolution."""
     if source is None:
         return prepare_cache(config.data, progress=sys.stderr.isatty())
     data = dataclasses.replace(config.data, source=source)
     if source != SYNTHETIC and not Path(source).expanduser().exists():
         raise CellaeError(f"no such file or folder: {source}")
-    return prepare_cache(data, progress=sys.stderr.isatty())
+    cache = prepare_cache(data, progress=sys.stderr.isatty())
+    if channels is not None and cache.images.shape[1] != channels:
+        raise CellaeError(f"{source} gives {cache.images.shape[1]} channel(s) "
+                          f"({', '.join(cache.channel_names)}) after the run's preprocessing; "
+                          f"this run's model takes {channels}: give a source of the run's kind, "
+                          "or pick its channels with data.channels in a new run")
+    return cache
 
 
 def _batches(images: np.ndarray, rows: np.ndarray, device: torch.device) -> Iterator[torch.Tensor]:
@@ -510,7 +518,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, quiet: bool = False,
         rows = runs.read_metrics(run_dir)
         source = config.data.source
     else:
-        cache = source_cache(config, data)
+        cache = source_cache(config, data, channels=loaded.model.channels)
         train_idx, test_idx = split_indices(
             cache.patients, cache.labels, config.data.test_fraction, config.seed, by="patient"
         )

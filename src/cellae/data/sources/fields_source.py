@@ -126,6 +126,7 @@ class FieldsSource(Source):
         listed: dict[str, list[str]] = {c: [] for c in extra}
         classes: list[str] = []
         cut = small = 0
+        present: set[tuple[str, str]] = set()  # every (field, label) of the masks, kept or not
         for number, (image, mask) in enumerate(zip(self.fields, self.mask_files, strict=True)):
             labels = self._read_mask(number)
             height, width = labels.shape
@@ -136,6 +137,7 @@ class FieldsSource(Source):
             for label, box in enumerate(ndimage.find_objects(labels), start=1):
                 if box is None:
                     continue
+                present.add((stem, str(label)))
                 rows, cols = box
                 if rows.start == 0 or cols.start == 0 or rows.stop == height or cols.stop == width:
                     cut += 1
@@ -171,6 +173,15 @@ class FieldsSource(Source):
         self.cut_by_edge, self.too_small = cut, small
         self.ignored = ([f"{cut} objects cut by the field's edge"] if cut else []) + (
             [f"{small} objects below data.fields.min_area ({s.min_area} px)"] if small else [])
+        # a table row that names no field or cell is a typo or a stale table: said, not dropped
+        stems = {field_stem(name) for name in self.fields}
+        for table, rows, known in ((FIELDS_CSV, per_field, {(f,) for f in stems}),
+                                   (CELLS_CSV, per_cell, present)):
+            unmatched = [key for key in rows if key not in known]
+            if unmatched:
+                self.ignored.append(f"{table}: {len(unmatched)} rows name no "
+                                    f"{'field' if table == FIELDS_CSV else 'object in the masks'}"
+                                    f" (first: {', '.join(unmatched[0])})")
 
     def _read_mask(self, number: int) -> np.ndarray:
         """The labels of field ``number``, checked against its image: integers, same size."""
