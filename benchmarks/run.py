@@ -414,6 +414,39 @@ def lightning_floor_rate(config: Any, cache: Any, rows: np.ndarray) -> float:
     return clock.rate()
 
 
+def fabric_floor_rate(config: Any, cache: Any, rows: np.ndarray, steps: int) -> float:
+    """Images/s of the bare loop's steps (the same in-memory batches) with the model and
+    optimizer wrapped by Lightning Fabric and the backward pass through it: what a hot loop on
+    Fabric (issue 25's way below Lightning's Trainer) would cost at least."""
+    import lightning as L
+
+    from cellae.images import unit_float
+    from cellae.models import build_model
+
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, config.data.image_size,
+                        int(cache.images.shape[1])).use_channels_last(True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    wrapped, optimizer = fabric.setup(model, optimizer)
+    images = torch.from_numpy(np.asarray(cache.images[np.sort(rows)]))
+    masks = torch.from_numpy(np.asarray(cache.masks[np.sort(rows)]))
+    batch = config.train.batch_size
+    order = torch.randperm(len(rows))
+    clock = StepClock()
+    for step in range(steps + 1):
+        start = (step * batch) % max(1, len(rows) - batch + 1)
+        pick = order[start:start + batch]
+        x = unit_float(images[pick]).contiguous(memory_format=torch.channels_last)
+        loss = model.loss(x, masks[pick].float(), wrapped(x), model.schedule(1.0))["loss"]
+        fabric.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.tick(len(pick))
+    clock.stop()
+    return clock.rate()
+
+
 def overhead_rows(work: Path) -> list[Row]:
     """cellae's time per step above a bare loop of the same tiny model, with Lightning's own
     floor beside it; each median of three, the loops interleaved so that drift evens out."""
@@ -430,16 +463,19 @@ def overhead_rows(work: Path) -> list[Row]:
         cache = prepare_cache(config.data, progress=False)
         train = np.arange(int(0.8 * len(cache)))
         steps = 3 * math.ceil(len(train) / config.train.batch_size)
-        ms = {"bare": [], "cellae": [], "lightning": []}
+        ms = {"bare": [], "cellae": [], "lightning": [], "fabric": []}
         per_step = 1000 * config.train.batch_size
         for _ in range(3):
             ms["bare"].append(per_step / bare_rate(config, cache, train, torch.device("cpu"),
                                                    steps, channels_last=True))
             ms["cellae"].append(per_step / cellae_rate(config, work / "overhead-runs"))
             ms["lightning"].append(per_step / lightning_floor_rate(config, cache, train))
-        bare, ours, floor = (statistics.median(ms[k]) for k in ("bare", "cellae", "lightning"))
+            ms["fabric"].append(per_step / fabric_floor_rate(config, cache, train, steps))
+        bare, ours, floor, fabric = (statistics.median(ms[k])
+                                     for k in ("bare", "cellae", "lightning", "fabric"))
         line = (f"per-step overhead: {ours - bare:.2f} ms (cellae {ours:.2f} ms, bare {bare:.2f} ms)"
-                f"; Lightning's own loop {floor - bare:.2f} ms ({floor:.2f} ms)")
+                f"; Lightning's own loop {floor - bare:.2f} ms ({floor:.2f} ms)"
+                f"; a bare Fabric loop {fabric - bare:.2f} ms ({fabric:.2f} ms)")
         say(f"  {family.upper()}: {line}")
         label = f"{family.upper()} 32 px, widths 4-4, latent 2, batch 16, on the CPU"
         rows_out.append(Row("per-step overhead", f"ms per step, {label}",
@@ -449,6 +485,10 @@ def overhead_rows(work: Path) -> list[Row]:
                             "(a bare LightningModule, plain Trainer and DataLoader)",
                             f"{ours:.2f}", f"{floor:.2f} ({floor - bare:+.2f} on the bare loop)",
                             ours / floor))
+        rows_out.append(Row("per-step overhead", f"ms per step, {label}: a bare Lightning "
+                            "Fabric loop (the bare loop's batches, model and optimizer set up by Fabric)",
+                            f"{ours:.2f}", f"{fabric:.2f} ({fabric - bare:+.2f} on the bare loop)",
+                            ours / fabric))
     return rows_out
 
 
