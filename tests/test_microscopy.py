@@ -334,3 +334,14 @@ def test_embedding_a_source_of_other_channels_is_one_line(fields_run, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "gives 3 channel(s) (red, green, blue)" in err
     assert "this run's model takes 4" in err
+
+
+def test_a_damaged_field_image_skips_its_cells_with_the_reason(experiment, tmp_path):
+    folder = tmp_path / "damaged"
+    shutil.copytree(experiment, folder)
+    first = sorted((folder / "images").iterdir())[0]
+    first.write_bytes(first.read_bytes()[:100])
+    source = open_source(DataConfig(source=str(folder), fields=FIELDS))
+    assert [file for file, _ in source.skipped] == [f"images/{first.name}"]
+    assert not any(name.startswith(first.name) for name in source.files)
+    assert len(source) > 0

@@ -128,6 +128,14 @@ class FieldsSource(Source):
         cut = small = 0
         present: set[tuple[str, str]] = set()  # every (field, label) of the masks, kept or not
         for number, (image, mask) in enumerate(zip(self.fields, self.mask_files, strict=True)):
+            try:
+                image_header((self.root / IMAGES / image).read_bytes(), MAX_FIELD_PIXELS)
+            except (OSError, BadImage) as exc:
+                # a damaged field image is a bad file like any other: its cells are skipped
+                reason = f"cannot be read ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
+                self.skip(f"{IMAGES}/{image}", reason)
+                self._identity.append(self._stat(IMAGES, image))
+                continue
             labels = self._read_mask(number)
             height, width = labels.shape
             self._identity.append(self._stat(IMAGES, image) + self._stat(MASKS, mask))
