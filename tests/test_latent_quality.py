@@ -252,7 +252,7 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
         config_from_dict(sweep.config_values(combination), check_paths=False)
     best = load_config(CONFIGS / "malaria" / "best.yaml", check_paths=False)
     anomaly = load_config(CONFIGS / "malaria" / "anomaly.yaml", check_paths=False)
-    assert best.model.latent_dim == 20 and best.data.normalize == "per_cell"
+    assert best.model.latent_dim == 64 and best.data.normalize == "per_cell"
     assert anomaly.data.train_classes == ["Uninfected"]
     assert best.model.loss.name == "spot_mse"
     # each shipped config is its setting of the sweep that ranked it, but for the data's path,
@@ -263,9 +263,12 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
     assert ranked.model == anomaly.model and ranked.train == anomaly.train
     assert dataclasses.replace(ranked.data, folds=0, fold=0) == anomaly.data
     assert anomaly.eval.anomaly_score == "local_max" == ranked.eval.anomaly_score
-    winner = next(c for c in round2.combinations if c["name"] == "standardised-dihedral-spot-64px-f0-s0")
-    ranked = config_from_dict(round2.config_values(winner), check_paths=False)
+    round3 = load_sweep(CONFIGS / "sweeps" / "latent_quality_round3.yaml")
+    winner = next(c for c in round3.combinations
+                  if c["name"] == "best-latent-64-invariance-100-f0-s0")
+    ranked = config_from_dict(round3.config_values(winner), check_paths=False)
     assert ranked.model == best.model and ranked.train == best.train
+    assert best.train.invariance == 100
     assert dataclasses.replace(ranked.data, folds=0, fold=0) == best.data
 
 
