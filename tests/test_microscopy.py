@@ -345,3 +345,16 @@ def test_a_damaged_field_image_skips_its_cells_with_the_reason(experiment, tmp_p
     assert [file for file, _ in source.skipped] == [f"images/{first.name}"]
     assert not any(name.startswith(first.name) for name in source.files)
     assert len(source) > 0
+
+
+def test_a_map_coloured_by_a_missing_column_is_refused_before_training(tmp_path, capsys):
+    from cellae.cli import main
+
+    out = tmp_path / "runs"
+    argv = ["train", "configs/quickstart.yaml", "--out", str(out), "--set",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.synthetic.n_images=100",
+            "eval.color_by=[well]"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "eval.color_by: no column 'well'" in err and "file, class, patient" in err
+    assert not out.exists() or not any(out.iterdir())  # no run folder was made

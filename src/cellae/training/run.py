@@ -184,6 +184,23 @@ def _finish(run_dir: Path, config: Config, trainer: L.Trainer, evaluate: bool) -
     return run_dir
 
 
+def _check_evaluation_settings(config: Config, cache: CellCache, evaluate: bool) -> None:
+    """What the evaluation would refuse after training, refused before it: a map coloured by a
+    column the source lacks, a UMAP without umap-learn."""
+    if not (evaluate and config.eval.enabled):
+        return
+    columns = ["file", "class", "patient", *cache.metadata]
+    missing = [c for c in config.eval.color_by if c not in columns]
+    if missing:
+        raise CellaeError(f"eval.color_by: no column '{missing[0]}' in {config.data.source} "
+                          f"(its columns: {', '.join(columns)})")
+    if "umap" in config.eval.maps:
+        import importlib.util
+
+        if importlib.util.find_spec("umap") is None:
+            raise CellaeError("eval.maps: umap needs umap-learn: pip install 'cellae[umap]'")
+
+
 def train(
     config: Config,
     out: Path,
@@ -207,6 +224,7 @@ def train(
     # the data first: a cache build that is interrupted or fails leaves no run folder behind
     cache = prepare_cache(config.data, progress=sys.stderr.isatty())
     split = _split(config, cache)  # a split or class mistake, too, leaves no run folder behind
+    _check_evaluation_settings(config, cache, evaluate)
     run_dir = runs.new_run_dir(out, config.name, timestamped=timestamped)
     runs.write_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
     runs.set_status(
