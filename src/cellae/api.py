@@ -19,7 +19,7 @@ from PIL import Image
 
 from cellae import runs
 from cellae.config import Config
-from cellae.data.channels import ChannelLayout, ChannelPlan
+from cellae.data.channels import ChannelPlan
 from cellae.data.decode import BadImage, decode_pixels
 from cellae.data.preprocess import PreprocessSettings, preprocess
 from cellae.errors import CellaeError
@@ -59,13 +59,10 @@ class LoadedRun:
         """How the run's cache picked and scaled channels (run.json), or None for 8-bit crops
         kept as they are."""
         block = runs.read_run_info(self.path).get("data", {}).get("channels")
-        if not isinstance(block, dict) or block.get("intensity") in (None, "none") and list(
-                block.get("names", [])) == list(block.get("source_channels", [])):
+        if not isinstance(block, dict):
             return None
-        layout = ChannelLayout(tuple(block["source_channels"]), str(block["dtype"]))
-        indices = tuple(layout.names.index(name) for name in block["names"])
-        return ChannelPlan(layout, indices, str(block["intensity"]),
-                           tuple(block.get("low", ())), tuple(block.get("high", ())))
+        plan = ChannelPlan.from_summary(block)
+        return plan if plan.changes_pixels else None
 
     def prepare(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image]) -> np.ndarray:
         """Image files or PIL images preprocessed as the run's training images were (channels

@@ -12,7 +12,7 @@ from cellae import runs
 from cellae.api import load_run
 from cellae.config import SYNTHETIC, Config
 from cellae.errors import CellaeError
-from cellae.evaluate import encode_images, source_cache
+from cellae.evaluate import cell_columns, encode_images, metadata_arrays, source_cache
 from cellae.files import remove_stale_temporaries, temporary_path
 
 EMBED_SUFFIXES = (".npz", ".csv", ".parquet", ".h5ad")
@@ -58,24 +58,17 @@ def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False)
     codes = encode_images(loaded.model.inference_copy(), cache.images)
     class_names = np.asarray(cache.class_names)
     labels = np.asarray(cache.labels)
-    files = np.asarray(cache.files).astype(str)
-    columns = {
-        "file": files,
-        "label": labels,
-        "class": class_names[labels],
-        "patient": np.asarray(cache.patients).astype(str),
-        "side": side_of_each_image(run_dir, loaded.config, source, files),
-    }
-    # the source's further columns (plate, well, treatment, a cell's area...), after cellae's
-    columns |= {name: values for name, values in cache.metadata.items() if name not in columns}
+    every = np.arange(len(cache))
+    known = cell_columns(cache, every)  # file, class, patient, then the source's metadata
+    files = known.pop("file")
+    columns = {"file": files, "label": labels, "class": known.pop("class"),
+               "patient": known.pop("patient"),
+               "side": side_of_each_image(run_dir, loaded.config, source, files), **known}
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
         buffer = io.BytesIO()
         # plural keys, as in eval/latents.npz (and "file" would collide with savez's own argument)
-        extra = {name: values for name, values in cache.metadata.items()}
-        metadata = ({"metadata_columns": np.array(list(extra)),
-                     "metadata": np.stack(list(extra.values()), axis=1).astype(str)}
-                    if extra else {})
+        metadata = metadata_arrays(cache, every)
         np.savez_compressed(buffer, codes=codes, class_names=class_names, files=columns["file"],
                             labels=labels, classes=columns["class"], patients=columns["patient"],
                             sides=columns["side"], **metadata)

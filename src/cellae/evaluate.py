@@ -434,6 +434,17 @@ def cell_columns(cache: CellCache, rows: np.ndarray) -> dict[str, np.ndarray]:
     return columns | {name: values[rows] for name, values in cache.metadata.items()}
 
 
+def metadata_arrays(cache: CellCache, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The source's further columns at ``rows`` as ``latents.npz`` and ``cellae embed``'s .npz
+    keep them: ``metadata`` (N, K) strings and their K names, ``metadata_columns``; {} where
+    the source has none."""
+    if not cache.metadata:
+        return {}
+    return {"metadata_columns": np.array(list(cache.metadata)),
+            "metadata": np.stack([values[rows] for values in cache.metadata.values()],
+                                 axis=1).astype(str)}
+
+
 def write(evaluation: Evaluation, cache: CellCache, out_dir: Path) -> None:
     """``metrics.json``, ``latents.npz`` and the drawn test cells into ``out_dir``."""
     rows, n_train = evaluation.rows, evaluation.n_train
@@ -445,11 +456,7 @@ def write(evaluation: Evaluation, cache: CellCache, out_dir: Path) -> None:
         "side": np.array(["train"] * n_train + ["test"] * (len(rows) - n_train)),
         "class_names": np.array(list(cache.class_names)),
     }
-    if cache.metadata:
-        # the source's further columns, one row per code: (N, K) strings and their K names
-        latents["metadata_columns"] = np.array(list(cache.metadata))
-        latents["metadata"] = np.stack([values[rows] for values in cache.metadata.values()],
-                                       axis=1).astype(str)
+    latents |= metadata_arrays(cache, rows)  # the source's further columns, one row per code
     for method, embedding in evaluation.maps.items():
         latents[f"map_{method}"] = embedding  # of the test codes at map_rows
     latents["map_rows"] = n_train + evaluation.map_rows

@@ -43,7 +43,7 @@ def remove_stale_temporaries(folder: Path, depth: int = 2) -> int:
             continue
         pid, host = int(match.group(1)), match.group(2)
         if host == _HOST:
-            stale = not _alive(pid)
+            stale = not process_alive(pid)
         else:
             try:
                 stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > FOREIGN_TEMPORARY_SECONDS
@@ -58,12 +58,15 @@ def remove_stale_temporaries(folder: Path, depth: int = 2) -> int:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is running (someone else's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, ValueError):
+    except (OverflowError, ValueError):
+        return False
+    except PermissionError:
         return True
     return True
 

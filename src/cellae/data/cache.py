@@ -44,7 +44,7 @@ from cellae.data.decode import BadImage
 from cellae.data.preprocess import PreprocessSettings, preprocess
 from cellae.data.sources import Source, open_source
 from cellae.errors import CellaeError
-from cellae.files import write_atomic
+from cellae.files import process_alive, write_atomic
 from cellae.machine import available_cores
 from cellae.sections import DataConfig
 
@@ -189,7 +189,7 @@ def _remove_abandoned_builds(cache_dir: Path) -> None:
             continue
         host = parts[3] if len(parts) == 4 else here  # older cellae named no machine
         if host == here:
-            abandoned = not _process_alive(pid)
+            abandoned = not process_alive(pid)
         else:
             abandoned = _untouched_for(path, FOREIGN_BUILD_SECONDS)
         if abandoned:
@@ -203,18 +203,6 @@ def _untouched_for(path: Path, seconds: float) -> bool:
     except OSError:
         return False  # gone or unreadable meanwhile: not ours to judge
     return time.time() - max(times) > seconds
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OverflowError, ValueError):
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
 
 
 def _workers(requested: int, n_images: int) -> int:

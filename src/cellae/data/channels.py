@@ -110,6 +110,19 @@ class ChannelPlan:
         out = (pixels.astype(np.float64) - low) * scale
         return np.clip(np.rint(out), 0, 255).astype(np.uint8), clipped
 
+    @classmethod
+    def from_summary(cls, block: dict[str, Any]) -> ChannelPlan:
+        """The plan a :meth:`summary` (a cache's ``meta.json``, a run's ``run.json``) records."""
+        layout = ChannelLayout(tuple(block["source_channels"]), str(block["dtype"]))
+        return cls(layout, tuple(layout.names.index(name) for name in block["names"]),
+                   str(block["intensity"]), tuple(block.get("low", ())),
+                   tuple(block.get("high", ())))
+
+    @property
+    def changes_pixels(self) -> bool:
+        """Whether the plan does anything to an image but keep it: scale it, or pick channels."""
+        return self.mode != "none" or self.indices != tuple(range(len(self.layout.names)))
+
     def summary(self, clipped: np.ndarray, counted: int) -> dict[str, object]:
         """What ``meta.json`` records of the channels: names, sample type, limits, clipping."""
         share = clipped / max(counted, 1)

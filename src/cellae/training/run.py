@@ -29,7 +29,7 @@ from cellae.data.datamodule import CellDataModule
 from cellae.data.sources.labels import unmatched_warning
 from cellae.data.splits import split_indices, training_rows
 from cellae.errors import CellaeError, first_line
-from cellae.evaluate import evaluate_run
+from cellae.evaluate import cell_columns, evaluate_run
 from cellae.evaluation.latent import MIN_TSNE_POINTS
 from cellae.run_inputs import read_config, split_rows, warn_if_older_images
 from cellae.training.launch import (
@@ -189,7 +189,7 @@ def _check_evaluation_settings(config: Config, cache: CellCache, evaluate: bool)
     column the source lacks, a UMAP without umap-learn."""
     if not (evaluate and config.eval.enabled):
         return
-    columns = ["file", "class", "patient", *cache.metadata]
+    columns = list(cell_columns(cache, np.arange(0)))
     missing = [c for c in config.eval.color_by if c not in columns]
     if missing:
         raise CellaeError(f"eval.color_by: no column '{missing[0]}' in {config.data.source} "

@@ -75,6 +75,7 @@ class FieldsSource(Source):
         self.boxes: list[tuple[int, int, int, int, int]] = []  # per cell: field, label, y, x, side
         self._identity: list[str] = []
         self._field_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._crop_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         self._list_fields()
         tables = self._read_tables()
         self._list_cells(tables)
@@ -129,14 +130,14 @@ class FieldsSource(Source):
         present: set[tuple[str, str]] = set()  # every (field, label) of the masks, kept or not
         for number, (image, mask) in enumerate(zip(self.fields, self.mask_files, strict=True)):
             try:
-                image_header((self.root / IMAGES / image).read_bytes(), MAX_FIELD_PIXELS)
+                header = image_header((self.root / IMAGES / image).read_bytes(), MAX_FIELD_PIXELS)
             except (OSError, BadImage) as exc:
                 # a damaged field image is a bad file like any other: its cells are skipped
                 reason = f"cannot be read ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
                 self.skip(f"{IMAGES}/{image}", reason)
                 self._identity.append(self._stat(IMAGES, image))
                 continue
-            labels = self._read_mask(number)
+            labels = self._read_mask(number, header.height, header.width)
             height, width = labels.shape
             self._identity.append(self._stat(IMAGES, image) + self._stat(MASKS, mask))
             stem = field_stem(image)
@@ -191,12 +192,12 @@ class FieldsSource(Source):
                                     f"{'field' if table == FIELDS_CSV else 'object in the masks'}"
                                     f" (first: {', '.join(unmatched[0])})")
 
-    def _read_mask(self, number: int) -> np.ndarray:
-        """The labels of field ``number``, checked against its image: integers, same size."""
+    def _read_mask(self, number: int, height: int, width: int) -> np.ndarray:
+        """The labels of field ``number``, checked against its image's ``height`` and ``width``
+        (read by the caller, which has the image at hand): integers, the same size."""
         image_path = self.root / IMAGES / self.fields[number]
         mask_path = self.root / MASKS / self.mask_files[number]
         labels = _read(mask_path, decode_pixels)
-        header = _read(image_path, image_header)
         if labels.shape[2] != 1 and not (labels.dtype == np.uint8 and labels.shape[2] == 3
                                          and (labels == labels[..., :1]).all()):
             raise CellaeError(f"{mask_path}: a label mask has one channel, this one has "
@@ -208,9 +209,9 @@ class FieldsSource(Source):
         if labels.min() < 0:
             raise CellaeError(f"{mask_path}: labels must be 0 (background) or positive, "
                               f"found {int(labels.min())}")
-        if (header.height, header.width) != labels.shape:
+        if (height, width) != labels.shape:
             raise CellaeError(f"{mask_path} is {labels.shape[1]} x {labels.shape[0]} px but its "
-                              f"image {image_path} is {header.width} x {header.height}; a mask "
+                              f"image {image_path} is {width} x {height}; a mask "
                               "must have its image's size")
         return labels.astype(np.int64)
 
@@ -221,7 +222,8 @@ class FieldsSource(Source):
     # -- reading
 
     def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__ | {"_field_cache": None}  # each worker reads fields for itself
+        # each worker reads fields for itself
+        return self.__dict__ | {"_field_cache": None, "_crop_cache": None}
 
     def _field(self, number: int) -> tuple[np.ndarray, np.ndarray]:
         """Field ``number``'s pixels and labels; the last one is kept, as cells come in order."""
@@ -231,13 +233,15 @@ class FieldsSource(Source):
                 pixels = decode_pixels(path.read_bytes(), MAX_FIELD_PIXELS)
             except OSError as exc:
                 raise BadImage(f"cannot be read ({exc.strerror})") from exc
-            labels = self._read_mask(number)
-            if pixels.shape[:2] != labels.shape:  # changed since it was listed
-                raise BadImage("its field's image and mask no longer have one size")
+            labels = self._read_mask(number, *pixels.shape[:2])
             self._field_cache = (number, pixels, labels)
         return self._field_cache[1], self._field_cache[2]
 
     def _crop(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cell ``index``'s crop and mask; the last one is kept, as the cache asks for the mask
+        and then the pixels of each cell."""
+        if self._crop_cache is not None and self._crop_cache[0] == index:
+            return self._crop_cache[1], self._crop_cache[2]
         number, label, top, left, side = self.boxes[index]
         pixels, labels = self._field(number)
         crop = np.zeros((side, side, pixels.shape[2]), dtype=pixels.dtype)
@@ -248,6 +252,7 @@ class FieldsSource(Source):
         window = pixels[y0:y1, x0:x1]
         crop[y0 - top : y1 - top, x0 - left : x1 - left] = np.where(own[..., None], window, 0)
         inside[y0 - top : y1 - top, x0 - left : x1 - left] = own
+        self._crop_cache = (index, crop, inside)
         return crop, inside
 
     def load(self, index: int) -> np.ndarray:
