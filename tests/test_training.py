@@ -415,3 +415,49 @@ def test_epoch_means_are_the_batch_size_weighted_means_lightning_would_log():
     assert torch.isfinite(epoch.sums).all() and not epoch.nan
     epoch.add({"loss": torch.tensor(float("nan")), "recon": torch.tensor(float("inf"))}, 2, None)
     assert epoch.nan and not torch.isfinite(epoch.sums).any()
+
+
+def test_a_checkpoint_counting_automatic_optimizer_steps_resumes_its_schedule(tmp_path):
+    # checkpoints written before the module ran its own optimizer step count the steps under
+    # Lightning's automatic optimisation; resumed, the KL warm-up must go on, not restart
+    config = tiny_config(tmp_path, model={"family": "vae", "kl_warmup_epochs": 4},
+                         train={"epochs": 4})
+    whole = train(config, tmp_path / "whole", evaluate=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, tmp_path / "broken", evaluate=False, callbacks=[StopAfterEpoch(2)])
+    (broken,) = (tmp_path / "broken").iterdir()
+    path = broken / "checkpoints" / "last.ckpt"
+    state = runs.load_checkpoint(path)
+    loops = state["loops"]["fit_loop"]
+    manual = loops["epoch_loop.manual_optimization.optim_step_progress"]
+    assert manual["total"]["completed"] > 0
+    loops["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"] = {
+        side: dict(counts) for side, counts in manual.items()}
+    for counts in manual.values():
+        counts.update(dict.fromkeys(counts, 0))
+    torch.save(state, path)
+    resumed = resume(broken, evaluate=False)
+    assert ([round(float(r["kl_weight"]), 6) for r in metric_rows(resumed)]
+            == [round(float(r["kl_weight"]), 6) for r in metric_rows(whole)])
+
+
+class GradientNorms(Callback):
+    """The norm of all gradients as the optimizer is about to use them."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad.flatten() for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.cat(grads).norm()))
+
+
+def test_grad_clip_bounds_the_gradient_the_optimizer_steps_with(tmp_path):
+    unclipped, clipped = GradientNorms(), GradientNorms()
+    train(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "a", evaluate=False,
+          callbacks=[unclipped])
+    train(tiny_config(tmp_path, train={"epochs": 1, "grad_clip": 0.01}), tmp_path / "b",
+          evaluate=False, callbacks=[clipped])
+    assert unclipped.norms and max(unclipped.norms) > 0.1
+    assert len(clipped.norms) == len(unclipped.norms)
+    assert max(clipped.norms) <= 0.01 * (1 + 1e-4)

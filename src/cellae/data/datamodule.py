@@ -10,12 +10,13 @@ device or many, so a resumed run sees the batches an uninterrupted run would hav
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from cellae.data.cache import CellCache
 
@@ -32,7 +33,7 @@ class CellBatch(NamedTuple):
 
 
 class _Rows(Dataset):
-    """Row numbers of the cache, one per item; batches of them are collated to a LongTensor."""
+    """Row numbers of the cache; an item is a whole batch of them, as its sampler hands it."""
 
     def __init__(self, rows: np.ndarray) -> None:
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -40,8 +41,37 @@ class _Rows(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int) -> int:
-        return int(self.rows[item])
+    def __getitem__(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch
+
+
+class _RowBatches(Sampler[torch.Tensor]):
+    """A :class:`DistributedSampler`'s order of the rows, cut into batches, each one LongTensor.
+
+    The batches a ``DataLoader(batch_size=...)`` would make of the same order, the last one
+    short, handed out whole: the loader then fetches and collates one item a step where it
+    would fetch one per image and stack them, some 40 Python calls a step at batch 16.
+    ``set_epoch`` is the sampler's, which Lightning calls, so a resume reproduces the shuffle.
+    """
+
+    def __init__(self, rows: np.ndarray, batch_size: int, replicas: int, rank: int,
+                 shuffle: bool, seed: int) -> None:
+        self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        self.batch_size = batch_size
+        self.order = DistributedSampler(_Rows(rows), num_replicas=replicas, rank=rank,
+                                        shuffle=shuffle, seed=seed, drop_last=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        # a generator: the order is drawn at the first batch, not when the loader makes its
+        # iterator, which Lightning does before it sets a resumed run's epoch
+        picked = self.rows[torch.tensor(list(self.order), dtype=torch.int64)]
+        yield from picked.split(self.batch_size)
 
 
 class CellDataModule(L.LightningDataModule):
@@ -71,14 +101,11 @@ class CellDataModule(L.LightningDataModule):
         trainer = self.trainer
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        # A DistributedSampler even on one device: its order depends only on (seed, epoch),
+        # A DistributedSampler's order even on one device: it depends only on (seed, epoch),
         # and Lightning calls set_epoch on it, so resuming reproduces the shuffle.
-        sampler = DistributedSampler(
-            _Rows(rows), num_replicas=replicas, rank=rank, shuffle=shuffle, seed=self.seed,
-            drop_last=False,
-        )
+        batches = _RowBatches(rows, self.batch_size, replicas, rank, shuffle, self.seed)
         return DataLoader(
-            _Rows(rows), batch_size=self.batch_size, sampler=sampler,
+            _Rows(rows), batch_size=None, sampler=batches,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
         )
 

@@ -1,5 +1,5 @@
 """The callbacks of a cellae Trainer: checkpoints written whole, the progress bar in cellae's
-words, the NaN guard, and one ``metrics.csv`` row per epoch."""
+words, and at each epoch's end the NaN guard and one ``metrics.csv`` row."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
 from cellae import runs
 from cellae.errors import CellaeError
@@ -99,18 +100,50 @@ class LossProgressBar(TQDMProgressBar):
         return {k: f"{float(metrics[k]):.4g}" for k in self.shown(pl_module) if k in metrics}
 
 
-class FiniteLossGuard(Callback):
-    """Stops training at the end of an epoch whose loss went NaN or infinite, before its row is
-    written and before any checkpoint of its weights (it comes first among the callbacks)."""
+class EpochCheckpoints(ModelCheckpoint):
+    """``best.ckpt`` (the lowest test loss so far) through Lightning's ModelCheckpoint, and
+    ``last.ckpt`` after every epoch, at each epoch's end only.
+
+    ``last.ckpt`` is written here, not by ``save_last``: Lightning (2.6) refreshes save_last's
+    file only in epochs whose monitored loss improved, which leaves it stale, and a resume from
+    it loses every epoch since. One callback for both, where two ModelCheckpoints did it before:
+    Lightning calls every callback at each of a step's dozen hooks and names it each time (a
+    ModelCheckpoint's name, its ``state_key``, is the ``repr`` of five settings), some 10 us a
+    step per checkpoint callback, so the name is worked out once too.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(
+            dirpath=run_dir / runs.CHECKPOINT_DIR, filename=Path(runs.BEST_CHECKPOINT).stem,
+            monitor="test_loss", mode="min", save_top_k=1, save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+        self.last_path = runs.last_checkpoint(run_dir)
+
+    @property
+    def state_key(self) -> str:
+        if "_cellae_state_key" not in self.__dict__:
+            # under ModelCheckpoint's own name, which a checkpoint stores its state by: one
+            # written before this class keeps its best score when resumed
+            key = super().state_key.removeprefix(type(self).__qualname__)
+            self.__dict__["_cellae_state_key"] = f"{ModelCheckpoint.__qualname__}{key}"
+        return self.__dict__["_cellae_state_key"]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if isinstance(pl_module, CellaeModule):
-            pl_module.raise_if_nonfinite()
+        super().on_train_epoch_end(trainer, pl_module)
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            # every process calls it: Lightning writes from global rank 0 and waits for all
+            trainer.save_checkpoint(self.last_path)
 
 
 class EpochLog(Callback):
-    """Appends one row per epoch to ``metrics.csv`` and, off a terminal, prints one plain line
-    (a log file gets one line per epoch where a progress bar would fill it with redraws).
+    """At each epoch's end, before any checkpoint of its weights (Lightning runs checkpointing
+    last): stops training if the epoch's loss went NaN or infinite, else appends its row to
+    ``metrics.csv`` and, off a terminal, prints one plain line (a log file gets one line per
+    epoch where a progress bar would fill it with redraws).
+
+    One callback for both, and nothing done per step: Lightning calls every callback at each
+    of a step's hooks, whatever it overrides.
 
     ``seconds`` is the whole epoch, its test pass included; ``images_per_second`` counts the
     training steps' time alone, so that a large test side does not read as slow training.
@@ -120,18 +153,12 @@ class EpochLog(Callback):
         self.run_dir = run_dir
         self.plain_lines = plain_lines
         self._started = 0.0
-        self._images = 0
         self._test_started = 0.0
         self._test_seconds = 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
-        self._images = 0
         self._test_seconds = 0.0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        self._images += len(batch[0])
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._test_started = time.perf_counter()
@@ -140,12 +167,15 @@ class EpochLog(Callback):
         self._test_seconds += time.perf_counter() - self._test_started
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(pl_module, CellaeModule):
+            pl_module.raise_if_nonfinite()  # in every process: they stop together
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         seconds = time.perf_counter() - self._started
         training_seconds = seconds - self._test_seconds
-        images = self._images * trainer.world_size
+        images = (pl_module.images_seen("train") if isinstance(pl_module, CellaeModule)
+                  else 0) * trainer.world_size
         row = {k: metrics.get(k, "") for k in pl_module.metric_columns()}
         row.update(
             epoch=trainer.current_epoch + 1,

@@ -70,12 +70,16 @@ class CellaeModule(L.LightningModule):
         self.config = config
         self.model = build_model(config.model, config.data.image_size, channels)
         # per side, this epoch's loss terms summed on the device; read once per epoch (logged
-        # at the side's last batch, watched by FiniteLossGuard at the epoch's end), as reading
+        # at the side's last batch, watched by EpochLog at the epoch's end), as reading
         # them each step would wait for the device each step
         self._epoch: dict[str, EpochMeans] = {}
         # the forward pass training runs: the model, or its torch.compile'd wrapper (kept out
         # of the module's children so the checkpoint's keys stay the model's own)
         self._forward: list[Any] = [self.model]
+        # the step below runs backward and the optimizer itself: Lightning's automatic
+        # optimisation wraps each step in a closure and a dozen hooks, about 0.2 ms of Python
+        # a step that a GPU step of a few ms cannot hide
+        self.automatic_optimization = False
 
     def epochs_done(self) -> float:
         """Training progress in epochs, fractional within an epoch; what loss schedules follow."""
@@ -140,6 +144,10 @@ class CellaeModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch.pop("train", None)
 
+    def images_seen(self, side: str) -> int:
+        """The images of ``side`` this process has stepped through in this epoch."""
+        return self._epoch[side].images if side in self._epoch else 0
+
     def on_validation_epoch_start(self) -> None:
         self._epoch.pop("test", None)
 
@@ -176,7 +184,15 @@ class CellaeModule(L.LightningModule):
             )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", batch_idx + 1 >= self.trainer.num_training_batches)
+        optimizer = self.optimizers()
+        loss = self._step(batch, "train", batch_idx + 1 >= self.trainer.num_training_batches)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.config.train.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.config.train.grad_clip,
+                                gradient_clip_algorithm="norm")
+        optimizer.step()
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test", batch_idx + 1 >= sum(self.trainer.num_val_batches))
@@ -205,6 +221,26 @@ class CellaeModule(L.LightningModule):
         state = checkpoint.get("cellae", {}).get("torch_rng")
         if isinstance(state, torch.Tensor):
             torch.set_rng_state(state)
+        _steps_of_automatic_optimisation(checkpoint)
+
+
+# where Lightning's fit loop counts optimizer steps, under each kind of optimisation
+_AUTOMATIC_STEPS = "epoch_loop.automatic_optimization.optim_progress"
+_MANUAL_STEPS = "epoch_loop.manual_optimization.optim_step_progress"
+
+
+def _steps_of_automatic_optimisation(checkpoint: dict[str, Any]) -> None:
+    """A checkpoint written before the module ran its own optimizer step counts the steps under
+    Lightning's automatic optimisation: they become the manual count the module now keeps, so
+    that a resumed run's global step, and the loss schedules that follow it (the VAE's KL
+    warm-up), go on from where they were instead of from 0."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    automatic = loops.get(_AUTOMATIC_STEPS, {}).get("optimizer", {}).get("step")
+    manual = loops.get(_MANUAL_STEPS)
+    if not (isinstance(automatic, dict) and isinstance(manual, dict)):
+        return
+    if manual.get("total", {}).get("completed", 0) == 0 < automatic.get("total", {}).get("completed", 0):
+        loops[_MANUAL_STEPS] = {side: dict(counts) for side, counts in automatic.items()}
 
 
 def compiled_or_eager(model: torch.nn.Module, probe: torch.Tensor) -> Any:

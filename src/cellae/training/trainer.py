@@ -11,12 +11,16 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
-from cellae import runs
 from cellae.config import Config
 from cellae.errors import CellaeError
-from cellae.training.callbacks import AtomicCheckpointIO, EpochLog, FiniteLossGuard, LossProgressBar
+from cellae.training.callbacks import (
+    AtomicCheckpointIO,
+    EpochCheckpoints,
+    EpochLog,
+    LossProgressBar,
+)
 from cellae.training.launch import accelerator as chosen_accelerator
 from cellae.training.launch import devices as chosen_devices
 
@@ -52,20 +56,9 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
     accelerator = chosen_accelerator(config)
     _quiet_lightning()
     interactive = sys.stderr.isatty()
-    # Saved after EpochLog wrote the epoch's row (Lightning runs checkpointing last), so a
-    # checkpoint never exists without its metrics row. Two callbacks, not one with save_last:
-    # Lightning (2.6) refreshes save_last's file only in epochs whose monitored loss improved,
-    # which leaves last.ckpt stale, and a resume from it loses every epoch since.
-    best = ModelCheckpoint(
-        dirpath=run_dir / runs.CHECKPOINT_DIR, filename=Path(runs.BEST_CHECKPOINT).stem,
-        monitor="test_loss", mode="min", save_top_k=1, save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
-    last_path = runs.last_checkpoint(run_dir)
-    last = ModelCheckpoint(
-        dirpath=last_path.parent, filename=last_path.stem,
-        monitor=None, save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False,
-    )
+    # Lightning runs checkpointing last: a checkpoint is saved after EpochLog wrote its epoch's
+    # row, so it never exists without it, and never after a NaN epoch
+    checkpoints = EpochCheckpoints(run_dir)
     logger: Any = False
     if t.tensorboard:
         try:
@@ -88,10 +81,9 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback] | Non
         strategy=t.strategy,
         precision=resolved_precision(t.precision, accelerator),
         max_epochs=t.epochs,
-        gradient_clip_val=t.grad_clip or None,
         # some GPU kernels have no deterministic version; warn there rather than refuse to train
         deterministic=True if (t.deterministic and accelerator == "cpu") else ("warn" if t.deterministic else False),
-        callbacks=[FiniteLossGuard(), best, last, EpochLog(run_dir, plain_lines=not interactive)]
+        callbacks=[EpochLog(run_dir, plain_lines=not interactive), checkpoints]
         + ([LossProgressBar()] if interactive else []) + list(callbacks or []),
         logger=logger,
         enable_progress_bar=interactive,
