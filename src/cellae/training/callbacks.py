@@ -133,7 +133,7 @@ class EpochCheckpoints(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             # every process calls it: Lightning writes from global rank 0 and waits for all
-            trainer.save_checkpoint(self.last_path)
+            trainer.save_checkpoint(self.last_path, weights_only=False)
 
 
 class EpochLog(Callback):
