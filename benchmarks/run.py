@@ -378,7 +378,7 @@ def training_rows(source: Path, files: list[Path], scale: Scale, device: torch.d
 # a model so small that a step is mostly framework: what cellae adds per step shows, on any CPU
 OVERHEAD_SETTINGS = ["data.source=synthetic", "data.synthetic.n_images=1200", "data.image_size=32",
                      "model.widths=[4, 4]", "model.latent_dim=2", "train.batch_size=16",
-                     "train.epochs=4", "eval.enabled=false"]
+                     "train.epochs=4", "eval.enabled=false", "train.accelerator=cpu"]
 
 
 def lightning_floor_rate(config: Any, cache: Any, rows: np.ndarray) -> float:
@@ -405,7 +405,8 @@ def lightning_floor_rate(config: Any, cache: Any, rows: np.ndarray) -> float:
     data = torch.utils.data.TensorDataset(torch.from_numpy(np.asarray(cache.images[rows])),
                                           torch.from_numpy(np.asarray(cache.masks[rows])))
     clock = StepClock()
-    trainer = L.Trainer(max_epochs=config.train.epochs, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=config.train.epochs, accelerator="cpu", logger=False,
+                        enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[step_clock_callback(clock, first_epoch=1)])
     torch.manual_seed(config.seed)
