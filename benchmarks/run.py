@@ -216,11 +216,28 @@ def subset_folder(files: list[Path], source: Path, n: int, folder: Path) -> Path
     return folder
 
 
+def in_memory(cache: Any, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and masks of ``rows`` as tensors in memory, in file order: the bare loops'
+    data, read from the cache once before any step is timed."""
+    picked = np.sort(rows)
+    return (torch.from_numpy(np.asarray(cache.images[picked])),
+            torch.from_numpy(np.asarray(cache.masks[picked])))
+
+
+def bare_loss(model: Any, forward: Any, images: torch.Tensor, masks: torch.Tensor,
+              pick: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """The loss of one bare step: the picked images as floats in ``layout``, through
+    ``forward`` (the model, compiled or wrapped), with the model's loss at the schedule's end."""
+    from cellae.images import unit_float
+
+    x = unit_float(images[pick]).contiguous(memory_format=layout)
+    return model.loss(x, masks[pick].float(), forward(x), model.schedule(1.0))["loss"]
+
+
 def bare_rate(config: Any, cache: Any, rows: np.ndarray, device: torch.device, steps: int,
               channels_last: bool, bf16: bool = False, compiled: bool = False) -> float:
     """Images/s of a bare PyTorch loop of the same model and loss: data already on the device,
     one random permutation, Adam; nothing else."""
-    from cellae.images import unit_float
     from cellae.models import build_model
 
     torch.manual_seed(config.seed)
@@ -229,8 +246,7 @@ def bare_rate(config: Any, cache: Any, rows: np.ndarray, device: torch.device, s
     model = model.to(memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     forward = torch.compile(model) if compiled else model
-    images = torch.from_numpy(np.asarray(cache.images[np.sort(rows)])).to(device)
-    masks = torch.from_numpy(np.asarray(cache.masks[np.sort(rows)])).to(device)
+    images, masks = (t.to(device) for t in in_memory(cache, rows))
     batch = config.train.batch_size
     clock = StepClock()
     order = torch.randperm(len(rows), device=device)
@@ -241,11 +257,9 @@ def bare_rate(config: Any, cache: Any, rows: np.ndarray, device: torch.device, s
             clock = StepClock()
         start = (step * batch) % max(1, len(rows) - batch + 1)
         pick = order[start:start + batch]
-        x = unit_float(images[pick]).contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            output = forward(x)
-            losses = model.loss(x, masks[pick].float(), output, model.schedule(1.0))
-        losses["loss"].backward()
+            loss = bare_loss(model, forward, images, masks, pick, layout)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         clock.tick(len(pick))
@@ -421,7 +435,6 @@ def fabric_floor_rate(config: Any, cache: Any, rows: np.ndarray, steps: int) -> 
     Fabric (issue 25's way below Lightning's Trainer) would cost at least."""
     import lightning as L
 
-    from cellae.images import unit_float
     from cellae.models import build_model
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
@@ -430,17 +443,14 @@ def fabric_floor_rate(config: Any, cache: Any, rows: np.ndarray, steps: int) -> 
                         int(cache.images.shape[1])).use_channels_last(True)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     wrapped, optimizer = fabric.setup(model, optimizer)
-    images = torch.from_numpy(np.asarray(cache.images[np.sort(rows)]))
-    masks = torch.from_numpy(np.asarray(cache.masks[np.sort(rows)]))
+    images, masks = in_memory(cache, rows)
     batch = config.train.batch_size
     order = torch.randperm(len(rows))
     clock = StepClock()
     for step in range(steps + 1):
         start = (step * batch) % max(1, len(rows) - batch + 1)
         pick = order[start:start + batch]
-        x = unit_float(images[pick]).contiguous(memory_format=torch.channels_last)
-        loss = model.loss(x, masks[pick].float(), wrapped(x), model.schedule(1.0))["loss"]
-        fabric.backward(loss)
+        fabric.backward(bare_loss(model, wrapped, images, masks, pick, torch.channels_last))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         clock.tick(len(pick))
@@ -465,20 +475,16 @@ class BareStepsBetween:
         self.model = build_model(config.model, config.data.image_size, channels)
         self.model.use_channels_last(True)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr)
-        self.images = torch.from_numpy(np.asarray(cache.images[np.sort(rows)]))
-        self.masks = torch.from_numpy(np.asarray(cache.masks[np.sort(rows)]))
+        self.images, self.masks = in_memory(cache, rows)
         self.batch = config.train.batch_size
         self.ours: list[float] = []
         self.bare: list[float] = []
         self._last: float | None = None
 
     def step(self) -> None:
-        from cellae.images import unit_float
-
         pick = torch.randint(0, len(self.images), (self.batch,))
-        x = unit_float(self.images[pick]).contiguous(memory_format=torch.channels_last)
-        output = self.model(x)
-        self.model.loss(x, self.masks[pick].float(), output, self.model.schedule(1.0))["loss"].backward()
+        bare_loss(self.model, self.model, self.images, self.masks, pick,
+                  torch.channels_last).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

@@ -49,8 +49,8 @@ class _RowBatches(Sampler[torch.Tensor]):
     """A :class:`DistributedSampler`'s order of the rows, cut into batches, each one LongTensor.
 
     The batches a ``DataLoader(batch_size=...)`` would make of the same order, the last one
-    short, handed out whole: the loader then fetches and collates one item a step where it
-    would fetch one per image and stack them, some 40 Python calls a step at batch 16.
+    short, handed out whole: the loader then fetches one item a step where it would fetch one
+    per image (16 at batch 16) and stack them.
     ``set_epoch`` is the sampler's, which Lightning calls, so a resume reproduces the shuffle.
     """
 

@@ -3,6 +3,7 @@ words, and at each epoch's end the NaN guard and one ``metrics.csv`` row."""
 
 from __future__ import annotations
 
+import functools
 import io
 import sys
 import time
@@ -108,8 +109,8 @@ class EpochCheckpoints(ModelCheckpoint):
     file only in epochs whose monitored loss improved, which leaves it stale, and a resume from
     it loses every epoch since. One callback for both, where two ModelCheckpoints did it before:
     Lightning calls every callback at each of a step's dozen hooks and names it each time (a
-    ModelCheckpoint's name, its ``state_key``, is the ``repr`` of five settings), some 10 us a
-    step per checkpoint callback, so the name is worked out once too.
+    ModelCheckpoint's name, its ``state_key``, is the ``repr`` of five settings, made anew at
+    each of those calls), so the name is worked out once too.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -120,14 +121,12 @@ class EpochCheckpoints(ModelCheckpoint):
         )
         self.last_path = runs.last_checkpoint(run_dir)
 
-    @property
+    @functools.cached_property
     def state_key(self) -> str:
-        if "_cellae_state_key" not in self.__dict__:
-            # under ModelCheckpoint's own name, which a checkpoint stores its state by: one
-            # written before this class keeps its best score when resumed
-            key = super().state_key.removeprefix(type(self).__qualname__)
-            self.__dict__["_cellae_state_key"] = f"{ModelCheckpoint.__qualname__}{key}"
-        return self.__dict__["_cellae_state_key"]
+        # under ModelCheckpoint's own name, which a checkpoint stores its state by: one written
+        # before this class keeps its best score when resumed
+        key = super().state_key.removeprefix(type(self).__qualname__)
+        return f"{ModelCheckpoint.__qualname__}{key}"
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -166,16 +165,14 @@ class EpochLog(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._test_seconds += time.perf_counter() - self._test_started
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if isinstance(pl_module, CellaeModule):
-            pl_module.raise_if_nonfinite()  # in every process: they stop together
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: CellaeModule) -> None:
+        pl_module.raise_if_nonfinite()  # in every process: they stop together
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         seconds = time.perf_counter() - self._started
         training_seconds = seconds - self._test_seconds
-        images = (pl_module.images_seen("train") if isinstance(pl_module, CellaeModule)
-                  else 0) * trainer.world_size
+        images = pl_module.images_seen("train") * trainer.world_size
         row = {k: metrics.get(k, "") for k in pl_module.metric_columns()}
         row.update(
             epoch=trainer.current_epoch + 1,
