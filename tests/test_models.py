@@ -17,6 +17,8 @@ TINY = {"latent_dim": 4, "widths": [8, 16], "norm": "batch", "activation": "leak
 
 def tiny(family: str = "ae", image_size: int = 32, channels: int = 3, **changes) -> CellAutoencoder:
     torch.manual_seed(0)
+    if family == "what_where":
+        changes = {"where_dim": 1} | changes  # its default, 8, is more than TINY's whole code
     return build_model(model_config(**(TINY | {"family": family} | changes)), image_size, channels)
 
 
@@ -51,7 +53,7 @@ def disks(n: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------- shapes and building
 
 
-@pytest.mark.parametrize("family", ["ae", "vae"])
+@pytest.mark.parametrize("family", ["ae", "vae", "what_where"])
 @pytest.mark.parametrize("image_size", [32, 64, 128])
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_output_shapes_and_range(family: str, image_size: int, channels: int) -> None:
@@ -98,6 +100,7 @@ def test_default_config_fits_64px_rgb() -> None:
         ({"loss": "l1"}, 32, 3, "model.loss"),
         ({"norm": "layer"}, 32, 3, "model.norm"),
         ({"activation": "tanh"}, 32, 3, "model.activation"),
+        ({"family": "what_where", "where_dim": 4}, 32, 3, "model.where_dim"),
     ],
 )
 def test_impossible_combinations_raise(
@@ -290,6 +293,7 @@ def test_latent_l1_is_reported_and_added_when_enabled() -> None:
     "changes",
     [
         {"family": "ae", "latent_l1": 0.1},
+        {"family": "what_where", "where_dim": 1, "latent_l1": 0.1},
         {"family": "vae", "loss": "masked_bce"},
         {"family": "vae", "norm": "group", "activation": "gelu"},
     ],
@@ -409,7 +413,8 @@ def test_evaluation_reads_the_test_codes_off_the_forward_pass_only_where_they_ar
 
 
 @pytest.mark.parametrize("family,upsample,norm", [("ae", "resize", "batch"), ("vae", "transpose", "batch"),
-                                                  ("ae", "resize", "group")])
+                                                  ("ae", "resize", "group"),
+                                                  ("what_where", "resize", "batch")])
 def test_inference_copy_folds_batch_norm_without_changing_outputs(family, upsample, norm) -> None:
     model = tiny(family, upsample=upsample, norm=norm)
     with torch.no_grad():  # running statistics away from their initial 0 and 1
@@ -426,3 +431,30 @@ def test_inference_copy_folds_batch_norm_without_changing_outputs(family, upsamp
     # the model itself is untouched: it still loads its checkpoint's keys
     assert set(model.state_dict()) != set(fused.state_dict()) or norm == "group"
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == (norm == "batch")
+
+
+def _spot_at(y: int, x: int, size: int = 128) -> torch.Tensor:
+    """A grey disk with a dark spot at (y, x), on black: one cell, its parasite placed."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disk = ((yy - y) ** 2 + (xx - x) ** 2 <= 12**2).float() * 0.8
+    spot = ((yy - y - 3) ** 2 + (xx - x + 2) ** 2 <= 2**2)
+    return torch.where(spot, torch.tensor(0.1), disk).expand(3, size, size).unsqueeze(0)
+
+
+@pytest.mark.parametrize("where_dim", [0, 2])
+def test_what_code_is_the_same_wherever_the_cell_lies_and_the_flat_code_is_not(where_dim) -> None:
+    """The what numbers are read from maps pooled over the image: a cell moved by a multiple
+    of the encoder's stride (maps move with it, exactly, on a background whose features are 0)
+    keeps its what numbers. The AE's code, read off the flat map, changes."""
+    codes = {}
+    for family in ("what_where", "ae"):
+        changes = {"where_dim": where_dim} if family == "what_where" else {}
+        model = tiny(family, image_size=128, norm="none", **changes).eval()
+        for name, param in model.encoder.named_parameters():
+            if name.endswith("bias"):  # so that black gives features of 0, as the padding
+                torch.nn.init.zeros_(param)
+        with torch.no_grad():
+            codes[family] = model.encode(torch.cat([_spot_at(40, 40), _spot_at(72, 88)]))
+    what = codes["what_where"][:, : TINY["latent_dim"] - where_dim]
+    torch.testing.assert_close(what[0], what[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(codes["ae"][0], codes["ae"][1], atol=1e-3)

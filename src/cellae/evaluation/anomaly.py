@@ -42,9 +42,9 @@ SCORES = {
     "latent_knn": "latent distance (kNN)",
     "latent_gaussian": "latent distance (Gaussian)",
 }
-# the side, in pixels, of the window the local error is averaged over (a parasite's size at
-# 32 px); and the neighbours of the kNN distance
-LOCAL_WINDOW = 3
+# the side of the window the local error is averaged over: 3 px at 32 px, a parasite's size,
+# and the same share of the cell at any other size (6 px at 64); the kNN distance's neighbours
+LOCAL_WINDOW_AT_32PX = 3
 LATENT_NEIGHBOURS = 15
 _SAME_CELLS = SAME_TEST_CELLS + ("data.train_classes",)
 if tuple(SCORES) != get_args(AnomalyScore):
@@ -79,7 +79,8 @@ def error_scores(originals: np.ndarray, recons: np.ndarray, masks: np.ndarray) -
     a, b = unit_float_array(originals), unit_float_array(recons)
     inside = np.asarray(masks) != 0
     squared = ((a - b) ** 2).mean(axis=1)  # (N, H, W)
-    window = (1, LOCAL_WINDOW, LOCAL_WINDOW)
+    side = max(1, round(LOCAL_WINDOW_AT_32PX * a.shape[-1] / 32))
+    window = (1, side, side)
     # the window's mean over the interior pixels it covers, so the rim is not diluted by the
     # padding around the cell
     covered = ndimage.uniform_filter(inside.astype(np.float64), window, mode="constant")

@@ -78,6 +78,10 @@ def bottleneck_size(image_size: int, n_stages: int) -> int:
     return image_size // factor
 
 
+# a stage of the encoder: strided convolution, norm, activation (a folded norm stays an Identity)
+LAYERS_PER_STAGE = 3
+
+
 class ConvEncoder(nn.Module):
     """Image (B, C, H, W) -> flat features (B, widths[-1] * s * s) with s = H / 2**len(widths)."""
 
@@ -106,6 +110,17 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.contiguous(memory_format=self.input_layout))
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each stage's feature map (B, width, side, side), from the first (largest) to the
+        last; the last flattened is what :meth:`forward` returns."""
+        h = x.contiguous(memory_format=self.input_layout)
+        maps = []
+        for i, layer in enumerate(self.net[:-1]):  # all but the flatten
+            h = layer(h)
+            if (i + 1) % LAYERS_PER_STAGE == 0:
+                maps.append(h)
+        return maps
 
 
 class ConvDecoder(nn.Module):
