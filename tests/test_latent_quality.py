@@ -206,13 +206,15 @@ def test_bad_repeats_are_refused(tmp_path, extra, message):
         load_sweep(path)
 
 
-def fake_run(sweep_dir: Path, name: str, accuracy: float, auroc: float | None = None) -> None:
+def fake_run(sweep_dir: Path, name: str, accuracy: float, auroc: float | None = None,
+             spot_auroc: float | None = None) -> None:
     run_dir = sweep_dir / name
     (run_dir / "eval").mkdir(parents=True)
     (run_dir / runs.CONFIG_FILE).write_text("name: x\n")
     (run_dir / runs.RUN_INFO_FILE).write_text("{}")
     (run_dir / "eval" / "metrics.json").write_text(json.dumps({
         "probe": {"accuracy": accuracy, "auroc": auroc},
+        "spot_baseline": {"auroc": spot_auroc},
         "columns": [{"key": "probe.accuracy", "title": "probe accuracy"},
                     {"key": "probe.auroc", "title": "probe AUROC"}],
     }))
@@ -241,6 +243,27 @@ def test_the_summary_gives_mean_and_spread_never_the_best_seed(tmp_path):
     assert "| a | 4 (2 folds x 2 seeds) | 0.750 ± 0.129 | 0.800 (n=1) |" in text
     assert "| b | 1 (1 fold x 1 seed) | 0.500 |" in text
     assert text.index("| b |") < text.index("| a |")
+
+
+def test_the_summary_pairs_runs_with_their_spot_features_and_with_the_first_setting(tmp_path):
+    # (setting, fold, seed): probe AUROC; the spot features read 0.9 on fold 0, 0.7 on fold 1
+    aurocs = {("a", 0, 0): 0.85, ("a", 0, 1): 0.87, ("a", 1, 0): 0.80, ("a", 1, 1): 0.60,
+              ("b", 0, 0): 0.95, ("b", 0, 1): 0.86, ("b", 1, 0): 0.75, ("b", 1, 1): 0.62}
+    for (setting, fold, seed), auroc in aurocs.items():
+        fake_run(tmp_path, f"{setting}-f{fold}-s{seed}", 0.5, auroc, spot_auroc=(0.9, 0.7)[fold])
+    runs.write_json(tmp_path / runs.SWEEP_STATUS_FILE, {"order": ["a-f0-s0", "b-f0-s0"]})
+    paired = summarise(tmp_path)["settings"]
+    spot = paired["b"]["paired"]["probe.auroc vs spot_baseline.auroc"]
+    # above 0.9 once on fold 0 (0.95), above 0.7 once on fold 1 (0.75); fold 0's mean 0.905
+    # is above 0.9, fold 1's 0.685 below 0.7
+    assert (spot["runs_above"], spot["runs"], spot["folds_above"], spot["folds"]) == (2, 4, 1, 2)
+    assert spot["mean_difference"] == pytest.approx(np.mean([0.05, -0.04, 0.05, -0.08]))
+    first = paired["b"]["paired"]["probe.auroc vs a"]
+    assert (first["runs_above"], first["runs"], first["folds_above"]) == (2, 4, 1)
+    assert "probe.auroc vs a" not in paired["a"]["paired"]
+    assert "probe.accuracy vs spot_baseline.accuracy" not in paired["a"]["paired"]  # no numbers
+    text = write_summary(tmp_path, "study").read_text()
+    assert "| b | probe.auroc vs spot_baseline.auroc | 2/4 | 1/2 | -0.005 |" in text
 
 
 def test_the_shipped_latent_quality_sweep_and_configs_load():

@@ -6,6 +6,11 @@ settings, so the summary gives, per setting and per number of its evaluation: th
 all runs, the standard deviation over runs (folds and seeds together: the spread a user
 should expect on new patients) and the standard deviation over seeds of the fold-averaged
 number (how much the setting depends on its training seed alone). No best seed is picked.
+
+Means of noisy numbers hide who wins where, so the summary also pairs runs: each learned
+number against the baseline of the same run (the spot features on the same test cells), and
+each setting against the sweep's first (the same fold and seed): on how many runs, and on how
+many folds (seeds averaged), it is the higher, and the mean of the differences.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ SUMMARY_MARKDOWN = "summary.md"
 LEADING = ("probe.accuracy", "probe.auroc", "probe.knn_accuracy", "pca_baseline.accuracy",
            "pca_baseline.auroc", "spot_baseline.accuracy", "spot_baseline.auroc", "anomaly.auroc",
            "reconstruction.psnr_interior")
+
+
+# a learned number and the baseline it is paired with within the same run
+AGAINST_BASELINE = (("probe.auroc", "spot_baseline.auroc"),
+                    ("probe.accuracy", "spot_baseline.accuracy"),
+                    ("anomaly.auroc", "spot_baseline.auroc"))
+# the numbers paired with the sweep's first setting, run by run
+AGAINST_FIRST = ("probe.auroc", "probe.accuracy", "anomaly.auroc")
 
 
 def _value(metrics: dict[str, Any], key: str) -> float | None:
@@ -103,8 +116,45 @@ def summarise(sweep_dir: Path) -> dict[str, Any]:
             "folds": sorted({fold for fold, _, _ in members}),
             "seeds": sorted({seed for _, seed, _ in members}),
             "numbers": numbers,
+            "paired": _paired(members, found),
         }
     return {"settings": settings, "titles": titles, "digits": digits, "keys": keys}
+
+
+def _paired(members: list[tuple[int, int, dict[str, Any]]],
+            found: list[tuple[str, int, int, dict[str, Any]]]) -> dict[str, Any]:
+    """The setting's runs paired with the spot features of the same run, and with the sweep's
+    first setting's run of the same fold and seed (the first setting's own pairing is empty)."""
+    first = found[0][0]
+    control = {(fold, seed): m for s, fold, seed, m in found if s == first}
+    pairs: dict[str, Any] = {}
+    for key, baseline in AGAINST_BASELINE:
+        rows = [(fold, seed, _value(m, key), _value(m, baseline)) for fold, seed, m in members]
+        pairs[f"{key} vs {baseline}"] = _wins(rows)
+    for key in AGAINST_FIRST:
+        rows = [(fold, seed, _value(m, key), _value(control[fold, seed], key))
+                for fold, seed, m in members if (fold, seed) in control
+                and control[fold, seed] is not m]
+        pairs[f"{key} vs {first}"] = _wins(rows)
+    return {name: result for name, result in pairs.items() if result is not None}
+
+
+def _wins(rows: list[tuple[int, int, float | None, float | None]]) -> dict[str, Any] | None:
+    """Of (fold, seed, value, other) rows: runs and folds (seeds averaged) where value is the
+    higher, and the mean difference; None when no row has both numbers."""
+    both = [(fold, value, other) for fold, _, value, other in rows
+            if value is not None and other is not None]
+    if not both:
+        return None
+    by_fold: dict[int, list[float]] = defaultdict(list)
+    for fold, value, other in both:
+        by_fold[fold].append(value - other)
+    differences = [value - other for _, value, other in both]
+    return {
+        "runs_above": sum(d > 0 for d in differences), "runs": len(differences),
+        "folds_above": sum(float(np.mean(d)) > 0 for d in by_fold.values()),
+        "folds": len(by_fold), "mean_difference": float(np.mean(differences)),
+    }
 
 
 def _cell(number: dict[str, Any] | None, digits: int, runs: int) -> str:
@@ -141,6 +191,20 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
                          for k in keys)
             + f" | {'–' if seed_sd is None else f'{seed_sd:.3f}'} |"
         )
+    paired = [(name, pair, result) for name, setting in settings.items()
+              for pair, result in setting.get("paired", {}).items()]
+    if paired:
+        lines += [
+            "",
+            "Paired: on how many runs the first number is the higher of the two (same fold "
+            "and seed), on how many folds (seeds averaged), and the mean difference.",
+            "",
+            "| setting | pair | runs above | folds above | mean difference |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {name} | {pair} | {r['runs_above']}/{r['runs']} | "
+                  f"{r['folds_above']}/{r['folds']} | {r['mean_difference']:+.3f} |"
+                  for name, pair, r in paired]
     return "\n".join(lines) + "\n"
 
 
