@@ -280,9 +280,9 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
     assert best.model.loss.name == "spot_mse"
     # each shipped config is its setting of the sweep that ranked it, but for the data's path,
     # the patient fold and the seed
-    round2 = load_sweep(CONFIGS / "sweeps" / "latent_quality_round2.yaml")
-    winner = next(c for c in round2.combinations if c["name"] == "anomaly-plain-f0-s0")
-    ranked = config_from_dict(round2.config_values(winner), check_paths=False)
+    round4 = load_sweep(CONFIGS / "sweeps" / "latent_quality_round4.yaml")
+    winner = next(c for c in round4.combinations if c["name"] == "anomaly-plain-64px-f0-s0")
+    ranked = config_from_dict(round4.config_values(winner), check_paths=False)
     assert ranked.model == anomaly.model and ranked.train == anomaly.train
     assert dataclasses.replace(ranked.data, folds=0, fold=0) == anomaly.data
     assert anomaly.eval.anomaly_score == "local_max" == ranked.eval.anomaly_score
