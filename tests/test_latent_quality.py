@@ -280,19 +280,25 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
     assert best.model.loss.name == "spot_mse"
     # each shipped config is its setting of the sweep that ranked it, but for the data's path,
     # the patient fold and the seed
-    round4 = load_sweep(CONFIGS / "sweeps" / "latent_quality_round4.yaml")
-    winner = next(c for c in round4.combinations if c["name"] == "anomaly-plain-64px-f0-s0")
-    ranked = config_from_dict(round4.config_values(winner), check_paths=False)
-    assert ranked.model == anomaly.model and ranked.train == anomaly.train
-    assert dataclasses.replace(ranked.data, folds=0, fold=0) == anomaly.data
-    assert anomaly.eval.anomaly_score == "local_max" == ranked.eval.anomaly_score
-    round3 = load_sweep(CONFIGS / "sweeps" / "latent_quality_round3.yaml")
-    winner = next(c for c in round3.combinations
-                  if c["name"] == "best-latent-64-invariance-100-f0-s0")
-    ranked = config_from_dict(round3.config_values(winner), check_paths=False)
-    assert ranked.model == best.model and ranked.train == best.train
-    assert best.train.invariance == 100
-    assert dataclasses.replace(ranked.data, folds=0, fold=0) == best.data
+    for shipped, setting in ((anomaly, "anomaly-plain-64px"),
+                             (best, "best-latent-64-invariance-100")):
+        winner = next(c for c in sweep.combinations if c["name"] == f"{setting}-f0-s0")
+        ranked = config_from_dict(sweep.config_values(winner), check_paths=False)
+        assert ranked.model == shipped.model and ranked.train == shipped.train, setting
+        assert dataclasses.replace(ranked.data, folds=0, fold=0) == shipped.data, setting
+        assert ranked.eval.anomaly_score == shipped.eval.anomaly_score
+    assert anomaly.eval.anomaly_score == "local_max"
+
+
+def test_only_runs_the_named_settings_in_the_order_given(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"config": {}, "folds": 2, "seeds": [0], "runs": [
+        {"name": "a"}, {"name": "b", "model.latent_dim": 8}, {"name": "c"}]}))
+    sweep = load_sweep(path, only=["c", "b"])
+    assert [c["name"] for c in sweep.combinations] == ["c-f0-s0", "c-f1-s0", "b-f0-s0", "b-f1-s0"]
+    assert sweep.combinations[2]["model.latent_dim"] == 8
+    with pytest.raises(CellaeError, match="no setting 'd'; its settings: a, b, c"):
+        load_sweep(path, only=["a", "d"])
 
 
 def test_spot_features_see_a_dark_spot_and_survive_a_flat_cell():

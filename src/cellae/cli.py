@@ -149,6 +149,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override config keys of every run, e.g. --set data.source=data/cell_images.zip",
     )
     sweep.add_argument(
+        "--only", nargs="+", default=[], metavar="SETTING",
+        help="run only these settings of the file (by name, each with its folds and seeds), "
+             "in this order; the first is the one the others are paired with in summary.md",
+    )
+    sweep.add_argument(
         "--launcher", choices=("local", "slurm"), default=None,
         help="local: one run after another here (default); slurm: one SLURM job per run "
              "(needs cellae[slurm]), collected later with --resume",
@@ -240,8 +245,9 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.sweep is None and not args.resume:
             raise CellaeError("give a sweep file, e.g. cellae sweep configs/sweeps/quickstart.yaml")
-        if args.resume and args.overrides:
-            raise CellaeError("--set cannot change a sweep that is resumed; it keeps its values")
+        if args.resume and (args.overrides or args.only):
+            raise CellaeError("--set and --only cannot change a sweep that is resumed; it keeps "
+                              "its values and settings")
         from cellae.sweep import runs_in_jobs, slurm_parameters
 
         slurm = slurm_parameters(args.slurm_partition, args.slurm_time, args.slurm_gpus_per_node,
@@ -251,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
         # a resumed sweep runs from the copy frozen into its folder; the file is not needed
         sweep_dir = run_sweep(Path(args.sweep or ""), Path(args.out), resume=args.resume,
                               overrides=args.overrides, launcher=args.launcher, slurm=slurm,
-                              jobs=args.jobs)
+                              jobs=args.jobs, only=args.only)
         print(f"sweep folder: {sweep_dir}")
         if runs_in_jobs(sweep_dir):
             print(f"collect with: cellae sweep --resume {sweep_dir}")

@@ -32,7 +32,8 @@ LAUNCHERS = ("local", "slurm")
 def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool = True,
               overrides: list[str] | None = None, launcher: str | None = None,
               slurm: dict[str, Any] | None = None,
-              executor: Callable[..., Any] | None = None, jobs: int = 1) -> Path:
+              executor: Callable[..., Any] | None = None, jobs: int = 1,
+              only: list[str] | None = None) -> Path:
     """Run every combination of a sweep file; return the sweep folder.
 
     ``overrides`` apply to every run of a new sweep; a resumed sweep keeps the values it was
@@ -44,6 +45,9 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
     (:func:`~cellae.sweep.slurm.slurm_parameters`),
     remembered in the status file for later submissions. A resumed sweep never starts a run
     whose job is still pending or running; the summary is written once every run is finished.
+
+    ``only`` names the settings of the file to run (all of them when empty); a resumed
+    sweep runs those it was started with.
 
     ``jobs`` above 1 runs that many runs at once on this machine, each in its own process with
     its share of the cores and GPUs, its output in ``logs/<run>.log`` (:mod:`cellae.sweep.side_by_side`).
@@ -74,7 +78,7 @@ def run_sweep(path: Path, out: Path, resume: str | None = None, evaluate: bool =
                 one_device_each(sweep)
             previous = read_record(sweep_dir)
         else:
-            sweep = load_sweep(path, overrides)
+            sweep = load_sweep(path, overrides, only=only)
             # a data path that is wrong for one run is wrong for all: say so before starting any
             for combination in sweep.combinations:
                 config_from_dict(sweep.config_values(combination), check_paths=True)

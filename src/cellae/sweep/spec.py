@@ -19,6 +19,9 @@ Each combination is an ordinary run folder inside one sweep folder, named by its
 combinations of that family (an explicit ``runs`` list), never in the shared base. ``--resume`` keeps finished runs, resumes an unfinished one from its
 checkpoint and trains the rest; a failing run is reported and the others go on.
 
+``--only NAME ...`` runs only the named settings of the file (each with all its folds and
+seeds), in the order given: one file holds a whole study, and each step of it runs alone.
+
 With ``folds`` or ``seeds``, a setting is scored as the mean and spread of its repeats, never by
 one split or its best seed: the sweep ends by writing ``summary.md`` (see :mod:`cellae.sweep.summary`).
 
@@ -99,11 +102,12 @@ class Sweep:
         return from_older_cellae(values, flat_model=True) if self.resumed else values
 
 
-def load_sweep(path: Path, overrides: list[str] | None = None, resumed: bool = False) -> Sweep:
+def load_sweep(path: Path, overrides: list[str] | None = None, resumed: bool = False,
+               only: list[str] | None = None) -> Sweep:
     """Read and check a sweep file: every combination must make a valid config.
 
     ``overrides`` (``key=value``, as ``--set`` on the command line) apply to every run, after
-    the file's own ``set``.
+    the file's own ``set``; ``only`` keeps the settings of those names, in that order.
     """
     values = read_yaml(path)
     unknown = set(values) - SWEEP_KEYS
@@ -146,6 +150,8 @@ def load_sweep(path: Path, overrides: list[str] | None = None, resumed: bool = F
         if len(combinations) > MAX_RUNS:
             raise CellaeError(f"sweep file {path} lists {len(combinations):,} runs; a sweep has at "
                               f"most {MAX_RUNS:,}: split it into several sweep files")
+    if only:
+        combinations = chosen_settings(path, combinations, only)
     combinations = repeats(path, combinations, values.get("folds", 0), values.get("seeds"))
     sweep = Sweep(name=str(values.get("name", path.stem)), base=base, combinations=combinations,
                   resumed=resumed)
@@ -156,6 +162,17 @@ def load_sweep(path: Path, overrides: list[str] | None = None, resumed: bool = F
     for combination in combinations:
         config_from_dict(sweep.config_values(combination), check_paths=False)
     return sweep
+
+
+def chosen_settings(path: Path, combinations: list[dict[str, Any]],
+                    only: list[str]) -> list[dict[str, Any]]:
+    """The combinations named in ``only``, in its order; a name the file lacks is an error."""
+    by_name = {combination_name(c): c for c in combinations}
+    unknown = [name for name in only if name not in by_name]
+    if unknown:
+        raise CellaeError(f"--only: sweep file {path} has no setting '{unknown[0]}'; its "
+                          f"settings: {', '.join(by_name)}")
+    return [by_name[name] for name in dict.fromkeys(only)]
 
 
 def repeats(path: Path, combinations: list[dict[str, Any]], folds: Any,
