@@ -281,7 +281,7 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
     # each shipped config is its setting of the sweep that ranked it, but for the data's path,
     # the patient fold and the seed
     for shipped, setting in ((anomaly, "anomaly-plain-64px"),
-                             (best, "best-latent-64-invariance-100")):
+                             (best, "best-what-where-8")):
         winner = next(c for c in sweep.combinations if c["name"] == f"{setting}-f0-s0")
         ranked = config_from_dict(sweep.config_values(winner), check_paths=False)
         assert ranked.model == shipped.model and ranked.train == shipped.train, setting
