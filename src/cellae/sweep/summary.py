@@ -116,40 +116,39 @@ def summarise(sweep_dir: Path) -> dict[str, Any]:
             "folds": sorted({fold for fold, _, _ in members}),
             "seeds": sorted({seed for _, seed, _ in members}),
             "numbers": numbers,
-            "paired": _paired(members, found),
+            "paired": _paired(setting, members, found),
         }
     return {"settings": settings, "titles": titles, "digits": digits, "keys": keys}
 
 
-def _paired(members: list[tuple[int, int, dict[str, Any]]],
+def _paired(setting: str, members: list[tuple[int, int, dict[str, Any]]],
             found: list[tuple[str, int, int, dict[str, Any]]]) -> dict[str, Any]:
-    """The setting's runs paired with the spot features of the same run, and with the sweep's
-    first setting's run of the same fold and seed (the first setting's own pairing is empty)."""
-    first = found[0][0]
-    control = {(fold, seed): m for s, fold, seed, m in found if s == first}
+    """The setting's runs paired with the spot features of the same run, and, unless it is the
+    sweep's first setting, with the first setting's run of the same fold and seed."""
     pairs: dict[str, Any] = {}
     for key, baseline in AGAINST_BASELINE:
-        rows = [(fold, seed, _value(m, key), _value(m, baseline)) for fold, seed, m in members]
+        rows = [(fold, _value(m, key), _value(m, baseline)) for fold, _, m in members]
         pairs[f"{key} vs {baseline}"] = _wins(rows)
-    for key in AGAINST_FIRST:
-        rows = [(fold, seed, _value(m, key), _value(control[fold, seed], key))
-                for fold, seed, m in members if (fold, seed) in control
-                and control[fold, seed] is not m]
-        pairs[f"{key} vs {first}"] = _wins(rows)
+    first = found[0][0]
+    if setting != first:
+        control = {(fold, seed): m for s, fold, seed, m in found if s == first}
+        for key in AGAINST_FIRST:
+            rows = [(fold, _value(m, key), _value(control[fold, seed], key))
+                    for fold, seed, m in members if (fold, seed) in control]
+            pairs[f"{key} vs {first}"] = _wins(rows)
     return {name: result for name, result in pairs.items() if result is not None}
 
 
-def _wins(rows: list[tuple[int, int, float | None, float | None]]) -> dict[str, Any] | None:
-    """Of (fold, seed, value, other) rows: runs and folds (seeds averaged) where value is the
-    higher, and the mean difference; None when no row has both numbers."""
-    both = [(fold, value, other) for fold, _, value, other in rows
-            if value is not None and other is not None]
-    if not both:
-        return None
+def _wins(rows: list[tuple[int, float | None, float | None]]) -> dict[str, Any] | None:
+    """Of (fold, value, other) rows, one a run: runs and folds (seeds averaged) where value is
+    the higher, and the mean difference; None when no row has both numbers."""
     by_fold: dict[int, list[float]] = defaultdict(list)
-    for fold, value, other in both:
-        by_fold[fold].append(value - other)
-    differences = [value - other for _, value, other in both]
+    for fold, value, other in rows:
+        if value is not None and other is not None:
+            by_fold[fold].append(value - other)
+    if not by_fold:
+        return None
+    differences = [d for fold_differences in by_fold.values() for d in fold_differences]
     return {
         "runs_above": sum(d > 0 for d in differences), "runs": len(differences),
         "folds_above": sum(float(np.mean(d)) > 0 for d in by_fold.values()),
