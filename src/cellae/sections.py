@@ -129,6 +129,9 @@ class TrainConfig:
     # weight of a VICReg term between each cell's code and that of a second view of it
     # (cellae.training.invariance); 0 is off
     invariance: float = 0.0
+    # each training cell's interior re-stained at random before the encoder sees it, the loss
+    # still against the cell as it is (cellae.data.stain); 0 is off, 0.2 a moderate strength
+    stain_jitter: float = 0.0
 
 
 @dataclass
@@ -226,6 +229,8 @@ def validate_train(t: TrainConfig) -> TrainConfig:
     )
     check(t.num_nodes >= 1, "train.num_nodes", "a positive integer", t.num_nodes)
     check(t.invariance >= 0, "train.invariance", "0 (off) or a positive weight", t.invariance)
+    check(0 <= t.stain_jitter <= 1, "train.stain_jitter", "between 0 (off) and 1",
+          t.stain_jitter)
     return t
 
 

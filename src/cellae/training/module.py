@@ -12,6 +12,7 @@ import torch
 from cellae import __version__
 from cellae.config import Config
 from cellae.data.augment import augment
+from cellae.data.stain import stain_jitter
 from cellae.errors import CellaeError, first_line
 from cellae.images import unit_float
 from cellae.models import build_model
@@ -107,13 +108,16 @@ class CellaeModule(L.LightningModule):
             images, masks = augment(self.config.train.augment, images, masks)
         x = unit_float(images)
         mask = masks.float()
-        output = self._forward[0](x)
+        # the encoder may see a re-stained cell; the loss below compares with ``x`` as it is
+        jitter = self.config.train.stain_jitter if side == "train" else 0.0
+        output = self._forward[0](stain_jitter(x, masks, jitter))
         # the test loss is always the full objective, as in evaluation: one definition of it
         weights = self.model.schedule(self.epochs_done()) if side == "train" else None
         losses = self.model.loss(x, mask, output, weights)
         if self.config.train.invariance > 0:
             # both sides: the test loss stays the full objective
-            term = vicreg(output.z, self.model.encode(second_view(x, masks)))
+            view = second_view(stain_jitter(x, masks, jitter), masks)
+            term = vicreg(output.z, self.model.encode(view))
             losses["invariance"] = term
             losses["loss"] = losses["loss"] + self.config.train.invariance * term
         epoch = self._record(side, losses, len(x), weights)
