@@ -171,6 +171,14 @@ class StepClock:
         return self.images / self.seconds
 
 
+def steps_of(batch: Any) -> list[Any]:
+    """The batches of one call of Lightning's loop: several where cellae runs several steps a
+    call (``train.steps_per_call``), else the one batch."""
+    from cellae.data.datamodule import Steps
+
+    return list(batch) if isinstance(batch, Steps) else [batch]
+
+
 def step_clock_callback(clock: StepClock, first_epoch: int) -> Any:
     """Each epoch from ``first_epoch`` on is a segment: its training steps, not the validation
     after them, nor the loader's start at its first step."""
@@ -179,7 +187,7 @@ def step_clock_callback(clock: StepClock, first_epoch: int) -> Any:
     class Clock(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
             if trainer.current_epoch >= first_epoch:
-                clock.tick(len(batch[0]))
+                clock.tick(sum(len(one[0]) for one in steps_of(batch)))
                 if batch_idx == trainer.num_training_batches - 1:
                     clock.stop()
 
@@ -498,15 +506,18 @@ class BareStepsBetween:
                 timer._last = None  # the loader's start is no step's cost
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+                # a call of several steps is timed whole, then as many bare steps, each per step
                 ended = time.perf_counter()
+                steps = steps_of(batch)
                 timed = (trainer.current_epoch >= 1 and timer._last is not None
-                         and len(batch[0]) == timer.batch)
+                         and all(len(one[0]) == timer.batch for one in steps))
                 if timed:
-                    timer.ours.append(ended - timer._last)
+                    timer.ours.append((ended - timer._last) / len(steps))
                 started = time.perf_counter()
-                timer.step()
+                for _ in steps:
+                    timer.step()
                 if timed:
-                    timer.bare.append(time.perf_counter() - started)
+                    timer.bare.append((time.perf_counter() - started) / len(steps))
                 timer._last = time.perf_counter()
 
         return Between()
@@ -546,8 +557,17 @@ def overhead_rows(work: Path) -> list[Row]:
         steps = 3 * math.ceil(len(train) / config.train.batch_size)
         ms = {"bare": [], "cellae": [], "lightning": [], "fabric": []}
         per_step = 1000 * config.train.batch_size
-        turns = [interleaved_ms(config, cache, train, work / "overhead-runs") for _ in range(3)]
+        # one step a call beside the default, taking turns: what train.steps_per_call saves
+        one_a_call = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, steps_per_call=1))
+        turns, turns_one = [], []
+        for _ in range(3):
+            turns.append(interleaved_ms(config, cache, train, work / "overhead-runs"))
+            turns_one.append(interleaved_ms(one_a_call, cache, train, work / "overhead-runs"))
         gap, ours_turns, bare_turns = (statistics.median(t[i] for t in turns) for i in range(3))
+        gap_one, ours_one, bare_one = (statistics.median(t[i] for t in turns_one)
+                                       for i in range(3))
+        calls = config.train.steps_per_call
         for _ in range(3):
             ms["bare"].append(per_step / bare_rate(config, cache, train, torch.device("cpu"),
                                                    steps, channels_last=True))
@@ -557,16 +577,23 @@ def overhead_rows(work: Path) -> list[Row]:
         bare, ours, floor, fabric = (statistics.median(ms[k])
                                      for k in ("bare", "cellae", "lightning", "fabric"))
         line = (f"per-step overhead: {gap:.2f} ms (cellae {ours_turns:.2f} ms, bare "
-                f"{bare_turns:.2f} ms), cellae's steps and bare ones taking turns"
+                f"{bare_turns:.2f} ms), cellae's steps and bare ones taking turns, {calls} steps "
+                f"a call; one step a call: {gap_one:.2f} ms (cellae {ours_one:.2f}, bare "
+                f"{bare_one:.2f})"
                 f"; in runs of their own: {ours - bare:.2f} ms (cellae {ours:.2f}, bare {bare:.2f})"
                 f"; Lightning's own loop {floor - bare:.2f} ms ({floor:.2f} ms)"
                 f"; a bare Fabric loop {fabric - bare:.2f} ms ({fabric:.2f} ms)")
         say(f"  {family.upper()}: {line}")
         label = f"{family.upper()} 32 px, widths 4-4, latent 2, batch 16, on the CPU"
-        rows_out.append(Row("per-step overhead", f"ms per step, {label}, cellae's steps and "
-                            "the bare loop's taking turns in one run",
+        rows_out.append(Row("per-step overhead", f"ms per step, {label}, cellae's steps "
+                            f"({calls} a call, train.steps_per_call) and the bare loop's taking "
+                            "turns in one run",
                             f"{ours_turns:.2f} ({gap:+.2f})", f"{bare_turns:.2f} (bare loop)",
                             ours_turns / bare_turns, "< +0.5 ms", gap < 0.5))
+        rows_out.append(Row("per-step overhead", f"ms per step, {label}, the same with one step "
+                            "a call (train.steps_per_call=1)",
+                            f"{ours_one:.2f} ({gap_one:+.2f})", f"{bare_one:.2f} (bare loop)",
+                            ours_one / bare_one))
         rows_out.append(Row("per-step overhead", f"ms per step, {label}, each loop a run of "
                             "its own", f"{ours:.2f} ({ours - bare:+.2f})", f"{bare:.2f} (bare loop)",
                             ours / bare))

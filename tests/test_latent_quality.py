@@ -453,3 +453,20 @@ def test_the_spot_baseline_can_see_the_cells_at_a_larger_size(tmp_path):
     assert spots["image_size"] == 64 and 0.0 <= spots["auroc"] <= 1.0
     with pytest.raises(CellaeError, match="eval.spot_size"):
         config_from_dict({"eval": {"spot_size": 48}}, check_paths=False)
+
+
+def test_dihedral_draws_its_symmetries_as_it_always_has():
+    # symmetry k: a mirror if k >= 4, then k % 4 quarter turns; the same draws as before, so a
+    # seed trains the weights it trained (the numbers measured in docs/latent_quality.md)
+    torch.manual_seed(3)
+    images = torch.randint(0, 256, (32, 3, 6, 6), dtype=torch.uint8)
+    masks = torch.randint(0, 2, (32, 6, 6), dtype=torch.uint8)
+    torch.manual_seed(1)
+    turned, turned_masks = dihedral(images, masks)
+    torch.manual_seed(1)
+    choice = torch.randint(0, 8, (32,))
+    for k, image, mask, out, out_mask in zip(choice.tolist(), images, masks, turned, turned_masks,
+                                             strict=True):
+        expected = [torch.rot90(t.flip(-1) if k >= 4 else t, k % 4, dims=(-2, -1))
+                    for t in (image, mask)]
+        assert torch.equal(out, expected[0]) and torch.equal(out_mask, expected[1])

@@ -461,3 +461,22 @@ def test_grad_clip_bounds_the_gradient_the_optimizer_steps_with(tmp_path):
     assert unclipped.norms and max(unclipped.norms) > 0.1
     assert len(clipped.norms) == len(unclipped.norms)
     assert max(clipped.norms) <= 0.01 * (1 + 1e-4)
+
+
+def test_several_steps_a_call_train_the_weights_one_step_a_call_trains(tmp_path):
+    # a VAE: its KL warm-up follows the steps taken, which a call of several must count alike;
+    # dihedral turns and a second view: random draws taken in the same order
+    sections = {"model": {"family": "vae", "kl_warmup_epochs": 3},
+                "train": {"epochs": 2, "augment": "dihedral",
+                                                      "invariance": 1.0}}
+    one = tiny_config(tmp_path, **{**sections, "train": {**sections["train"], "steps_per_call": 1}})
+    several = tiny_config(tmp_path, **{**sections, "train": {**sections["train"], "steps_per_call": 3}})
+    a_dir = train(one, tmp_path / "one", evaluate=False)
+    b_dir = train(several, tmp_path / "several", evaluate=False)
+    a, b = weights(a_dir), weights(b_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    keep = ("train_loss", "test_loss", "kl_weight")
+    rows_a, rows_b = metric_rows(a_dir), metric_rows(b_dir)
+    assert [{k: r[k] for k in keep} for r in rows_a] == [{k: r[k] for k in keep} for r in rows_b]
+    assert 0 < float(rows_a[0]["kl_weight"]) < float(rows_a[1]["kl_weight"])

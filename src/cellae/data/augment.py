@@ -19,27 +19,37 @@ AUGMENTS = get_args(AugmentMode)
 
 
 def dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each (image (C, H, W), mask (H, W)) pair turned by one of the 8 symmetries of the square.
+    """Each (image (C, H, W), mask (H, W)) pair turned by one of the 8 symmetries of the square:
+    symmetry k mirrors the image left to right if k >= 4, then turns it k % 4 quarter turns.
 
     The symmetry is drawn per image from torch's generator on the images' device, which the
     run's seed fixes (a resumed run on the CPU draws as an uninterrupted one would; on a GPU
-    the turns after a resume differ, which changes nothing an augmentation is for).
+    the turns after a resume differ, which changes nothing an augmentation is for). Each image
+    is one gather of its pixels through its symmetry's table: no step waits for a GPU to say
+    which images drew which symmetry, as selecting them would.
     """
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"dihedral needs square images, got {tuple(images.shape[-2:])}")
     choice = torch.randint(0, 8, (len(images),), device=images.device)
-    images, masks = images.clone(), masks.clone()
-    for symmetry in range(1, 8):
-        picked = (choice == symmetry).nonzero().flatten()
-        if len(picked) == 0:
-            continue
-        turns, mirror = symmetry % 4, symmetry >= 4
-        image, mask = images[picked], masks[picked]
-        if mirror:
-            image, mask = image.flip(-1), mask.flip(-1)
-        images[picked] = torch.rot90(image, turns, dims=(-2, -1))
-        masks[picked] = torch.rot90(mask, turns, dims=(-2, -1))
-    return images, masks
+    where = _symmetry_tables(images.shape[-1], images.device)[choice]  # (B, H * W)
+    flat = images.flatten(-2)
+    turned = flat.gather(-1, where[:, None, :].expand_as(flat)).view_as(images)
+    turned_masks = masks.flatten(-2).gather(-1, where.view(masks.shape[:-2] + (-1,)))
+    return turned, turned_masks.view_as(masks)
+
+
+_TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _symmetry_tables(size: int, device: torch.device) -> torch.Tensor:
+    """(8, size * size): for each symmetry, the source pixel of each pixel of the turned image."""
+    key = (size, device)
+    if key not in _TABLES:
+        grid = torch.arange(size * size).view(size, size)
+        tables = [torch.rot90(grid.flip(-1) if symmetry >= 4 else grid, symmetry % 4,
+                              dims=(-2, -1)).flatten() for symmetry in range(8)]
+        _TABLES[key] = torch.stack(tables).to(device)
+    return _TABLES[key]
 
 
 def augment(mode: str, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,12 @@
 
 The dataloaders yield only row numbers of the cache; Lightning's ``transfer_batch_to_device``
 hook turns a batch of row numbers into a :class:`CellBatch` of image and mask tensors on the
-training device, so the LightningModule sees images and masks whatever datamodule feeds it. Where the device has
+training device, so the LightningModule sees images and masks whatever datamodule feeds it.
+With ``steps_per_call`` above 1 they yield :class:`Steps`, the batches of that many optimizer
+steps at once, which the module steps through in one call of Lightning's loop: the loop's fixed
+cost (its hooks, the fetcher, the progress counters; some 0.5 ms on a CPU, several on a GPU)
+is then paid once for all of them, as Keras' ``steps_per_execution`` does. The batches and
+their order are those of one step a call, so the weights come out the same. Where the device has
 room, the whole uint8 cache is copied there once and batches are cut on the device, so each
 step moves nothing but indices. The shuffle order is a function of (seed, epoch) alone, on one
 device or many, so a resumed run sees the batches an uninterrupted run would have seen.
@@ -32,6 +37,11 @@ class CellBatch(NamedTuple):
     labels: torch.Tensor
 
 
+class Steps(list):
+    """The batches of several optimizer steps, in order, handed to one ``training_step`` (or
+    ``validation_step``) call; a type of its own so that no plain list batch reads as one."""
+
+
 class _Rows(Dataset):
     """Row numbers of the cache; an item is a whole batch of them, as its sampler hands it."""
 
@@ -52,26 +62,38 @@ class _RowBatches(Sampler[torch.Tensor]):
     short, handed out whole: the loader then fetches one item a step where it would fetch one
     per image (16 at batch 16) and stack them.
     ``set_epoch`` is the sampler's, which Lightning calls, so a resume reproduces the shuffle.
+    With ``steps_per_call`` above 1, the same batches come that many at a time, as :class:`Steps`.
     """
 
     def __init__(self, rows: np.ndarray, batch_size: int, replicas: int, rank: int,
-                 shuffle: bool, seed: int) -> None:
+                 shuffle: bool, seed: int, steps_per_call: int = 1) -> None:
         self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))
         self.batch_size = batch_size
+        self.steps_per_call = steps_per_call
         self.order = DistributedSampler(_Rows(rows), num_replicas=replicas, rank=rank,
                                         shuffle=shuffle, seed=seed, drop_last=False)
 
     def set_epoch(self, epoch: int) -> None:
         self.order.set_epoch(epoch)
 
-    def __len__(self) -> int:
+    @property
+    def steps(self) -> int:
+        """The batches of an epoch, each one optimizer step."""
         return -(-len(self.order) // self.batch_size)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __len__(self) -> int:
+        return -(-self.steps // self.steps_per_call)
+
+    def __iter__(self) -> Iterator[torch.Tensor | Steps]:
         # a generator: the order is drawn at the first batch, not when the loader makes its
         # iterator, which Lightning does before it sets a resumed run's epoch
         picked = self.rows[torch.tensor(list(self.order), dtype=torch.int64)]
-        yield from picked.split(self.batch_size)
+        batches = picked.split(self.batch_size)
+        if self.steps_per_call == 1:
+            yield from batches
+            return
+        for start in range(0, len(batches), self.steps_per_call):
+            yield Steps(batches[start:start + self.steps_per_call])
 
 
 class CellDataModule(L.LightningDataModule):
@@ -86,6 +108,7 @@ class CellDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         data_on_device: Literal["auto", "always", "never"] = "auto",
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         self.cache = cache
@@ -95,22 +118,29 @@ class CellDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.data_on_device = data_on_device
+        self.steps_per_call = steps_per_call
+        self._train_batches: _RowBatches | None = None
         self._resident: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _loader(self, rows: np.ndarray, shuffle: bool) -> DataLoader:
+        return DataLoader(_Rows(rows), batch_size=None, sampler=self._batches(rows, shuffle),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _batches(self, rows: np.ndarray, shuffle: bool) -> _RowBatches:
         trainer = self.trainer
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         # A DistributedSampler's order even on one device: it depends only on (seed, epoch),
         # and Lightning calls set_epoch on it, so resuming reproduces the shuffle.
-        batches = _RowBatches(rows, self.batch_size, replicas, rank, shuffle, self.seed)
-        return DataLoader(
-            _Rows(rows), batch_size=None, sampler=batches,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )
+        # Several steps a call on one process only: under DDP each step's gradients are
+        # averaged by the wrapper Lightning's call goes through, once a call.
+        group = self.steps_per_call if replicas == 1 else 1
+        return _RowBatches(rows, self.batch_size, replicas, rank, shuffle, self.seed, group)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_idx, shuffle=True)
+        loader = self._loader(self.train_idx, shuffle=True)
+        self._train_batches = loader.sampler
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.test_idx, shuffle=False)
@@ -126,8 +156,17 @@ class CellDataModule(L.LightningDataModule):
         needed = self.cache.images.nbytes + self.cache.masks.nbytes
         return needed < DEVICE_MEMORY_SHARE * free
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> CellBatch:
+    def transfer_batch_to_device(self, batch: Any, device: torch.device,
+                                 dataloader_idx: int) -> CellBatch | Steps:
+        if isinstance(batch, Steps):
+            return Steps(self.gather(rows, device) for rows in batch)
         return self.gather(batch, device)
+
+    def train_steps(self) -> int:
+        """The optimizer steps of one training epoch in this process (a call may run several)."""
+        if self._train_batches is None:
+            raise RuntimeError("train_steps() is known once the training loader is made")
+        return self._train_batches.steps
 
     def gather(self, rows: torch.Tensor, device: torch.device) -> CellBatch:
         """uint8 images (B, C, H, W), uint8 masks (B, H, W) and int64 labels (B,) on ``device``.

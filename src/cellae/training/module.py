@@ -12,6 +12,7 @@ import torch
 from cellae import __version__
 from cellae.config import Config
 from cellae.data.augment import augment
+from cellae.data.datamodule import Steps
 from cellae.data.stain import stain_jitter
 from cellae.errors import CellaeError, first_line
 from cellae.images import unit_float
@@ -32,29 +33,61 @@ class EpochMeans:
     """One side's loss terms over an epoch, summed on the device weighted by batch size.
 
     What Lightning's ``self.log(..., on_epoch=True)`` computes for each term (the sum of
-    value x batch size over the sum of batch sizes, the processes' sums added together), at
-    a few tensor operations a step instead of a ``log`` call per term (each some 0.2 ms of
-    Python on the CPU, every step, which a GPU step of a few ms cannot hide); a term whose sum
-    is not finite went NaN or infinite in some step, so the sums are the NaN watch too.
+    value x batch size over the sum of batch sizes, the processes' sums added together),
+    without a ``log`` call per term (each some 0.2 ms of Python on the CPU, every step, which
+    a GPU step of a few ms cannot hide). A step only keeps its terms, detached; every
+    ``FOLD_EVERY`` steps, and when the sums are read, they are added up in a few tensor
+    operations for all those steps at once, where adding each step's would cost some seven
+    operations a step. A term whose sum is not finite went NaN or infinite in some step, so
+    the sums are the NaN watch too.
     """
+
+    # steps kept before they are added up: few enough that their scalars cost no memory
+    FOLD_EVERY = 64
 
     def __init__(self, names: list[str], device: torch.device) -> None:
         self.names = names
         self._loss = names.index("loss")
-        self.sums = torch.zeros(len(names), device=device)
-        self.nan = torch.zeros((), dtype=torch.bool, device=device)
+        self._sums = torch.zeros(len(names), device=device)
+        self._nan = torch.zeros((), dtype=torch.bool, device=device)
+        self._kept: list[list[torch.Tensor]] = []
+        self._sizes: list[int] = []
         self.images = 0
         self.weights: dict[str, float] = {}  # schedule weights (plain numbers) x batch size
 
     def add(self, losses: dict[str, torch.Tensor], size: int,
             weights: dict[str, float] | None) -> None:
-        with torch.no_grad():
-            values = torch.stack([v.detach() for v in losses.values()]).float()
-            self.sums += values * size
-            self.nan |= torch.isnan(values[self._loss])
+        self._kept.append([v.detach() for v in losses.values()])
+        self._sizes.append(size)
+        if len(self._kept) >= self.FOLD_EVERY:
+            self._fold()
         self.images += size
         for key, value in (weights or {}).items():
             self.weights[key] = self.weights.get(key, 0.0) + value * size
+
+    def _fold(self) -> None:
+        if not self._kept:
+            return
+        with torch.no_grad():
+            values = torch.stack([torch.stack(terms) for terms in self._kept]).float()
+            sizes = torch.tensor(self._sizes, dtype=values.dtype).to(values.device,
+                                                                     non_blocking=True)
+            self._sums += (values * sizes[:, None]).sum(dim=0)
+            self._nan |= torch.isnan(values[:, self._loss]).any()
+        self._kept.clear()
+        self._sizes.clear()
+
+    @property
+    def sums(self) -> torch.Tensor:
+        """Each term's sum of value x batch size over the epoch so far."""
+        self._fold()
+        return self._sums
+
+    @property
+    def nan(self) -> torch.Tensor:
+        """Whether the loss was NaN in some step (not merely infinite)."""
+        self._fold()
+        return self._nan
 
     def means(self) -> torch.Tensor:
         return self.sums / max(1, self.images)
@@ -74,6 +107,8 @@ class CellaeModule(L.LightningModule):
         # at the side's last batch, watched by EpochLog at the epoch's end), as reading
         # them each step would wait for the device each step
         self._epoch: dict[str, EpochMeans] = {}
+        # optimizer steps an epoch, asked of the trainer once an epoch rather than each step
+        self._epoch_steps: int | None = None
         # the forward pass training runs: the model, or its torch.compile'd wrapper (kept out
         # of the module's children so the checkpoint's keys stay the model's own)
         self._forward: list[Any] = [self.model]
@@ -86,7 +121,15 @@ class CellaeModule(L.LightningModule):
         """Training progress in epochs, fractional within an epoch; what loss schedules follow."""
         if self._trainer is None:
             return math.inf
-        return self.trainer.global_step / max(1, self.trainer.num_training_batches)
+        if self._epoch_steps is None:
+            self._epoch_steps = self._steps_per_epoch()
+        return self.trainer.global_step / max(1, self._epoch_steps)
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps an epoch: Lightning's batches, unless a datamodule's batches hold
+        several steps each (``Steps``) and it says how many steps an epoch has."""
+        steps = getattr(self.trainer.datamodule, "train_steps", None)
+        return steps() if callable(steps) else self.trainer.num_training_batches
 
     def configure_model(self) -> None:
         # here, before a DDP strategy wraps the model: DDP's gradient buckets are views laid
@@ -147,6 +190,7 @@ class CellaeModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch.pop("train", None)
+        self._epoch_steps = None
 
     def images_seen(self, side: str) -> int:
         """The images of ``side`` this process has stepped through in this epoch."""
@@ -189,17 +233,24 @@ class CellaeModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
-        loss = self._step(batch, "train", batch_idx + 1 >= self.trainer.num_training_batches)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if self.config.train.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.config.train.grad_clip,
-                                gradient_clip_algorithm="norm")
-        optimizer.step()
+        batches = batch if isinstance(batch, Steps) else [batch]
+        last_call = batch_idx + 1 >= self.trainer.num_training_batches
+        for i, one in enumerate(batches):
+            loss = self._step(one, "train", last_call and i + 1 == len(batches))
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if self.config.train.grad_clip:
+                self.clip_gradients(optimizer, gradient_clip_val=self.config.train.grad_clip,
+                                    gradient_clip_algorithm="norm")
+            optimizer.step()
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test", batch_idx + 1 >= sum(self.trainer.num_val_batches))
+        batches = batch if isinstance(batch, Steps) else [batch]
+        last_call = batch_idx + 1 >= sum(self.trainer.num_val_batches)
+        for i, one in enumerate(batches):
+            loss = self._step(one, "test", last_call and i + 1 == len(batches))
+        return loss
 
     def metric_columns(self) -> list[str]:
         """The columns of ``metrics.csv``: the totals, each loss term, each schedule weight."""

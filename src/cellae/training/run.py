@@ -113,6 +113,7 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
     datamodule = CellDataModule(
         cache, fit_idx, test_idx, config.train.batch_size, seed=config.seed,
         num_workers=config.train.num_workers, data_on_device=config.train.data_on_device,
+        steps_per_call=config.train.steps_per_call,
     )
     module = CellaeModule(config, channels)
     if owner and ckpt_path is None:
