@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import os
@@ -56,6 +57,13 @@ def test_training_on_a_terminal_shows_losses_epochs_from_1_and_the_test_pass(tmp
         assert seen in output, f"{seen!r} not in:\n{output[-3000:]}"
     for unseen in ("Epoch 0", "Validation DataLoader", "Validation"):
         assert unseen not in output, f"{unseen!r} in:\n{output[-3000:]}"
+    # the bar reads the losses only when new ones are logged: each epoch's still reach it
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    for row in rows:
+        for key in ("train_loss", "test_loss"):
+            shown = f"{key}={float(row[key]):.4g}"
+            assert shown in output, f"{shown!r} (epoch {row['epoch']}) not in:\n{output[-3000:]}"
 
 
 def test_training_off_a_terminal_prints_one_plain_line_per_epoch(tmp_path):

@@ -127,7 +127,7 @@ class TrainConfig:
     # optimizer steps run in one call of Lightning's loop, whose fixed cost (some 0.5 ms on a
     # CPU, more on a GPU) is then paid once for all of them (Keras' steps_per_execution); the
     # weights are the same for any value, only callbacks and the progress bar see calls, not
-    # steps; 1 under DDP, whose wrapper averages gradients once a call
+    # steps; 1 under DDP, whose wrapper sets up one gradient exchange per call, not per step
     steps_per_call: int = 8
     # torch.compile the model; a model or machine it fails on trains uncompiled, with a warning
     compile: bool = False

@@ -132,8 +132,8 @@ class CellDataModule(L.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         # A DistributedSampler's order even on one device: it depends only on (seed, epoch),
         # and Lightning calls set_epoch on it, so resuming reproduces the shuffle.
-        # Several steps a call on one process only: under DDP each step's gradients are
-        # averaged by the wrapper Lightning's call goes through, once a call.
+        # Several steps a call on one process only: DDP's wrapper, which Lightning's call goes
+        # through, sets up one gradient exchange per call, not per step.
         group = self.steps_per_call if replicas == 1 else 1
         return _RowBatches(rows, self.batch_size, replicas, rank, shuffle, self.seed, group)
 

@@ -53,6 +53,8 @@ class LossProgressBar(TQDMProgressBar):
 
     def __init__(self) -> None:
         super().__init__(leave=True)
+        # the logged tensors last shown, and their values as shown
+        self._shown: tuple[tuple[tuple[str, Any], ...], dict[str, str]] = ((), {})
 
     @staticmethod
     def shown(pl_module: L.LightningModule) -> list[str]:
@@ -97,8 +99,16 @@ class LossProgressBar(TQDMProgressBar):
             self.val_progress_bar.set_description(self.validation_description)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        # Lightning asks after every step, but the losses change once an epoch: reading a
+        # tensor on a GPU (``float``) would wait for the device each step, so the values are
+        # read only when the logged tensors are new ones
         metrics = trainer.callback_metrics
-        return {k: f"{float(metrics[k]):.4g}" for k in self.shown(pl_module) if k in metrics}
+        logged = tuple((k, metrics[k]) for k in self.shown(pl_module) if k in metrics)
+        before = self._shown[0]
+        if len(before) != len(logged) or any(
+                a[0] != b[0] or a[1] is not b[1] for a, b in zip(before, logged, strict=True)):
+            self._shown = (logged, {k: f"{float(v):.4g}" for k, v in logged})
+        return dict(self._shown[1])
 
 
 class EpochCheckpoints(ModelCheckpoint):
