@@ -70,8 +70,11 @@ class EpochMeans:
             return
         with torch.no_grad():
             values = torch.stack([torch.stack(terms) for terms in self._kept]).float()
-            sizes = torch.tensor(self._sizes, dtype=values.dtype).to(values.device,
-                                                                     non_blocking=True)
+            sizes = torch.tensor(self._sizes, dtype=values.dtype)
+            if values.device.type == "cuda":
+                # a copy from pageable memory would wait for every kernel already queued
+                sizes = sizes.pin_memory()
+            sizes = sizes.to(values.device, non_blocking=True)
             self._sums += (values * sizes[:, None]).sum(dim=0)
             self._nan |= torch.isnan(values[:, self._loss]).any()
         self._kept.clear()
