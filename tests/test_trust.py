@@ -337,6 +337,9 @@ def test_sigkill_at_random_points_of_training_and_evaluation_loses_nothing(tmp_p
             run_dirs = []
             continue
     else:
+        if not run_dirs:  # the last try was killed before its first checkpoint: once more, whole
+            assert main(["train", str(yaml_path), "--out", str(out)]) == 0
+            run_dirs = [p for p in out.iterdir() if p.is_dir()]
         run_dir = run_dirs[0]
     if runs.read_status(run_dir) != "finished":
         assert main(["train", "--resume", str(run_dir)]) == 0
