@@ -171,18 +171,12 @@ class StepClock:
         return self.images / self.seconds
 
 
-def steps_of(batch: Any) -> list[Any]:
-    """The batches of one call of Lightning's loop: several where cellae runs several steps a
-    call (``train.steps_per_call``), else the one batch."""
-    from cellae.data.datamodule import Steps
-
-    return list(batch) if isinstance(batch, Steps) else [batch]
-
-
 def step_clock_callback(clock: StepClock, first_epoch: int) -> Any:
     """Each epoch from ``first_epoch`` on is a segment: its training steps, not the validation
     after them, nor the loader's start at its first step."""
     import lightning as L
+
+    from cellae.data.datamodule import steps_of
 
     class Clock(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
@@ -498,6 +492,8 @@ class BareStepsBetween:
 
     def callback(self) -> Any:
         import lightning as L
+
+        from cellae.data.datamodule import steps_of
 
         timer = self
 

@@ -467,8 +467,7 @@ def test_several_steps_a_call_train_the_weights_one_step_a_call_trains(tmp_path)
     # a VAE: its KL warm-up follows the steps taken, which a call of several must count alike;
     # dihedral turns and a second view: random draws taken in the same order
     sections = {"model": {"family": "vae", "kl_warmup_epochs": 3},
-                "train": {"epochs": 2, "augment": "dihedral",
-                                                      "invariance": 1.0}}
+                "train": {"epochs": 2, "augment": "dihedral", "invariance": 1.0}}
     one = tiny_config(tmp_path, **{**sections, "train": {**sections["train"], "steps_per_call": 1}})
     several = tiny_config(tmp_path, **{**sections, "train": {**sections["train"], "steps_per_call": 3}})
     a_dir = train(one, tmp_path / "one", evaluate=False)

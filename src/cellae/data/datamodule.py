@@ -42,6 +42,11 @@ class Steps(list):
     ``validation_step``) call; a type of its own so that no plain list batch reads as one."""
 
 
+def steps_of(batch: Any) -> list[Any]:
+    """The batches of one call of Lightning's loop: those of :class:`Steps`, else the one."""
+    return list(batch) if isinstance(batch, Steps) else [batch]
+
+
 class _Rows(Dataset):
     """Row numbers of the cache; an item is a whole batch of them, as its sampler hands it."""
 
@@ -177,7 +182,6 @@ class CellDataModule(L.LightningDataModule):
         crosses, go through pinned memory without blocking, and a resident cache gathers
         labels on the device too.
         """
-        pin = device.type == "cuda"
         rows = rows.cpu()
         if device not in self._resident and self._keep_on_device(device):
             # np.array copies the read-only memory map into memory torch may own
@@ -188,7 +192,7 @@ class CellDataModule(L.LightningDataModule):
             )
         if device in self._resident:
             images, masks, labels = self._resident[device]
-            on_device = _to_device(rows, device, pin)
+            on_device = to_device(rows, device)
             return CellBatch(images[on_device], masks[on_device], labels[on_device])
         picked = rows.numpy()
         # memory-mapped reads are fastest in file order; the batch's own order is restored after
@@ -198,12 +202,14 @@ class CellDataModule(L.LightningDataModule):
         images = torch.from_numpy(np.asarray(self.cache.images[picked[order]])[back])
         masks = torch.from_numpy(np.asarray(self.cache.masks[picked[order]])[back])
         return CellBatch(
-            _to_device(images, device, pin),
-            _to_device(masks, device, pin),
-            _to_device(torch.from_numpy(np.asarray(self.cache.labels[picked])), device, pin),
+            to_device(images, device),
+            to_device(masks, device),
+            to_device(torch.from_numpy(np.asarray(self.cache.labels[picked])), device),
         )
 
 
-def _to_device(tensor: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
-    """``tensor`` on ``device``; through pinned memory and without waiting where ``pin``."""
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host ``tensor`` on ``device``; to a GPU through pinned memory and without waiting (a
+    copy from pageable memory would wait for every kernel already queued)."""
+    pin = device.type == "cuda"
     return (tensor.pin_memory() if pin else tensor).to(device, non_blocking=pin)

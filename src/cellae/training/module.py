@@ -12,7 +12,7 @@ import torch
 from cellae import __version__
 from cellae.config import Config
 from cellae.data.augment import augment
-from cellae.data.datamodule import Steps
+from cellae.data.datamodule import steps_of, to_device
 from cellae.data.stain import stain_jitter
 from cellae.errors import CellaeError, first_line
 from cellae.images import unit_float
@@ -70,11 +70,7 @@ class EpochMeans:
             return
         with torch.no_grad():
             values = torch.stack([torch.stack(terms) for terms in self._kept]).float()
-            sizes = torch.tensor(self._sizes, dtype=values.dtype)
-            if values.device.type == "cuda":
-                # a copy from pageable memory would wait for every kernel already queued
-                sizes = sizes.pin_memory()
-            sizes = sizes.to(values.device, non_blocking=True)
+            sizes = to_device(torch.tensor(self._sizes, dtype=values.dtype), values.device)
             self._sums += (values * sizes[:, None]).sum(dim=0)
             self._nan |= torch.isnan(values[:, self._loss]).any()
         self._kept.clear()
@@ -236,7 +232,7 @@ class CellaeModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
-        batches = batch if isinstance(batch, Steps) else [batch]
+        batches = steps_of(batch)
         last_call = batch_idx + 1 >= self.trainer.num_training_batches
         for i, one in enumerate(batches):
             loss = self._step(one, "train", last_call and i + 1 == len(batches))
@@ -249,7 +245,7 @@ class CellaeModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        batches = batch if isinstance(batch, Steps) else [batch]
+        batches = steps_of(batch)
         last_call = batch_idx + 1 >= sum(self.trainer.num_val_batches)
         for i, one in enumerate(batches):
             loss = self._step(one, "test", last_call and i + 1 == len(batches))
