@@ -30,11 +30,14 @@ DEVICE_MEMORY_SHARE = 0.5
 
 
 class CellBatch(NamedTuple):
-    """What a training step receives: uint8 images (B, C, H, W), masks (B, H, W), labels (B,)."""
+    """What a training step receives: uint8 images (B, C, H, W), masks (B, H, W), labels (B,),
+    and where the model is told each cell's patient, its slot (B,): 1 + the patient's place
+    among the training patients, 0 for one not trained on (see cellae.models.condition)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     labels: torch.Tensor
+    patients: torch.Tensor | None = None
 
 
 class Steps(list):
@@ -114,6 +117,7 @@ class CellDataModule(L.LightningDataModule):
         num_workers: int = 0,
         data_on_device: Literal["auto", "always", "never"] = "auto",
         steps_per_call: int = 1,
+        with_patients: bool = False,
     ) -> None:
         super().__init__()
         self.cache = cache
@@ -125,7 +129,14 @@ class CellDataModule(L.LightningDataModule):
         self.data_on_device = data_on_device
         self.steps_per_call = steps_per_call
         self._train_batches: _RowBatches | None = None
-        self._resident: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._resident: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+        # each cache row's patient slot, where batches carry them
+        self.slot_of_row = patient_slots(cache.patients, self.train_idx) if with_patients else None
+
+    @property
+    def training_patients(self) -> int:
+        """The patients of the training rows, each a slot of its own in the batches."""
+        return 0 if self.slot_of_row is None else int(self.slot_of_row.max(initial=0))
 
     def _loader(self, rows: np.ndarray, shuffle: bool) -> DataLoader:
         return DataLoader(_Rows(rows), batch_size=None, sampler=self._batches(rows, shuffle),
@@ -174,7 +185,8 @@ class CellDataModule(L.LightningDataModule):
         return self._train_batches.steps
 
     def gather(self, rows: torch.Tensor, device: torch.device) -> CellBatch:
-        """uint8 images (B, C, H, W), uint8 masks (B, H, W) and int64 labels (B,) on ``device``.
+        """uint8 images (B, C, H, W), uint8 masks (B, H, W), int64 labels (B,) and, where asked
+        for, int64 patient slots (B,) on ``device``.
 
         On a GPU nothing here waits for the device: a copy from pageable host memory would
         (CUDA runs it only after every kernel already queued), and a wait each step leaves the
@@ -185,15 +197,12 @@ class CellDataModule(L.LightningDataModule):
         rows = rows.cpu()
         if device not in self._resident and self._keep_on_device(device):
             # np.array copies the read-only memory map into memory torch may own
-            self._resident[device] = (
-                torch.from_numpy(np.array(self.cache.images)).to(device),
-                torch.from_numpy(np.array(self.cache.masks)).to(device),
-                torch.from_numpy(np.array(self.cache.labels)).to(device),
-            )
+            self._resident[device] = tuple(
+                torch.from_numpy(np.array(part)).to(device) for part in
+                (self.cache.images, self.cache.masks, self.cache.labels, *self._slots()))
         if device in self._resident:
-            images, masks, labels = self._resident[device]
             on_device = to_device(rows, device)
-            return CellBatch(images[on_device], masks[on_device], labels[on_device])
+            return CellBatch(*(part[on_device] for part in self._resident[device]))
         picked = rows.numpy()
         # memory-mapped reads are fastest in file order; the batch's own order is restored after
         order = np.argsort(picked)
@@ -205,7 +214,24 @@ class CellDataModule(L.LightningDataModule):
             to_device(images, device),
             to_device(masks, device),
             to_device(torch.from_numpy(np.asarray(self.cache.labels[picked])), device),
+            *(to_device(torch.from_numpy(slots[picked]), device) for slots in self._slots()),
         )
+
+    def _slots(self) -> list[np.ndarray]:
+        return [] if self.slot_of_row is None else [self.slot_of_row]
+
+
+def patient_slots(patients: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
+    """Each row's patient slot: 1 + the place of its patient among the patients of the
+    ``train_idx`` rows, in sorted order (the same for the same split on any machine); 0 for a
+    patient with no training row."""
+    names = np.asarray(patients).astype(str)
+    seen = np.unique(names[train_idx])
+    if len(seen) == 0:
+        return np.zeros(len(names), dtype=np.int64)
+    place = np.searchsorted(seen, names)
+    known = (place < len(seen)) & (seen[np.minimum(place, len(seen) - 1)] == names)
+    return np.where(known, place + 1, 0).astype(np.int64)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

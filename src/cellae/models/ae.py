@@ -39,9 +39,9 @@ class Autoencoder(CellAutoencoder):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.encoder(x))
 
-    def forward(self, x: torch.Tensor) -> ModelOutput:
+    def forward(self, x: torch.Tensor, patients: torch.Tensor | None = None) -> ModelOutput:
         z = self.encode(x)
-        logits = self.decode_logits(z)
+        logits = self.decode_logits(z, patients)
         return ModelOutput(recon=torch.sigmoid(logits), logits=logits, z=z)
 
     def loss_terms(self) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from torch import nn
 from cellae.columns import Column
 from cellae.errors import CellaeError
 from cellae.models.blocks import ACTIVATIONS, NORMS, UPSAMPLERS, ConvDecoder, ConvEncoder
+from cellae.models.condition import UNSEEN, PatientCondition
 from cellae.models.losses import LossConfig
 from cellae.registry import Registry
 from cellae.sections import EvalConfig
@@ -35,6 +36,8 @@ MAX_CHANNELS = 64
 MAX_LATENT_DIM = 4096
 MAX_WIDTH = 4096
 MAX_STAGES = 7
+# what the decoder may be told besides the code
+CONDITIONS = ("none", "patient")
 
 FAMILIES: Registry[type[CellAutoencoder]] = Registry(
     "families", "cellae.models", "model.family", name_attribute="family",
@@ -58,6 +61,10 @@ class ModelConfig:
     # how the decoder doubles the side: resize then convolve, or transposed convolutions
     upsample: str = "resize"
     loss: LossConfig = field(default_factory=LossConfig)
+    # what the decoder is told besides the code: nothing, or the cell's patient (see
+    # cellae.models.condition); and the share of training cells drawn as an unseen patient's
+    condition: str = "none"
+    condition_dropout: float = 0.1
 
     @classmethod
     def plugin_class(cls, values: dict[str, Any], key: str) -> tuple[type, str]:
@@ -80,6 +87,10 @@ class ModelConfig:
         check(self.activation in ACTIVATIONS, f"{key}.activation", one_of(ACTIVATIONS),
               self.activation)
         check(self.upsample in UPSAMPLERS, f"{key}.upsample", one_of(UPSAMPLERS), self.upsample)
+        check(self.condition in CONDITIONS, f"{key}.condition", one_of(CONDITIONS),
+              self.condition)
+        check(0 <= self.condition_dropout < 1, f"{key}.condition_dropout", "0 to below 1",
+              self.condition_dropout)
         if self.norm == "group":
             check(all(w % 8 == 0 for w in self.widths), f"{key}.widths",
                   "multiples of 8 when model.norm is 'group'", self.widths)
@@ -160,6 +171,8 @@ class CellAutoencoder(nn.Module):
             config.latent_dim, channels, image_size, config.widths, config.norm, config.activation,
             config.upsample,
         )
+        self.condition = (PatientCondition(self.decoder.first_features)
+                          if config.condition == "patient" else None)
 
     def use_channels_last(self, on: bool) -> CellAutoencoder:
         """Weights, and images as they enter, in the channels-last memory layout (or back).
@@ -197,14 +210,23 @@ class CellAutoencoder(nn.Module):
         """Images (B, C, H, W) in [0, 1] -> latent codes (B, latent_dim), the same in any mode."""
         raise NotImplementedError
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+    def decode_logits(self, z: torch.Tensor, patients: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the images of codes ``z``; ``patients``, each cell's patient slot (see
+        :mod:`cellae.models.condition`), counts only where ``model.condition`` is "patient",
+        and None there is a patient never seen."""
+        if self.condition is None:
+            return self.decoder(z)
+        if patients is None:
+            patients = torch.full((len(z),), UNSEEN, dtype=torch.long, device=z.device)
+        return self.decoder(z, shift=self.condition(patients))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent codes (B, latent_dim) -> images (B, C, H, W) in [0, 1]."""
-        return torch.sigmoid(self.decoder(z))
+        return torch.sigmoid(self.decode_logits(z))
 
-    def forward(self, x: torch.Tensor) -> ModelOutput:
+    def forward(self, x: torch.Tensor, patients: torch.Tensor | None = None) -> ModelOutput:
+        """The code of images ``x`` and their reconstruction; ``patients`` as in
+        :meth:`decode_logits`."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ the objective

@@ -157,6 +157,10 @@ class ConvDecoder(nn.Module):
             ]
         layers.append(nn.Conv2d(widths[0], channels, kernel_size=3, padding=1))
         self.net = nn.Sequential(*layers)
+        self.first_features = widths[-1] * side * side
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+    def forward(self, z: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``shift`` (B, first_features), if given, is added to the first layer's output."""
+        if shift is None:
+            return self.net(z)
+        return self.net[1:](self.net[0](z) + shift)

@@ -113,11 +113,11 @@ class VariationalAutoencoder(CellAutoencoder):
         """The posterior mean, in any mode, so that embeddings are deterministic."""
         return self.posterior(x)[0]
 
-    def forward(self, x: torch.Tensor) -> ModelOutput:
+    def forward(self, x: torch.Tensor, patients: torch.Tensor | None = None) -> ModelOutput:
         """Samples z by reparameterisation while training; z = mu in eval mode."""
         mu, log_var = self.posterior(x)
         z = mu + torch.randn_like(mu) * (0.5 * log_var).exp() if self.training else mu
-        logits = self.decode_logits(z)
+        logits = self.decode_logits(z, patients)
         return ModelOutput(recon=torch.sigmoid(logits), logits=logits, z=z,
                            extras={"mu": mu, "log_var": log_var})
 

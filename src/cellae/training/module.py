@@ -18,6 +18,7 @@ from cellae.errors import CellaeError, first_line
 from cellae.images import unit_float
 from cellae.models import build_model
 from cellae.models.base import prefers_channels_last
+from cellae.models.condition import drop_patients
 from cellae.training.invariance import second_view, vicreg
 
 
@@ -152,7 +153,13 @@ class CellaeModule(L.LightningModule):
         mask = masks.float()
         # the encoder may see a re-stained cell; the loss below compares with ``x`` as it is
         jitter = self.config.train.stain_jitter if side == "train" else 0.0
-        output = self._forward[0](stain_jitter(x, masks, jitter))
+        seen = stain_jitter(x, masks, jitter)
+        if self.model.condition is None:
+            output = self._forward[0](seen)
+        else:
+            # the test side's patients are unseen ones already (slot 0)
+            rate = self.config.model.condition_dropout if side == "train" else 0.0
+            output = self._forward[0](seen, drop_patients(batch[3], rate))
         # the test loss is always the full objective, as in evaluation: one definition of it
         weights = self.model.schedule(self.epochs_done()) if side == "train" else None
         losses = self.model.loss(x, mask, output, weights)

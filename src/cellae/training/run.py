@@ -114,8 +114,11 @@ def _fit(config: Config, run_dir: Path, ckpt_path: Path | None, callbacks: list[
         cache, fit_idx, test_idx, config.train.batch_size, seed=config.seed,
         num_workers=config.train.num_workers, data_on_device=config.train.data_on_device,
         steps_per_call=config.train.steps_per_call,
+        with_patients=config.model.condition == "patient",
     )
     module = CellaeModule(config, channels)
+    if module.model.condition is not None:
+        module.model.condition.resize(datamodule.training_patients)
     if owner and ckpt_path is None:
         runs.update_run_info(run_dir, parameters=sum(p.numel() for p in module.model.parameters()))
     trainer = build_trainer(config, run_dir, callbacks)
