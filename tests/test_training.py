@@ -479,3 +479,49 @@ def test_several_steps_a_call_train_the_weights_one_step_a_call_trains(tmp_path)
     rows_a, rows_b = metric_rows(a_dir), metric_rows(b_dir)
     assert [{k: r[k] for k in keep} for r in rows_a] == [{k: r[k] for k in keep} for r in rows_b]
     assert 0 < float(rows_a[0]["kl_weight"]) < float(rows_a[1]["kl_weight"])
+
+
+class BackwardCount(Callback):
+    """Counts the backward passes Lightning announces to callbacks."""
+
+    def __init__(self) -> None:
+        self.before = self.after = 0
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.before += 1
+
+    def on_after_backward(self, trainer, pl_module):
+        self.after += 1
+
+
+def test_a_callback_that_listens_to_the_backward_pass_hears_every_step_and_changes_nothing(tmp_path):
+    # where nothing listens, the module back-propagates by itself, past Lightning's hooks;
+    # where a callback listens it goes through them: both train the same weights
+    config = tiny_config(tmp_path, train={"epochs": 2, "steps_per_call": 2})
+    counted = BackwardCount()
+    quiet_dir = train(config, tmp_path / "quiet", evaluate=False)
+    heard_dir = train(config, tmp_path / "heard", evaluate=False, callbacks=[counted])
+    steps = 2 * -(-len(runs.read_split(heard_dir)["train"]) // config.train.batch_size)
+    assert counted.before == counted.after == steps
+    a, b = weights(quiet_dir), weights(heard_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_the_module_back_propagates_through_lightning_where_it_must(tmp_path):
+    from cellae.training.trainer import build_trainer
+
+    config = tiny_config(tmp_path)
+    module = CellaeModule(config, channels=3)
+    plain = build_trainer(config, tmp_path / "a")
+    assert module._backward_for(plain) is torch.Tensor.backward
+    listening = build_trainer(config, tmp_path / "b", callbacks=[BackwardCount()])
+    assert module._backward_for(listening) == module.manual_backward
+    # fp16 scales the loss before its backward pass: Lightning's plugin must do it (a GPU's
+    # precision; on the CPU Lightning turns 16-mixed into bf16, so the plugin is set by hand)
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scaled = build_trainer(config, tmp_path / "c")
+    scaled.strategy.precision_plugin = MixedPrecision("16-mixed", "cpu")
+    assert scaled.strategy.precision_plugin.scaler is not None
+    assert module._backward_for(scaled) == module.manual_backward

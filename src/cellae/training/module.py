@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from cellae import __version__
 from cellae.config import Config
@@ -28,6 +32,8 @@ class NonFiniteLossError(CellaeError):
 
 # the two passes of an epoch, as the loss columns name them
 SIDES = ("train", "test")
+# Lightning's hooks around a backward pass
+BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
 
 
 class EpochMeans:
@@ -116,6 +122,8 @@ class CellaeModule(L.LightningModule):
         # optimisation wraps each step in a closure and a dozen more hooks, some 450 Python
         # calls a step (cProfile) that a GPU step of a few ms cannot hide
         self.automatic_optimization = False
+        # how a step's loss is back-propagated; chosen at the start of training
+        self._backward: Callable[[torch.Tensor], None] = self.manual_backward
 
     def epochs_done(self) -> float:
         """Training progress in epochs, fractional within an epoch; what loss schedules follow."""
@@ -137,6 +145,26 @@ class CellaeModule(L.LightningModule):
         # its averaged gradients land in the wrong places
         device = self.trainer.strategy.root_device
         self.model.use_channels_last(prefers_channels_last(device, self.config.train.channels_last))
+
+    def on_train_start(self) -> None:
+        self._backward = self._backward_for(self.trainer)
+
+    def _backward_for(self, trainer: L.Trainer) -> Callable[[torch.Tensor], None]:
+        """``manual_backward``, or the loss's own ``backward`` where Lightning's would do
+        nothing more: one process, no loss scaling, and no callback or hook of this module
+        that listens before or after the backward pass. Lightning's way runs those hooks for
+        every callback and through its profiler even when none listens, some 280 Python calls
+        a step (cProfile), 13% of a small model's step."""
+        plugin = trainer.strategy.precision_plugin
+        listens = [callback for callback in trainer.callbacks
+                   if any(is_overridden(hook, callback, L.Callback) for hook in BACKWARD_HOOKS)]
+        plain = (type(trainer.strategy) is SingleDeviceStrategy
+                 and type(plugin) in (Precision, MixedPrecision)
+                 and getattr(plugin, "scaler", None) is None
+                 and not listens
+                 and not any(is_overridden(hook, self, L.LightningModule)
+                             for hook in (*BACKWARD_HOOKS, "backward")))
+        return torch.Tensor.backward if plain else self.manual_backward
 
     def on_fit_start(self) -> None:
         t = self.config.train
@@ -244,7 +272,7 @@ class CellaeModule(L.LightningModule):
         for i, one in enumerate(batches):
             loss = self._step(one, "train", last_call and i + 1 == len(batches))
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            self._backward(loss)
             if self.config.train.grad_clip:
                 self.clip_gradients(optimizer, gradient_clip_val=self.config.train.grad_clip,
                                     gradient_clip_algorithm="norm")
