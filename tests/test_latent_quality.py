@@ -15,7 +15,13 @@ import yaml
 from cellae import api, run_inputs, runs
 from cellae.config import config_from_dict
 from cellae.data.augment import dihedral
-from cellae.data.preprocess import STANDARD_MID, STANDARD_SCALE, PreprocessSettings, preprocess
+from cellae.data.preprocess import (
+    LOCAL_SCALE,
+    STANDARD_MID,
+    STANDARD_SCALE,
+    PreprocessSettings,
+    preprocess,
+)
 from cellae.data.splits import split_indices, training_rows
 from cellae.errors import CellaeError
 from cellae.evaluation.anomaly import anomaly_numbers, interior_errors
@@ -72,6 +78,43 @@ def test_per_cell_standardises_each_channel_of_the_interior():
 def test_per_cell_needs_the_fill(tmp_path):
     with pytest.raises(CellaeError, match="'fill_mean' when data.normalize is 'per_cell'"):
         tiny_config(tmp_path, data={"normalize": "per_cell"})
+    with pytest.raises(CellaeError, match="'fill_mean' when data.normalize is 'local'"):
+        tiny_config(tmp_path, data={"normalize": "local"})
+
+
+def shaded_cell(centre_gain: float, spot: int = 0) -> np.ndarray:
+    """A cell stained darker towards its rim, with a pale centre (as on some slides) whose
+    paleness is ``centre_gain``, and a faint parasite ``spot`` grey levels dark near its edge."""
+    cell = cell_array(5, 80, 80, colour=(170, 100, 130)).astype(float)
+    yy, xx = np.mgrid[0:80, 0:80]
+    pallor = np.exp(-((yy - 40) ** 2 + (xx - 40) ** 2) / (2 * 12.0 ** 2))
+    cell = np.where(cell > 0, cell + centre_gain * pallor[..., None], 0)
+    cell[10:14, 38:42] -= spot
+    return np.clip(cell, 0, 255).astype(np.uint8)
+
+
+def test_local_keeps_the_fine_detail_and_drops_the_shading_of_the_whole_cell():
+    local = PreprocessSettings(64, background="fill_mean", normalize="local")
+    per_cell = dataclasses.replace(local, normalize="per_cell")
+    # the pale centre is the largest thing in the cell: standardised, it is the image; with
+    # local, the centre reads as the rest of the cytoplasm, within a robust deviation or two
+    image, mask = preprocess(shaded_cell(centre_gain=60), local)
+    standardised, _ = preprocess(shaded_cell(centre_gain=60), per_cell)
+    centre = (slice(None), slice(28, 36), slice(28, 36))
+    assert np.abs(image[centre].astype(int) - STANDARD_MID).mean() < 2 * LOCAL_SCALE
+    assert standardised[centre].mean() > STANDARD_MID + STANDARD_SCALE
+    assert (image[:, mask == 0] == STANDARD_MID).all()
+    # a faint spot stands out as far whether or not the cell has a pale centre: its contrast
+    # is measured against the cell's fine texture, not against the pallor's spread
+    depth = []
+    for gain in (0, 60):
+        spotted, _ = preprocess(shaded_cell(centre_gain=gain, spot=30), local)
+        depth.append(STANDARD_MID - float(spotted[:, 8:12, 30:34].min()))
+    assert depth[0] > 3 * LOCAL_SCALE and abs(depth[0] - depth[1]) < LOCAL_SCALE
+    # a flat cell maps to the mid level, not to noise blown up
+    flat, flat_mask = preprocess(np.where(cell_array(1, 40, 40) > 0, 150, 0).astype(np.uint8),
+                                 local)
+    assert (flat == STANDARD_MID).all()
 
 
 def test_patient_folds_cover_every_patient_once_and_ignore_the_seed():

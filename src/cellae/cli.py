@@ -56,7 +56,8 @@ def _add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background", choices=get_args(BackgroundMode),
                         default=defaults.background)
     parser.add_argument("--normalize", choices=get_args(NormalizeMode), default=defaults.normalize,
-                        help="per_cell: standardise each cell's interior colour (needs fill_mean)")
+                        help="per_cell: standardise each cell's interior colour; local: keep its fine "
+                        "detail only (both need fill_mean)")
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help="where caches are kept")
     parser.add_argument("--workers", type=int, default=defaults.workers,
                         help="processes for decoding (0: all cores)")

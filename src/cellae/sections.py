@@ -23,7 +23,7 @@ IMAGE_SIZES = (32, 64, 128)
 ColorMode = Literal["rgb", "gray"]
 ResizeMode = Literal["stretch", "pad"]
 BackgroundMode = Literal["keep", "fill_mean"]
-NormalizeMode = Literal["none", "per_cell"]
+NormalizeMode = Literal["none", "per_cell", "local"]
 AugmentMode = Literal["none", "dihedral"]
 SplitMode = Literal["patient", "image"]
 # how a channel's samples become the cache's 8 bits (cellae.data.channels says how)
@@ -75,7 +75,8 @@ class DataConfig:
     color: ColorMode = "rgb"
     resize: ResizeMode = "stretch"
     background: BackgroundMode = "keep"
-    # per_cell: each cell's interior standardised per channel, so the stain's shade is gone
+    # per_cell: each cell's interior standardised per channel, so the stain's shade is gone;
+    # local: its fine detail only, each channel less its blurred self (cellae.data.preprocess)
     normalize: NormalizeMode = "none"
     split: SplitMode = "patient"
     test_fraction: float = 0.2
@@ -172,10 +173,10 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
     check(d.image_size in IMAGE_SIZES, f"{prefix}.image_size", f"one of {IMAGE_SIZES}", d.image_size)
     check(0.0 < d.test_fraction < 1.0, f"{prefix}.test_fraction", "between 0 and 1", d.test_fraction)
     check(d.workers >= 0, f"{prefix}.workers", "0 (all cores) or more", d.workers)
-    if d.normalize == "per_cell":
+    if d.normalize in ("per_cell", "local"):
         # the standardised interior needs the padding and the blended rim painted over first
         check(d.background == "fill_mean", f"{prefix}.background",
-              "'fill_mean' when data.normalize is 'per_cell'", d.background)
+              f"'fill_mean' when data.normalize is '{d.normalize}'", d.background)
     check(d.folds == 0 or 2 <= d.folds <= MAX_FOLDS, f"{prefix}.folds",
           f"0 (one split by test_fraction) or 2 to {MAX_FOLDS}", d.folds)
     check(0 <= d.fold < max(d.folds, 1), f"{prefix}.fold",

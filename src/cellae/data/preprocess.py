@@ -13,7 +13,11 @@ fixed ``image_size``. Four choices matter for what a model can learn, so they ar
 * ``normalize``: ``none``, or ``per_cell``: standardise each channel of the cell's interior
   by the cell's own mean and standard deviation (stored as ``128 + 32 z``, the outside at
   128), so the stain's shade and strength, which differ by slide and not by infection, are
-  gone and what is left is the pattern inside the cell.
+  gone and what is left is the pattern inside the cell; or ``local``: each channel of the
+  interior less its own blurred self (a Gaussian of ``image_size / 32`` px, within the cell),
+  over the robust spread of what is left (stored as ``128 + 16 z``), so that large-scale
+  shading (a pale centre, a stain gradient, a slide's contrast) is gone too and what is left is
+  the small things: spots, rings, edges.
 
 The mask is computed on the original crop, where the padding is exactly black (or given by
 the source: a segmenter's label of the cell), and resized with the same filter and geometry as
@@ -50,6 +54,14 @@ _SQUARE = np.ones((3, 3), dtype=bool)
 # cell's mean, and a wider range would spend the 8 bits on the rare outliers
 STANDARD_MID = 128
 STANDARD_SCALE = 32
+# local keeps z from -8 to +8 robust deviations: against the median deviation of the fine
+# detail, a parasite reaches -5 to -30, and the fine texture of the cytoplasm lies within 2
+LOCAL_SCALE = 16
+# the Gaussian that local subtracts, in pixels per pixel of image side: 2 px at 64, about a
+# parasite's radius there, so the parasite stays and the shading of the whole cell goes
+LOCAL_SIGMA_PER_PX = 1 / 32
+# a median absolute deviation of a normal distribution times this is its standard deviation
+MAD_TO_SD = 1.4826
 # in uint8 grey levels: below this the cell is flat (a synthetic blank, a saturated crop)
 MIN_STD = 2.0
 _DATA_DEFAULTS = DataConfig()
@@ -274,7 +286,9 @@ def _finish(out: np.ndarray, inside: np.ndarray, settings: PreprocessSettings
         out = np.where(inside[None], out, fill[:, None, None])
         if settings.normalize == "per_cell":
             out = standardise_interior(out, inside)
-    elif settings.normalize == "per_cell":
+        elif settings.normalize == "local":
+            out = local_contrast(out, inside, LOCAL_SIGMA_PER_PX * settings.image_size)
+    elif settings.normalize in ("per_cell", "local"):
         out = np.full_like(out, STANDARD_MID)  # no cell found: nothing to standardise, all mean
 
     return out, inside.astype(np.uint8)
@@ -291,4 +305,28 @@ def standardise_interior(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
     std = np.maximum(pixels.std(axis=1), MIN_STD)
     z = (image.astype(np.float64) - mean[:, None, None]) / std[:, None, None]
     standard = np.clip(np.rint(STANDARD_MID + STANDARD_SCALE * z), 0, 255).astype(np.uint8)
+    return np.where(inside[None], standard, np.uint8(STANDARD_MID))
+
+
+def local_contrast(image: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
+    """``image`` (C, S, S uint8) with each channel of the ``inside`` pixels less their local
+    mean (a Gaussian of ``sigma`` px over the interior only, so the fill does not bleed in),
+    over the robust spread of that residual (1.4826 x its median absolute deviation: a few
+    dark spots do not widen it, as they widen a standard deviation, so a cell's parasites are
+    measured against its cytoplasm, not against themselves).
+
+    Stored as ``STANDARD_MID + LOCAL_SCALE * z``, clipped to 0-255; outside is the mid level.
+    """
+    weight = inside.astype(np.float64)
+    # normalised convolution: the blur of the interior over the blur of its mask
+    cover = ndimage.gaussian_filter(weight, sigma, mode="constant")
+    pixels = image.astype(np.float64) * weight[None]
+    local = np.stack([ndimage.gaussian_filter(c, sigma, mode="constant") for c in pixels])
+    residual = image - local / np.maximum(cover, 1e-6)[None]
+    inner = residual[:, inside]
+    centre = np.median(inner, axis=1)
+    spread = MAD_TO_SD * np.median(np.abs(inner - centre[:, None]), axis=1)
+    # a flat cell (or one whose detail is below a grey level) keeps its one level at the mid
+    z = (residual - centre[:, None, None]) / np.maximum(spread, MIN_STD / 4)[:, None, None]
+    standard = np.clip(np.rint(STANDARD_MID + LOCAL_SCALE * z), 0, 255).astype(np.uint8)
     return np.where(inside[None], standard, np.uint8(STANDARD_MID))
