@@ -495,28 +495,38 @@ class BackwardCount(Callback):
 
 
 def test_a_callback_that_listens_to_the_backward_pass_hears_every_step_and_changes_nothing(tmp_path):
-    # where nothing listens, the module back-propagates by itself, past Lightning's hooks;
-    # where a callback listens it goes through them: both train the same weights
+    # where nothing listens, the module back-propagates and steps by itself, past Lightning's
+    # hooks; where a callback listens it goes through them: both train the same weights, and
+    # Lightning counts the same steps
     config = tiny_config(tmp_path, train={"epochs": 2, "steps_per_call": 2})
     counted = BackwardCount()
     quiet_dir = train(config, tmp_path / "quiet", evaluate=False)
     heard_dir = train(config, tmp_path / "heard", evaluate=False, callbacks=[counted])
     steps = 2 * -(-len(runs.read_split(heard_dir)["train"]) // config.train.batch_size)
     assert counted.before == counted.after == steps
+    for run_dir in (quiet_dir, heard_dir):
+        assert runs.load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == steps
     a, b = weights(quiet_dir), weights(heard_dir)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-def test_the_module_back_propagates_through_lightning_where_it_must(tmp_path):
+def test_the_module_steps_through_lightning_where_it_must(tmp_path):
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
     from cellae.training.trainer import build_trainer
 
     config = tiny_config(tmp_path)
     module = CellaeModule(config, channels=3)
+    optimizer = LightningOptimizer(module.configure_optimizers())
     plain = build_trainer(config, tmp_path / "a")
-    assert module._backward_for(plain) is torch.Tensor.backward
+    assert module._plain_steps_for(plain, optimizer)
     listening = build_trainer(config, tmp_path / "b", callbacks=[BackwardCount()])
-    assert module._backward_for(listening) == module.manual_backward
+    assert not module._plain_steps_for(listening, optimizer)
+    assert not module._plain_steps_for(build_trainer(config, tmp_path / "b",
+                                                     callbacks=[GradientNorms()]), optimizer)
+    # several optimizers: Lightning's way
+    assert not module._plain_steps_for(plain, [optimizer, optimizer])
     # fp16 scales the loss before its backward pass: Lightning's plugin must do it (a GPU's
     # precision; on the CPU Lightning turns 16-mixed into bf16, so the plugin is set by hand)
     from lightning.pytorch.plugins.precision import MixedPrecision
@@ -524,4 +534,4 @@ def test_the_module_back_propagates_through_lightning_where_it_must(tmp_path):
     scaled = build_trainer(config, tmp_path / "c")
     scaled.strategy.precision_plugin = MixedPrecision("16-mixed", "cpu")
     assert scaled.strategy.precision_plugin.scaler is not None
-    assert module._backward_for(scaled) == module.manual_backward
+    assert not module._plain_steps_for(scaled, optimizer)

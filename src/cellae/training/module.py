@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -32,8 +31,8 @@ class NonFiniteLossError(CellaeError):
 
 # the two passes of an epoch, as the loss columns name them
 SIDES = ("train", "test")
-# Lightning's hooks around a backward pass
-BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
+# Lightning's hooks around a backward pass and an optimizer step
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 class EpochMeans:
@@ -122,8 +121,8 @@ class CellaeModule(L.LightningModule):
         # optimisation wraps each step in a closure and a dozen more hooks, some 450 Python
         # calls a step (cProfile) that a GPU step of a few ms cannot hide
         self.automatic_optimization = False
-        # how a step's loss is back-propagated; chosen at the start of training
-        self._backward: Callable[[torch.Tensor], None] = self.manual_backward
+        # whether a step runs backward and the optimizer itself; decided as training starts
+        self._plain = False
 
     def epochs_done(self) -> float:
         """Training progress in epochs, fractional within an epoch; what loss schedules follow."""
@@ -147,24 +146,38 @@ class CellaeModule(L.LightningModule):
         self.model.use_channels_last(prefers_channels_last(device, self.config.train.channels_last))
 
     def on_train_start(self) -> None:
-        self._backward = self._backward_for(self.trainer)
+        self._plain = self._plain_steps_for(self.trainer, self.optimizers())
 
-    def _backward_for(self, trainer: L.Trainer) -> Callable[[torch.Tensor], None]:
-        """``manual_backward``, or the loss's own ``backward`` where Lightning's would do
-        nothing more: one process, no loss scaling, and no callback or hook of this module
-        that listens before or after the backward pass. Lightning's way runs those hooks for
-        every callback and through its profiler even when none listens, some 280 Python calls
-        a step (cProfile), 13% of a small model's step."""
+    def _plain_steps_for(self, trainer: L.Trainer, optimizer: Any) -> bool:
+        """Whether a step may run its backward pass and optimizer step itself, past
+        Lightning's ``manual_backward`` and ``LightningOptimizer.step``: where those would do
+        nothing more (one process, no loss scaling, no callback or hook of this module that
+        listens around the backward pass or the optimizer step). Lightning's way runs those
+        hooks for every callback, through its profiler, even when none listens: some 440 of a
+        small model's 2,126 Python calls a step (cProfile). The step counter, which schedules
+        and checkpoints follow, is Lightning's own either way."""
         plugin = trainer.strategy.precision_plugin
         listens = [callback for callback in trainer.callbacks
-                   if any(is_overridden(hook, callback, L.Callback) for hook in BACKWARD_HOOKS)]
-        plain = (type(trainer.strategy) is SingleDeviceStrategy
-                 and type(plugin) in (Precision, MixedPrecision)
-                 and getattr(plugin, "scaler", None) is None
-                 and not listens
-                 and not any(is_overridden(hook, self, L.LightningModule)
-                             for hook in (*BACKWARD_HOOKS, "backward")))
-        return torch.Tensor.backward if plain else self.manual_backward
+                   if any(is_overridden(hook, callback, L.Callback) for hook in STEP_HOOKS)]
+        return (type(trainer.strategy) is SingleDeviceStrategy
+                and type(plugin) in (Precision, MixedPrecision)
+                and getattr(plugin, "scaler", None) is None
+                and not listens
+                and not any(is_overridden(hook, self, L.LightningModule)
+                            for hook in (*STEP_HOOKS, "backward"))
+                # one LightningOptimizer, with the step counter's hooks that the manual loop
+                # sets on it
+                and all(hasattr(optimizer, hook) for hook in ("_on_before_step", "_on_after_step")))
+
+    def _optimizer_step(self, optimizer: Any) -> None:
+        """``optimizer.step()``, Lightning's or, for a plain step, the wrapped optimizer's
+        between the hooks that count the step."""
+        if not self._plain:
+            optimizer.step()
+            return
+        optimizer._on_before_step()
+        optimizer.optimizer.step()
+        optimizer._on_after_step()
 
     def on_fit_start(self) -> None:
         t = self.config.train
@@ -272,11 +285,14 @@ class CellaeModule(L.LightningModule):
         for i, one in enumerate(batches):
             loss = self._step(one, "train", last_call and i + 1 == len(batches))
             optimizer.zero_grad(set_to_none=True)
-            self._backward(loss)
+            if self._plain:
+                loss.backward()
+            else:
+                self.manual_backward(loss)
             if self.config.train.grad_clip:
                 self.clip_gradients(optimizer, gradient_clip_val=self.config.train.grad_clip,
                                     gradient_clip_algorithm="norm")
-            optimizer.step()
+            self._optimizer_step(optimizer)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
