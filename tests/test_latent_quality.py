@@ -355,11 +355,27 @@ def test_spot_features_see_a_dark_spot_and_survive_a_flat_cell():
     images, masks = zip(*(preprocess(c, settings) for c in (plain, infected, flat)), strict=True)
     features = spot_features(np.stack(images), np.stack(masks))
     assert np.isfinite(features).all()
-    share_dark, _, lowest, _, largest = features.T
+    share_dark, share_deep, lowest, _, largest = features.T
     assert share_dark[1] > 0.02 > share_dark[0]
-    assert lowest[1] < -3 < lowest[0]
+    assert share_deep[1] > 0.005 and share_deep[0] == 0
+    # the cell's own noise, measured against its own fine texture, reaches some 3 deviations
+    assert lowest[1] < -10 < -5 < lowest[0]
     assert largest[1] > 0.02 > largest[0]
     np.testing.assert_array_equal(features[2, [0, 1, 4]], 0)
+
+
+def test_spot_features_measure_a_spot_against_its_surroundings_not_the_cells_shading():
+    """A pale centre (some slides' uninfected cells) is no spot, and does not make a faint
+    parasite's spot shallower: what the first, whole-cell version got wrong on such slides."""
+    from cellae.evaluation.spot_features import spot_features
+
+    settings = PreprocessSettings(64, background="fill_mean")
+    cells = [shaded_cell(centre_gain=gain, spot=spot) for gain in (0, 60) for spot in (0, 30)]
+    images, masks = zip(*(preprocess(c, settings) for c in cells), strict=True)
+    _, deep, lowest, _, _ = spot_features(np.stack(images), np.stack(masks)).T
+    assert deep[0] == deep[2] == 0  # no spot, with or without a pale centre
+    assert lowest[1] < -8 and lowest[3] < -8
+    assert abs(lowest[1] - lowest[3]) < 0.25 * abs(lowest[1])
 
 
 def test_spot_features_of_a_stack_are_each_cells_own():
@@ -368,7 +384,7 @@ def test_spot_features_of_a_stack_are_each_cells_own():
     from cellae.evaluation import spot_features as spots
 
     rng = np.random.default_rng(0)
-    images = rng.integers(60, 220, size=(7, 3, 16, 16), dtype=np.uint8)
+    images = rng.integers(140, 160, size=(7, 3, 16, 16), dtype=np.uint8)
     images[:, :, :, -1] = 5  # a dark column at every cell's right edge, stacked one above another
     masks = np.ones((7, 16, 16), dtype=np.uint8)
     masks[3] = 0  # an empty cell among them
@@ -381,10 +397,9 @@ def test_spot_features_of_a_stack_are_each_cells_own():
     one = together[0]
     pixels = 16 * 16
     assert one[4] == pytest.approx(16 / pixels)  # the cell's dark column, not seven cells' in a row
-    luma = np.tensordot(np.array([0.299, 0.587, 0.114]), images[0] / 255.0, axes=([0], [0]))
-    z = (luma - luma.mean()) / luma.std()
-    assert one[3] == pytest.approx(np.percentile(z, 1), abs=1e-5)
-    assert one[2] == pytest.approx(z.min(), abs=1e-5)
+    z = spots.local_z(images[:1] / 255.0, masks[:1] != 0, spots.MIN_SPREAD / 4)[0]
+    assert one[3] == pytest.approx(max(np.percentile(z, 1), spots.LOWEST_Z), abs=1e-4)
+    assert one[2] == pytest.approx(max(z.min(), spots.LOWEST_Z), abs=1e-4)
 
 
 def test_a_fold_without_a_class_on_one_side_is_refused():

@@ -1,14 +1,20 @@
 """The hand-made baseline: five numbers per cell that measure dark spots inside it.
 
 A parasite in a Giemsa-stained red cell is a small spot much darker than the cytoplasm around
-it. These features say how much of the cell is such a spot, without any learning: on the whole
-NIH set, a linear probe on them reaches 0.917 accuracy and 0.969 ROC AUC on unseen patients, so
-a latent space that does worse is missing what is plainly there. Each run's evaluation fits the
-same probe on them as on its codes (block ``spot_baseline`` of ``metrics.json``).
+it. These features say how much of the cell is such a spot, without any learning; each run's
+evaluation fits the same probe on them as on its codes (block ``spot_baseline`` of
+``metrics.json``), so a latent space that does worse is missing what is plainly there.
 
-From the luma of the cell's interior, standardised by the cell's own mean and spread (z):
-the share of interior pixels with z below -2 and below -3, the lowest z, the 1st percentile of
-z, and the largest connected piece of z below -2 as a share of the interior.
+Each pixel's darkness is measured against its surroundings, not against the whole cell: the
+luma of the cell's interior less its own Gaussian blur (``image side / 32`` px, within the
+cell), over the robust spread of that residual (1.4826 x its median absolute deviation), as z.
+Against the whole cell's mean and spread (the first version), a slide whose cells have a pale
+centre or a dark rim spreads every cell wide and leaves its parasites only 3 to 4 deviations
+deep where other slides' reach 8: on the sample's 5 patient folds the first version read 0.841
+accuracy / 0.907 ROC AUC, this one 0.896 / 0.952 (docs/latent_quality.md, round 6).
+
+The five: the share of interior pixels with z below -3 and below -5, the lowest z, the 1st
+percentile of z, and the largest connected piece of z below -3 as a share of the interior.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ from cellae.data.preprocess import LUMA
 N_FEATURES = 5
 # below this the cell is flat: no spread to measure spots against (grey levels in [0, 1])
 MIN_SPREAD = 2.0 / 255.0
-LOWEST_Z = -10.0
+LOWEST_Z = -30.0
+# z below these is a dark spot, and a deep one
+SPOT_Z, DEEP_Z = -3.0, -5.0
+# the blur a pixel is measured against, in pixels per pixel of the image's side
+BLUR_PER_PX = 1 / 32
+# a median absolute deviation of a normal distribution times this is its standard deviation
+MAD_TO_SD = 1.4826
 COLUMNS = (
     Column("spot_baseline.accuracy", "spot features accuracy", "higher", 3, SAME_TEST_CELLS,
            baseline=True),
@@ -57,12 +69,45 @@ def interior_z(pixels: np.ndarray, inside: np.ndarray, min_spread: float) -> np.
     """Each pixel's luma (N, H, W) standardised by its cell's interior: minus the interior's
     mean, over its spread (at least ``min_spread``). ``pixels`` are floats in [0, 1],
     (N, C, H, W); ``inside`` the interior, (N, H, W) booleans. An empty cell divides by 1."""
-    luma = pixels.mean(axis=1) if pixels.shape[1] != 3 else np.tensordot(
-        np.array(LUMA, np.float64) / 1000, pixels, axes=([0], [1]))
+    luma = _luma(pixels)
     per_pixel = np.maximum(inside.sum(axis=(1, 2)), 1)[:, None, None]
     mean = np.where(inside, luma, 0.0).sum(axis=(1, 2), keepdims=True) / per_pixel
     variance = np.where(inside, (luma - mean) ** 2, 0.0).sum(axis=(1, 2), keepdims=True) / per_pixel
     return (luma - mean) / np.maximum(np.sqrt(variance), min_spread)
+
+
+def local_z(pixels: np.ndarray, inside: np.ndarray, min_spread: float) -> np.ndarray:
+    """Each pixel's luma (N, H, W) less its local mean (a Gaussian over the interior only, so
+    the outside does not bleed in), over the robust spread of that residual in its cell (at
+    least ``min_spread``). ``pixels`` are floats in [0, 1], (N, C, H, W); ``inside`` the
+    interior, (N, H, W) booleans."""
+    luma = _luma(pixels).astype(np.float32)
+    sigma = BLUR_PER_PX * pixels.shape[-1]
+    weight = inside.astype(np.float32)
+    blur = (0, sigma, sigma)
+    local = ndimage.gaussian_filter(luma * weight, blur, mode="constant")
+    cover = ndimage.gaussian_filter(weight, blur, mode="constant")
+    residual = luma - local / np.maximum(cover, 1e-6)
+    centre = _interior_median(residual, inside)
+    spread = MAD_TO_SD * _interior_median(np.abs(residual - centre[:, None, None]), inside)
+    return (residual - centre[:, None, None]) / np.maximum(spread, min_spread)[:, None, None]
+
+
+def _interior_median(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The median of each cell's interior values (N,), 0 for an empty cell; np.median's rule."""
+    n = len(values)
+    count = inside.reshape(n, -1).sum(axis=1)
+    # float32: the median to 7 digits, and the sort, most of this baseline's time, 3x faster
+    ordered = np.sort(np.where(inside, values, np.inf).astype(np.float32).reshape(n, -1), axis=1)
+    rows = np.arange(n)
+    low = ordered[rows, np.maximum(count - 1, 0) // 2]
+    high = ordered[rows, np.maximum(count, 1) // 2]
+    return np.where(count > 0, (low.astype(np.float64) + high) / 2, 0.0)
+
+
+def _luma(pixels: np.ndarray) -> np.ndarray:
+    return pixels.mean(axis=1) if pixels.shape[1] != 3 else np.tensordot(
+        np.array(LUMA, np.float64) / 1000, pixels, axes=([0], [1]))
 
 
 def _chunk_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -71,8 +116,8 @@ def _chunk_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     counts = inside.sum(axis=(1, 2))
     valid = counts >= 2
     area = np.maximum(counts, 1)  # an empty cell divides by 1; its features are zeroed below
-    z = interior_z(images.astype(np.float64) / 255.0, inside, MIN_SPREAD)
-    dark = inside & (z < -2.0)
+    z = local_z(images.astype(np.float64) / 255.0, inside, MIN_SPREAD / 4)
+    dark = inside & (z < SPOT_Z)
     # np.percentile's default (linear) rule, on each cell's own interior pixels; only the
     # lowest few per cell need sorting, the outside is +inf so it sorts last
     position = 0.01 * (area - 1)
@@ -100,7 +145,7 @@ def _chunk_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
     result = np.stack([
         dark.sum(axis=(1, 2)) / area,
-        (inside & (z < -3.0)).sum(axis=(1, 2)) / area,
+        (inside & (z < DEEP_Z)).sum(axis=(1, 2)) / area,
         np.maximum(ordered[:, 0], LOWEST_Z),
         np.maximum(percentile_1, LOWEST_Z),
         largest / area,
