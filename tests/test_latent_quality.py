@@ -318,13 +318,13 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
         config_from_dict(sweep.config_values(combination), check_paths=False)
     best = load_config(CONFIGS / "malaria" / "best.yaml", check_paths=False)
     anomaly = load_config(CONFIGS / "malaria" / "anomaly.yaml", check_paths=False)
-    assert best.model.latent_dim == 64 and best.data.normalize == "per_cell"
+    assert best.model.latent_dim == 64 and best.data.normalize == "local"
     assert anomaly.data.train_classes == ["Uninfected"]
     assert best.model.loss.name == "spot_mse"
     # each shipped config is its setting of the sweep that ranked it, but for the data's path,
     # the patient fold and the seed
     for shipped, setting in ((anomaly, "anomaly-plain-64px"),
-                             (best, "best-what-where-8")):
+                             (best, "best-what-where-8-local")):
         winner = next(c for c in sweep.combinations if c["name"] == f"{setting}-f0-s0")
         ranked = config_from_dict(sweep.config_values(winner), check_paths=False)
         assert ranked.model == shipped.model and ranked.train == shipped.train, setting
