@@ -57,9 +57,10 @@ STANDARD_SCALE = 32
 # local keeps z from -8 to +8 robust deviations: against the median deviation of the fine
 # detail, a parasite reaches -5 to -30, and the fine texture of the cytoplasm lies within 2
 LOCAL_SCALE = 16
-# the Gaussian that local subtracts, in pixels per pixel of image side: 2 px at 64, about a
-# parasite's radius there, so the parasite stays and the shading of the whole cell goes
-LOCAL_SIGMA_PER_PX = 1 / 32
+# the Gaussian that local subtracts (and the spot features measure against), in pixels per
+# pixel of image side: 2 px at 64, about a parasite's radius there, so the parasite stays and
+# the shading of the whole cell goes
+LOCAL_BLUR_PER_PX = 1 / 32
 # a median absolute deviation of a normal distribution times this is its standard deviation
 MAD_TO_SD = 1.4826
 # in uint8 grey levels: below this the cell is flat (a synthetic blank, a saturated crop)
@@ -287,7 +288,7 @@ def _finish(out: np.ndarray, inside: np.ndarray, settings: PreprocessSettings
         if settings.normalize == "per_cell":
             out = standardise_interior(out, inside)
         elif settings.normalize == "local":
-            out = local_contrast(out, inside, LOCAL_SIGMA_PER_PX * settings.image_size)
+            out = local_contrast(out, inside, LOCAL_BLUR_PER_PX * settings.image_size)
     elif settings.normalize in ("per_cell", "local"):
         out = np.full_like(out, STANDARD_MID)  # no cell found: nothing to standardise, all mean
 
@@ -308,6 +309,17 @@ def standardise_interior(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return np.where(inside[None], standard, np.uint8(STANDARD_MID))
 
 
+def local_residual(planes: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
+    """``planes`` (..., H, W) less their Gaussian blur of ``sigma`` px taken over the ``inside``
+    pixels (H, W or ..., H, W) only: a normalised convolution, the blur of the interior over
+    the blur of its mask, so that what lies outside the cell does not bleed in at its edge."""
+    blur = (0,) * (planes.ndim - 2) + (sigma, sigma)
+    weight = np.broadcast_to(inside, planes.shape).astype(planes.dtype)
+    local = ndimage.gaussian_filter(planes * weight, blur, mode="constant")
+    cover = ndimage.gaussian_filter(weight, blur, mode="constant")
+    return planes - local / np.maximum(cover, 1e-6)
+
+
 def local_contrast(image: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
     """``image`` (C, S, S uint8) with each channel of the ``inside`` pixels less their local
     mean (a Gaussian of ``sigma`` px over the interior only, so the fill does not bleed in),
@@ -317,12 +329,7 @@ def local_contrast(image: np.ndarray, inside: np.ndarray, sigma: float) -> np.nd
 
     Stored as ``STANDARD_MID + LOCAL_SCALE * z``, clipped to 0-255; outside is the mid level.
     """
-    weight = inside.astype(np.float64)
-    # normalised convolution: the blur of the interior over the blur of its mask
-    cover = ndimage.gaussian_filter(weight, sigma, mode="constant")
-    pixels = image.astype(np.float64) * weight[None]
-    local = np.stack([ndimage.gaussian_filter(c, sigma, mode="constant") for c in pixels])
-    residual = image - local / np.maximum(cover, 1e-6)[None]
+    residual = local_residual(image.astype(np.float64), inside, sigma)
     inner = residual[:, inside]
     centre = np.median(inner, axis=1)
     spread = MAD_TO_SD * np.median(np.abs(inner - centre[:, None]), axis=1)

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from cellae.columns import SAME_TEST_CELLS, Column
-from cellae.data.preprocess import LUMA
+from cellae.data.preprocess import LOCAL_BLUR_PER_PX, LUMA, MAD_TO_SD, local_residual
 
 N_FEATURES = 5
 # below this the cell is flat: no spread to measure spots against (grey levels in [0, 1])
@@ -31,10 +31,6 @@ MIN_SPREAD = 2.0 / 255.0
 LOWEST_Z = -30.0
 # z below these is a dark spot, and a deep one
 SPOT_Z, DEEP_Z = -3.0, -5.0
-# the blur a pixel is measured against, in pixels per pixel of the image's side
-BLUR_PER_PX = 1 / 32
-# a median absolute deviation of a normal distribution times this is its standard deviation
-MAD_TO_SD = 1.4826
 COLUMNS = (
     Column("spot_baseline.accuracy", "spot features accuracy", "higher", 3, SAME_TEST_CELLS,
            baseline=True),
@@ -81,13 +77,8 @@ def local_z(pixels: np.ndarray, inside: np.ndarray, min_spread: float) -> np.nda
     the outside does not bleed in), over the robust spread of that residual in its cell (at
     least ``min_spread``). ``pixels`` are floats in [0, 1], (N, C, H, W); ``inside`` the
     interior, (N, H, W) booleans."""
-    luma = _luma(pixels).astype(np.float32)
-    sigma = BLUR_PER_PX * pixels.shape[-1]
-    weight = inside.astype(np.float32)
-    blur = (0, sigma, sigma)
-    local = ndimage.gaussian_filter(luma * weight, blur, mode="constant")
-    cover = ndimage.gaussian_filter(weight, blur, mode="constant")
-    residual = luma - local / np.maximum(cover, 1e-6)
+    sigma = LOCAL_BLUR_PER_PX * pixels.shape[-1]
+    residual = local_residual(_luma(pixels).astype(np.float32), inside, sigma)
     centre = _interior_median(residual, inside)
     spread = MAD_TO_SD * _interior_median(np.abs(residual - centre[:, None, None]), inside)
     return (residual - centre[:, None, None]) / np.maximum(spread, min_spread)[:, None, None]
