@@ -117,6 +117,31 @@ def test_local_keeps_the_fine_detail_and_drops_the_shading_of_the_whole_cell():
     assert (flat == STANDARD_MID).all()
 
 
+def test_a_wider_local_blur_keeps_a_large_blob_whole():
+    # a parasite wider than the blur: the default (2 px at 64) keeps its edge and loses its
+    # middle to the blur; data.local_blur 1/8 keeps the middle dark too
+    cell = cell_array(5, 80, 80, colour=(170, 100, 130))
+    cell[34:46, 34:46] = (120, 50, 90)
+    narrow = PreprocessSettings(64, background="fill_mean", normalize="local")
+    middle = (slice(None), slice(31, 33), slice(31, 33))
+    depth = {blur: STANDARD_MID - float(preprocess(cell, dataclasses.replace(
+        narrow, local_blur=blur))[0][middle].mean()) for blur in (1 / 32, 1 / 8)}
+    assert depth[1 / 8] > 2 * depth[1 / 32] and depth[1 / 8] > 2 * LOCAL_SCALE
+    # the cache key names the blur only where it changes the pixels, so every cache made
+    # before it was a setting keeps its key
+    assert "local_blur" not in narrow.to_dict()
+    assert "local_blur" not in dataclasses.replace(narrow, normalize="per_cell",
+                                                   local_blur=1 / 8).to_dict()
+    assert dataclasses.replace(narrow, local_blur=1 / 8).to_dict()["local_blur"] == 1 / 8
+
+
+def test_local_blur_is_a_fraction_of_the_side(tmp_path):
+    for bad in (0, -0.1, 0.6):
+        with pytest.raises(CellaeError, match="data.local_blur"):
+            tiny_config(tmp_path, data={"normalize": "local", "background": "fill_mean",
+                                        "local_blur": bad})
+
+
 def test_patient_folds_cover_every_patient_once_and_ignore_the_seed():
     rng = np.random.default_rng(0)
     patients = np.repeat([f"C{i}" for i in range(23)], rng.integers(5, 40, 23))

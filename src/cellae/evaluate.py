@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from cellae import explorer, plots, runs
 from cellae.api import LoadedRun, load_run
 from cellae.columns import SAME_IMAGES, Column
 from cellae.config import SYNTHETIC, Config
+from cellae.data.augment import N_SYMMETRIES, every_symmetry
 from cellae.data.cache import CellCache, prepare_cache
 from cellae.data.splits import class_labels, split_indices
 from cellae.errors import CellaeError
@@ -38,6 +39,7 @@ from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
 from cellae.naming import displayable, safe_name
 from cellae.run_inputs import run_cache, split_rows
+from cellae.sections import CodeViews
 
 BATCH = 256
 # top-level keys of metrics.json that are not a family's numbers
@@ -102,12 +104,23 @@ def _batches(images: np.ndarray, rows: np.ndarray, device: torch.device) -> Iter
 
 
 @torch.no_grad()
-def encode_images(model: CellAutoencoder, images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """Latent codes of uint8 images (of ``rows`` of them, or all), through the model's encode."""
+def encode_images(model: CellAutoencoder, images: np.ndarray, rows: np.ndarray | None = None,
+                  views: CodeViews = "one") -> np.ndarray:
+    """Latent codes of uint8 images (of ``rows`` of them, or all), through the model's encode;
+    with ``views`` "dihedral" each code is the mean of the codes of the image's 8 symmetries
+    (``eval.code_views``)."""
     device = next(model.parameters()).device
     rows = np.arange(len(images)) if rows is None else rows
-    parts = [model.encode(x).cpu() for x in _batches(images, rows, device)]
+    parts = [_code(model, x, views).cpu() for x in _batches(images, rows, device)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.latent_dim), np.float32)
+
+
+def _code(model: CellAutoencoder, x: torch.Tensor, views: CodeViews) -> torch.Tensor:
+    if views == "one":
+        return model.encode(x)
+    if views == "dihedral":
+        return sum(model.encode(view) for view in every_symmetry(x)) / N_SYMMETRIES
+    raise ValueError(f"eval.code_views must be one of {get_args(CodeViews)}, got {views!r}")
 
 
 # images of the first test batch whose forward-pass code is checked against encode's
@@ -235,10 +248,15 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
     parts: dict[str, float] = {}
     every = np.concatenate([train_idx, test_idx])
     with _timed(parts, "encode"):
-        train_codes = encode_images(model, cache.images, train_idx)
+        train_codes = encode_images(model, cache.images, train_idx, e.code_views)
     n_train = len(train_idx)
     with _timed(parts, "reconstruction"):
         reconstruction, scores, test_codes = _reconstruction_numbers(model, cache, test_idx)
+    # the family's own numbers are of the model's code of each cell as it is
+    family_codes = test_codes
+    if e.code_views != "one":
+        with _timed(parts, "encode"):
+            test_codes = encode_images(model, cache.images, test_idx, e.code_views)
     test_errors = np.asarray(scores["interior_mean"], dtype=np.float64)
     codes = np.concatenate([train_codes, test_codes])
     result: dict[str, Any] = {
@@ -276,7 +294,7 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
         ) | {"image_size": int(spot_cache.images.shape[-1])}
     view = FamilyEvaluation(
         test_batches=lambda: _batches(cache.images, test_idx, loaded.device),
-        test_codes=test_codes, test_losses=reconstruction, eval=e, seed=seed,
+        test_codes=family_codes, test_losses=reconstruction, eval=e, seed=seed,
         title=displayable(config.name),
     )
     with _timed(parts, "family"):

@@ -30,6 +30,7 @@ SplitMode = Literal["patient", "image"]
 IntensityMode = Literal["auto", "percentile", "full_range"]
 # the 2-D map of the latent codes drawn and put in the explorer
 MapMethod = Literal["tsne", "umap"]
+CodeViews = Literal["one", "dihedral"]
 # how an anomaly model scores a cell (cellae.evaluation.anomaly.SCORES says what each is)
 AnomalyScore = Literal["interior_mean", "local_max", "dark_error", "latent_knn", "latent_gaussian"]
 
@@ -78,6 +79,10 @@ class DataConfig:
     # per_cell: each cell's interior standardised per channel, so the stain's shade is gone;
     # local: its fine detail only, each channel less its blurred self (cellae.data.preprocess)
     normalize: NormalizeMode = "none"
+    # the Gaussian that local subtracts, its sigma as a fraction of the image side: 1/32 is
+    # 2 px at 64, about a small parasite's radius; wider keeps larger blobs whole (and more of
+    # the cell's shading)
+    local_blur: float = 1 / 32
     split: SplitMode = "patient"
     test_fraction: float = 0.2
     # k-fold by patient: 0 keeps the single split of test_fraction; k > 1 puts fold `fold` of
@@ -153,6 +158,11 @@ class EvalConfig:
     n_traversal_dims: int = 6
     # latent metrics, by registered name or module:NAME (see cellae.evaluation.latent_metrics)
     metrics: list[str] = field(default_factory=lambda: ["linear_probe", "knn", "silhouette"])
+    # the code the latent measures, maps and latents.npz read for each cell: "one", the
+    # encoder's code of the cell as it is; "dihedral", the mean of the codes of its 8 turned
+    # and mirrored views (test-time augmentation: a code with no trace of the cell's
+    # orientation, for models trained with train.augment: dihedral)
+    code_views: CodeViews = "one"
     # an anomaly run's headline score (anomaly.auroc); every score is in anomaly.scores
     anomaly_score: AnomalyScore = "interior_mean"
     # the 2-D maps of the test codes: tsne (openTSNE), umap (umap-learn, the `umap` extra);
@@ -177,6 +187,8 @@ def validate_data(d: DataConfig, check_paths: bool = True, prefix: str = "data")
         # the standardised interior needs the padding and the blended rim painted over first
         check(d.background == "fill_mean", f"{prefix}.background",
               f"'fill_mean' when data.normalize is '{d.normalize}'", d.background)
+    check(0.0 < d.local_blur <= 0.5, f"{prefix}.local_blur",
+          "a fraction of the image side above 0, at most 0.5", d.local_blur)
     check(d.folds == 0 or 2 <= d.folds <= MAX_FOLDS, f"{prefix}.folds",
           f"0 (one split by test_fraction) or 2 to {MAX_FOLDS}", d.folds)
     check(0 <= d.fold < max(d.folds, 1), f"{prefix}.fold",

@@ -9,6 +9,7 @@ from 0.86 to 0.89). Images and masks turn together; the test side is never augme
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import get_args
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from cellae.sections import AugmentMode
 
 AUGMENTS = get_args(AugmentMode)
+N_SYMMETRIES = 8  # of the square: 4 turns, each mirrored or not
 
 
 def dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +32,7 @@ def dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, t
     """
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"dihedral needs square images, got {tuple(images.shape[-2:])}")
-    choice = torch.randint(0, 8, (len(images),), device=images.device)
+    choice = torch.randint(0, N_SYMMETRIES, (len(images),), device=images.device)
     where = _symmetry_tables(images.shape[-1], images.device)[choice]  # (B, H * W)
     flat = images.flatten(-2)
     turned = flat.gather(-1, where[:, None, :].expand_as(flat)).view_as(images)
@@ -38,16 +40,27 @@ def dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, t
     return turned, turned_masks.view_as(masks)
 
 
+def every_symmetry(images: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``images`` (..., H, W) under each of the 8 symmetries of the square, in
+    :func:`dihedral`'s order (the first is the images as they are)."""
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"the symmetries of the square need square images, got "
+                         f"{tuple(images.shape[-2:])}")
+    flat = images.flatten(-2)
+    for table in _symmetry_tables(images.shape[-1], images.device):
+        yield flat.index_select(-1, table).view_as(images)
+
+
 _TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
 def _symmetry_tables(size: int, device: torch.device) -> torch.Tensor:
-    """(8, size * size): for each symmetry, the source pixel of each pixel of the turned image."""
+    """(N_SYMMETRIES, size * size): for each symmetry, the source pixel of each pixel of the turned image."""
     key = (size, device)
     if key not in _TABLES:
         grid = torch.arange(size * size).view(size, size)
         tables = [torch.rot90(grid.flip(-1) if symmetry >= 4 else grid, symmetry % 4,
-                              dims=(-2, -1)).flatten() for symmetry in range(8)]
+                              dims=(-2, -1)).flatten() for symmetry in range(N_SYMMETRIES)]
         _TABLES[key] = torch.stack(tables).to(device)
     return _TABLES[key]
 

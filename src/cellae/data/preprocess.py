@@ -50,6 +50,7 @@ DARK_THRESHOLD = 10
 RESAMPLE = Image.Resampling.BILINEAR
 LUMA = (299, 587, 114)  # ITU-R 601, in thousandths so that rounding stays in integers
 _SQUARE = np.ones((3, 3), dtype=bool)
+_DATA_DEFAULTS = DataConfig()
 # per_cell keeps z from -4 to +4 standard deviations in uint8: parasites lie 2-4 below the
 # cell's mean, and a wider range would spend the 8 bits on the rare outliers
 STANDARD_MID = 128
@@ -57,15 +58,14 @@ STANDARD_SCALE = 32
 # local keeps z from -8 to +8 robust deviations: against the median deviation of the fine
 # detail, a parasite reaches -5 to -30, and the fine texture of the cytoplasm lies within 2
 LOCAL_SCALE = 16
-# the Gaussian that local subtracts (and the spot features measure against), in pixels per
-# pixel of image side: 2 px at 64, about a parasite's radius there, so the parasite stays and
-# the shading of the whole cell goes
-LOCAL_BLUR_PER_PX = 1 / 32
+# the Gaussian the spot features measure against, and local subtracts unless data.local_blur
+# says otherwise, in pixels per pixel of image side: 2 px at 64, about a parasite's radius
+# there, so the parasite stays and the shading of the whole cell goes
+LOCAL_BLUR_PER_PX = _DATA_DEFAULTS.local_blur
 # a median absolute deviation of a normal distribution times this is its standard deviation
 MAD_TO_SD = 1.4826
 # in uint8 grey levels: below this the cell is flat (a synthetic blank, a saturated crop)
 MIN_STD = 2.0
-_DATA_DEFAULTS = DataConfig()
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class PreprocessSettings:
     resize: ResizeMode = _DATA_DEFAULTS.resize
     background: BackgroundMode = _DATA_DEFAULTS.background
     normalize: NormalizeMode = _DATA_DEFAULTS.normalize
+    local_blur: float = _DATA_DEFAULTS.local_blur
     # which channels, named how, scaled how: read by cellae.data.channels before preprocess
     channel_names: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
@@ -115,6 +116,9 @@ class PreprocessSettings:
                 del values[name]
             else:
                 values[name] = list(values[name])
+        # likewise the blur, where local does not use it or it is the one before it was a setting
+        if values["normalize"] != "local" or values["local_blur"] == _DATA_DEFAULTS.local_blur:
+            del values["local_blur"]
         if values["intensity"] == "auto" and tuple(values["percentiles"]) == tuple(
                 _DATA_DEFAULTS.percentiles):
             del values["intensity"], values["percentiles"]
@@ -288,7 +292,7 @@ def _finish(out: np.ndarray, inside: np.ndarray, settings: PreprocessSettings
         if settings.normalize == "per_cell":
             out = standardise_interior(out, inside)
         elif settings.normalize == "local":
-            out = local_contrast(out, inside, LOCAL_BLUR_PER_PX * settings.image_size)
+            out = local_contrast(out, inside, settings.local_blur * settings.image_size)
     elif settings.normalize in ("per_cell", "local"):
         out = np.full_like(out, STANDARD_MID)  # no cell found: nothing to standardise, all mean
 
