@@ -25,6 +25,7 @@ ResizeMode = Literal["stretch", "pad"]
 BackgroundMode = Literal["keep", "fill_mean"]
 NormalizeMode = Literal["none", "per_cell", "local"]
 AugmentMode = Literal["none", "dihedral"]
+LrSchedule = Literal["constant", "cosine"]
 SplitMode = Literal["patient", "image"]
 # how a channel's samples become the cache's 8 bits (cellae.data.channels says how)
 IntensityMode = Literal["auto", "percentile", "full_range"]
@@ -112,6 +113,8 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    # constant: train.lr throughout; cosine: from train.lr down to 0 over the run's steps
+    lr_schedule: LrSchedule = "constant"
     weight_decay: float = 0.0
     grad_clip: float = 0.0
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"

@@ -23,6 +23,7 @@ from cellae.models import build_model
 from cellae.models.base import prefers_channels_last
 from cellae.models.condition import drop_patients
 from cellae.training.invariance import second_view, vicreg
+from cellae.training.lr_schedule import lr_factor
 
 
 class NonFiniteLossError(CellaeError):
@@ -179,6 +180,13 @@ class CellaeModule(L.LightningModule):
         optimizer.optimizer.step()
         optimizer._on_after_step()
 
+    def _schedule_lr(self, optimizer: Any) -> None:
+        """The learning rate of the step about to run, from the run's progress."""
+        progress = self.epochs_done() / self.config.train.epochs
+        lr = self.config.train.lr * lr_factor(self.config.train.lr_schedule, progress)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
     def on_fit_start(self) -> None:
         t = self.config.train
         if t.compile:
@@ -292,6 +300,8 @@ class CellaeModule(L.LightningModule):
             if self.config.train.grad_clip:
                 self.clip_gradients(optimizer, gradient_clip_val=self.config.train.grad_clip,
                                     gradient_clip_algorithm="norm")
+            if self.config.train.lr_schedule != "constant":
+                self._schedule_lr(optimizer)
             self._optimizer_step(optimizer)
         return loss
 
