@@ -1,16 +1,14 @@
 """eval.code_views: dihedral, each cell's code the mean of its 8 symmetries' codes."""
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from cellae import api, runs
 from cellae.data.augment import N_SYMMETRIES, every_symmetry
-from cellae.data.cache import open_cache
 from cellae.evaluate import encode_images
 from cellae.models import build_model
 from cellae.models.base import model_config
+from cellae.run_inputs import run_cache
 from cellae.training import train
 from tiny import tiny_config
 
@@ -48,7 +46,7 @@ def test_an_evaluation_reads_the_codes_its_config_asks_for(tmp_path):
     run_dir = train(config, tmp_path / "runs")
     latents = np.load(runs.eval_dir(run_dir) / "latents.npz")
     loaded = api.load_run(run_dir, cache_dir=str(tmp_path / "cache"))
-    cache = open_cache(Path(runs.read_run_info(run_dir)["data"]["cache"]))
+    cache = run_cache(run_dir, loaded.config)
     rows = {name: i for i, name in enumerate(np.asarray(cache.files).astype(str))}
     order = np.array([rows[f] for f in latents["files"]])
     with torch.no_grad():

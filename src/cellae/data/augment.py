@@ -30,10 +30,9 @@ def dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, t
     is one gather of its pixels through its symmetry's table: no step waits for a GPU to say
     which images drew which symmetry, as selecting them would.
     """
-    if images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"dihedral needs square images, got {tuple(images.shape[-2:])}")
+    tables = _symmetry_tables(_square_side(images, "dihedral"), images.device)
     choice = torch.randint(0, N_SYMMETRIES, (len(images),), device=images.device)
-    where = _symmetry_tables(images.shape[-1], images.device)[choice]  # (B, H * W)
+    where = tables[choice]  # (B, H * W)
     flat = images.flatten(-2)
     turned = flat.gather(-1, where[:, None, :].expand_as(flat)).view_as(images)
     turned_masks = masks.flatten(-2).gather(-1, where.view(masks.shape[:-2] + (-1,)))
@@ -43,12 +42,16 @@ def dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, t
 def every_symmetry(images: torch.Tensor) -> Iterator[torch.Tensor]:
     """``images`` (..., H, W) under each of the 8 symmetries of the square, in
     :func:`dihedral`'s order (the first is the images as they are)."""
-    if images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"the symmetries of the square need square images, got "
-                         f"{tuple(images.shape[-2:])}")
+    tables = _symmetry_tables(_square_side(images, "every_symmetry"), images.device)
     flat = images.flatten(-2)
-    for table in _symmetry_tables(images.shape[-1], images.device):
+    for table in tables:
         yield flat.index_select(-1, table).view_as(images)
+
+
+def _square_side(images: torch.Tensor, who: str) -> int:
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"{who} needs square images, got {tuple(images.shape[-2:])}")
+    return images.shape[-1]
 
 
 _TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
