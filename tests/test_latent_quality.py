@@ -349,13 +349,14 @@ def test_the_shipped_latent_quality_sweep_and_configs_load():
     # each shipped config is its setting of the sweep that ranked it, but for the data's path,
     # the patient fold and the seed
     for shipped, setting in ((anomaly, "anomaly-plain-64px"),
-                             (best, "best-what-where-8-local-tta")):
+                             (best, "best-what-where-8-local-tta-probe-auto")):
         winner = next(c for c in sweep.combinations if c["name"] == f"{setting}-f0-s0")
         ranked = config_from_dict(sweep.config_values(winner), check_paths=False)
         assert ranked.model == shipped.model and ranked.train == shipped.train, setting
         assert dataclasses.replace(ranked.data, folds=0, fold=0) == shipped.data, setting
         assert ranked.eval.anomaly_score == shipped.eval.anomaly_score
         assert ranked.eval.code_views == shipped.eval.code_views, setting
+        assert ranked.eval.probe_c == shipped.eval.probe_c, setting
     assert anomaly.eval.anomaly_score == "local_max"
 
 

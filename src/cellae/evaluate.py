@@ -182,12 +182,13 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
 
 
 def _latent_block(config: Config, train_codes: np.ndarray, train_labels: np.ndarray,
-                  test_codes: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
+                  test_codes: np.ndarray, test_labels: np.ndarray,
+                  train_patients: np.ndarray) -> dict[str, Any]:
     if len(np.unique(train_labels)) < 2 or len(np.unique(test_labels)) < 2:
         # an unlabelled source (one class): nothing for a probe to tell apart
         return {"skipped": "one class only: the latent metrics need two classes on both sides"}
     split = LatentSplit(train_codes, train_labels, test_codes, test_labels, config.eval,
-                               config.seed)
+                        config.seed, train_patients)
     block: dict[str, Any] = {}
     for name in config.eval.metrics:
         block.update(METRICS.get(name).compute(split))
@@ -275,7 +276,8 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
             scores.pop("interior_mean"), labels[test_idx], cache.class_names,
             config.data.train_classes, scores, headline=e.anomaly_score)
     with _timed(parts, "latent_metrics"):
-        probe = _latent_block(config, train_codes, labels[train_idx], test_codes, labels[test_idx])
+        probe = _latent_block(config, train_codes, labels[train_idx], test_codes,
+                              labels[test_idx], patients[train_idx])
     probe["test_patients"] = result["data"]["test"]["patients"]
     result["probe"] = probe
     with _timed(parts, "pca_baseline"):
@@ -283,7 +285,8 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
             _pixels(cache, train_idx), _pixels(cache, test_idx), int(model.latent_dim), seed
         )
         result["pca_baseline"] = _latent_block(
-            config, pca_train, labels[np.sort(train_idx)], pca_test, labels[np.sort(test_idx)]
+            config, pca_train, labels[np.sort(train_idx)], pca_test, labels[np.sort(test_idx)],
+            patients[np.sort(train_idx)],
         )
     with _timed(parts, "spot_baseline"):
         spot_cache, spot_train, spot_test = _spot_cells(config, cache, source, train_idx,
@@ -291,6 +294,7 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
         result["spot_baseline"] = _latent_block(
             config, _spots(spot_cache, spot_train), labels[np.sort(train_idx)],
             _spots(spot_cache, spot_test), labels[np.sort(test_idx)],
+            patients[np.sort(train_idx)],
         ) | {"image_size": int(spot_cache.images.shape[-1])}
     view = FamilyEvaluation(
         test_batches=lambda: _batches(cache.images, test_idx, loaded.device),

@@ -31,6 +31,7 @@ SplitMode = Literal["patient", "image"]
 IntensityMode = Literal["auto", "percentile", "full_range"]
 # the 2-D map of the latent codes drawn and put in the explorer
 MapMethod = Literal["tsne", "umap"]
+ProbeC = float | Literal["auto"]
 CodeViews = Literal["one", "dihedral"]
 # how an anomaly model scores a cell (cellae.evaluation.anomaly.SCORES says what each is)
 AnomalyScore = Literal["interior_mean", "local_max", "dark_error", "latent_knn", "latent_gaussian"]
@@ -156,6 +157,10 @@ class EvalConfig:
     tsne_max_points: int = 3000
     tsne_perplexity: float = 30.0
     knn_k: int = 15
+    # the linear probes' inverse regularisation strength (the latent's, PCA's and the spot
+    # features' alike): a number, or "auto", chosen for each probe from
+    # cellae.evaluation.latent.PROBE_C_GRID by grouped inner folds of the train side's patients
+    probe_c: ProbeC = 1.0
     n_reconstructions: int = 8
     n_samples: int = 32
     n_traversal_dims: int = 6
@@ -261,6 +266,8 @@ def validate_eval(e: EvalConfig) -> EvalConfig:
     check(e.tsne_max_points >= 10, "eval.tsne_max_points", "at least 10", e.tsne_max_points)
     check(e.tsne_perplexity > 0, "eval.tsne_perplexity", "a positive number", e.tsne_perplexity)
     check(e.knn_k >= 1, "eval.knn_k", "a positive integer", e.knn_k)
+    check(e.probe_c == "auto" or (isinstance(e.probe_c, int | float) and e.probe_c > 0),
+          "eval.probe_c", "a positive number or 'auto'", e.probe_c)
     check(e.n_reconstructions >= 1, "eval.n_reconstructions", "a positive integer", e.n_reconstructions)
     check(e.n_samples >= 1, "eval.n_samples", "a positive integer", e.n_samples)
     check(e.n_traversal_dims >= 1, "eval.n_traversal_dims", "a positive integer", e.n_traversal_dims)

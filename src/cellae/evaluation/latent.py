@@ -16,12 +16,18 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score, silhouette_score
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from cellae.errors import CellaeError
 
 PROBE_MAX_ITER = 5000
+# the probe's inverse regularisation strengths ``eval.probe_c: auto`` chooses among, and the
+# inner folds it chooses with (over the train side's patients, so the choice, too, is scored on
+# patients the fit did not see)
+PROBE_C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+PROBE_INNER_FOLDS = 5
 MIN_TSNE_POINTS = 5
 
 
@@ -46,27 +52,77 @@ def _require_two_classes(labels: np.ndarray, what: str) -> None:
         )
 
 
+def _inner_folds(labels: np.ndarray, groups: np.ndarray | None, seed: int
+                 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """The train side's inner folds for choosing C, and how they were cut: by group (patient)
+    where there are two groups or more, else by cell; fewer folds where the rarest class or
+    the groups are too few for :data:`PROBE_INNER_FOLDS`."""
+    rarest = int(np.unique(labels, return_counts=True)[1].min())
+    n_groups = 0 if groups is None else len(np.unique(groups))
+    if n_groups >= 2:
+        n = min(PROBE_INNER_FOLDS, n_groups)
+        cut = StratifiedGroupKFold(n, shuffle=True, random_state=seed)
+        folds = list(cut.split(np.zeros(len(labels)), labels, groups))
+        how = f"{n} folds of the train side's {n_groups} patients"
+    else:
+        n = max(2, min(PROBE_INNER_FOLDS, rarest))
+        cut = StratifiedKFold(n, shuffle=True, random_state=seed)
+        folds = list(cut.split(np.zeros(len(labels)), labels))
+        how = f"{n} folds of the train side's cells (no patients to group by)"
+    # a fold whose fit side lacks a class cannot be scored by log loss; such folds are dropped
+    n_classes = len(np.unique(labels))
+    kept = [(fit, held) for fit, held in folds if len(np.unique(labels[fit])) == n_classes
+            and len(np.unique(labels[held])) == n_classes]
+    return kept, how
+
+
+def _probe_model(train_x: np.ndarray, train_y: np.ndarray, c: float | str,
+                 groups: np.ndarray | None, seed: int) -> tuple[LogisticRegression, str | None]:
+    """The fitted logistic regression, and how its C was chosen (None: C given)."""
+    if c != "auto":
+        return LogisticRegression(C=float(c), max_iter=PROBE_MAX_ITER,
+                                  random_state=seed).fit(train_x, train_y), None
+    folds, how = _inner_folds(train_y, groups, seed)
+    if len(folds) < 2:
+        return LogisticRegression(C=1.0, max_iter=PROBE_MAX_ITER, random_state=seed).fit(
+            train_x, train_y), f"C = 1: {how} leave fewer than 2 with every class on both sides"
+    search = GridSearchCV(
+        LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed),
+        {"C": list(PROBE_C_GRID)}, scoring="neg_log_loss", cv=folds,
+    ).fit(train_x, train_y)
+    return search.best_estimator_, f"the lowest log loss over {how}"
+
+
 def linear_probe(
     train_codes: np.ndarray,
     train_labels: np.ndarray,
     test_codes: np.ndarray,
     test_labels: np.ndarray,
     seed: int = 0,
+    c: float | str = 1.0,
+    train_groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Logistic regression (C = 1) on standardised codes, fit on train, scored on test.
+    """Logistic regression on standardised codes, fit on train, scored on test.
+
+    ``c`` is its inverse regularisation strength, or ``"auto"``: chosen from
+    :data:`PROBE_C_GRID` by the log loss of inner folds of the train side, grouped by
+    ``train_groups`` (the train codes' patients) where given, so the test side plays no part.
 
     Returns ``accuracy``, ``auroc`` (ROC AUC from predicted probabilities; one-vs-rest macro
     average over the test classes when there are more than two), ``auroc_note`` (why ``auroc``
     is None, else None), ``majority_accuracy`` (accuracy of always answering the most common
-    test class: the floor to beat), ``n_train``, ``n_test``, ``n_classes``.
+    test class: the floor to beat), ``c`` (the C used), ``c_choice`` (how an ``auto`` C was
+    chosen; None when given), ``n_train``, ``n_test``, ``n_classes``.
     """
     train_x, test_x = _standardised(
         _codes(train_codes, "train codes"), _codes(test_codes, "test codes")
     )
     train_y, test_y = np.asarray(train_labels), np.asarray(test_labels)
     _require_two_classes(train_y, "the linear probe")
-    model = LogisticRegression(C=1.0, max_iter=PROBE_MAX_ITER, random_state=seed)
-    model.fit(train_x, train_y)
+    groups = None if train_groups is None else np.asarray(train_groups)
+    if groups is not None and len(groups) != len(train_y):
+        raise ValueError(f"train_groups has {len(groups)} entries for {len(train_y)} train codes")
+    model, c_choice = _probe_model(train_x, train_y, c, groups, seed)
     proba = model.predict_proba(test_x)
     test_classes, test_counts = np.unique(test_y, return_counts=True)
     result: dict[str, Any] = {
@@ -74,6 +130,8 @@ def linear_probe(
         "auroc": None,
         "auroc_note": None,
         "majority_accuracy": float(test_counts.max() / len(test_y)),
+        "c": float(model.C),
+        "c_choice": c_choice,
         "n_train": int(len(train_y)),
         "n_test": int(len(test_y)),
         "n_classes": int(len(model.classes_)),

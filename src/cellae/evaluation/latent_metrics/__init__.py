@@ -30,6 +30,9 @@ class LatentSplit:
     test_labels: np.ndarray
     eval: EvalConfig
     seed: int
+    # the train codes' patients, for metrics that choose a setting on inner folds of the train
+    # side (the probe's ``eval.probe_c: auto``); None where there are none
+    train_groups: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

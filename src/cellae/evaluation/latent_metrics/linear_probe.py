@@ -11,7 +11,8 @@ from cellae.evaluation.latent_metrics import METRICS, LatentMetric, LatentSplit
 
 def _linear_probe(split: LatentSplit) -> dict[str, Any]:
     return linear_probe(split.train_codes, split.train_labels, split.test_codes,
-                        split.test_labels, seed=split.seed)
+                        split.test_labels, seed=split.seed, c=split.eval.probe_c,
+                        train_groups=split.train_groups)
 
 
 METRICS.register(LatentMetric("linear_probe", _linear_probe, (
