@@ -280,21 +280,22 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
                               labels[test_idx], patients[train_idx])
     probe["test_patients"] = result["data"]["test"]["patients"]
     result["probe"] = probe
+    # the baselines read their cells in row order (_pixels and _spot_cells sort the rows)
+    train_rows, test_rows = np.sort(train_idx), np.sort(test_idx)
     with _timed(parts, "pca_baseline"):
         pca_train, pca_test = latent.pca_baseline(
             _pixels(cache, train_idx), _pixels(cache, test_idx), int(model.latent_dim), seed
         )
         result["pca_baseline"] = _latent_block(
-            config, pca_train, labels[np.sort(train_idx)], pca_test, labels[np.sort(test_idx)],
-            patients[np.sort(train_idx)],
+            config, pca_train, labels[train_rows], pca_test, labels[test_rows],
+            patients[train_rows],
         )
     with _timed(parts, "spot_baseline"):
         spot_cache, spot_train, spot_test = _spot_cells(config, cache, source, train_idx,
                                                         test_idx)
         result["spot_baseline"] = _latent_block(
-            config, _spots(spot_cache, spot_train), labels[np.sort(train_idx)],
-            _spots(spot_cache, spot_test), labels[np.sort(test_idx)],
-            patients[np.sort(train_idx)],
+            config, _spots(spot_cache, spot_train), labels[train_rows],
+            _spots(spot_cache, spot_test), labels[test_rows], patients[train_rows],
         ) | {"image_size": int(spot_cache.images.shape[-1])}
     view = FamilyEvaluation(
         test_batches=lambda: _batches(cache.images, test_idx, loaded.device),

@@ -62,24 +62,14 @@ def split_indices(
 
 def _fold_split(patients: np.ndarray, labels: np.ndarray, by: SplitMode, folds: int,
                 fold: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
     if not 0 <= fold < folds:
         raise CellaeError(f"data.fold must be from 0 to {folds - 1}, got {fold}")
-    groups = patients if by == "patient" else np.arange(len(labels)).astype(str)
-    n_groups = len(np.unique(groups))
+    groups = patients if by == "patient" else None  # None: each image its own group
+    n_groups = len(labels) if groups is None else len(np.unique(groups))
     if n_groups < folds:
         unit = "patients" if by == "patient" else "images"
         raise CellaeError(f"data.folds={folds} needs at least {folds} {unit}, found {n_groups}")
-    # StratifiedGroupKFold balances each fold's class shares while keeping a patient whole
-    if by == "patient":
-        cutter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=FOLD_SEED)
-    else:
-        cutter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=FOLD_SEED)
-    with warnings.catch_warnings():
-        # "The least populated class has fewer members than n_splits": checked below, per fold
-        warnings.simplefilter("ignore", UserWarning)
-        train, test = list(cutter.split(np.zeros(len(labels)), labels, groups))[fold]
+    train, test = stratified_folds(labels, groups, folds, FOLD_SEED)[fold]
     for side, rows in (("train", train), ("test", test)):
         missing = sorted(set(np.unique(labels).tolist()) - set(np.unique(labels[rows]).tolist()))
         if missing:
@@ -88,6 +78,22 @@ def _fold_split(patients: np.ndarray, labels: np.ndarray, by: SplitMode, folds: 
                 f"few patients hold it); use fewer data.folds or add patients"
             )
     return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64)
+
+
+def stratified_folds(labels: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every (train, test) row pair of ``n_splits`` folds that balance the class shares: whole
+    groups (patients) each where ``groups`` is given, single rows where it is None. A fold may
+    lack a class where few groups hold it; the caller decides what that means."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    # StratifiedGroupKFold balances each fold's class shares while keeping a patient whole
+    cutter = (StratifiedKFold if groups is None else StratifiedGroupKFold)(
+        n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # "The least populated class has fewer members than n_splits": the caller checks folds
+        warnings.simplefilter("ignore", UserWarning)
+        return list(cutter.split(np.zeros(len(labels)), labels, groups))
 
 
 def class_labels(class_names: Sequence[str], wanted: Sequence[str]) -> list[int]:

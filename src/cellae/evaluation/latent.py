@@ -16,10 +16,11 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score, silhouette_score
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
+from cellae.data.splits import stratified_folds
 from cellae.errors import CellaeError
 
 PROBE_MAX_ITER = 5000
@@ -57,39 +58,36 @@ def _inner_folds(labels: np.ndarray, groups: np.ndarray | None, seed: int
     """The train side's inner folds for choosing C, and how they were cut: by group (patient)
     where there are two groups or more, else by cell; fewer folds where the rarest class or
     the groups are too few for :data:`PROBE_INNER_FOLDS`."""
-    rarest = int(np.unique(labels, return_counts=True)[1].min())
+    classes, counts = np.unique(labels, return_counts=True)
     n_groups = 0 if groups is None else len(np.unique(groups))
     if n_groups >= 2:
         n = min(PROBE_INNER_FOLDS, n_groups)
-        cut = StratifiedGroupKFold(n, shuffle=True, random_state=seed)
-        folds = list(cut.split(np.zeros(len(labels)), labels, groups))
+        folds = stratified_folds(labels, groups, n, seed)
         how = f"{n} folds of the train side's {n_groups} patients"
     else:
-        n = max(2, min(PROBE_INNER_FOLDS, rarest))
-        cut = StratifiedKFold(n, shuffle=True, random_state=seed)
-        folds = list(cut.split(np.zeros(len(labels)), labels))
+        n = max(2, min(PROBE_INNER_FOLDS, int(counts.min())))
+        folds = stratified_folds(labels, None, n, seed)
         how = f"{n} folds of the train side's cells (no patients to group by)"
     # a fold whose fit side lacks a class cannot be scored by log loss; such folds are dropped
-    n_classes = len(np.unique(labels))
-    kept = [(fit, held) for fit, held in folds if len(np.unique(labels[fit])) == n_classes
-            and len(np.unique(labels[held])) == n_classes]
+    kept = [(fit, held) for fit, held in folds if len(np.unique(labels[fit])) == len(classes)
+            and len(np.unique(labels[held])) == len(classes)]
     return kept, how
 
 
 def _probe_model(train_x: np.ndarray, train_y: np.ndarray, c: float | str,
                  groups: np.ndarray | None, seed: int) -> tuple[LogisticRegression, str | None]:
     """The fitted logistic regression, and how its C was chosen (None: C given)."""
+    def logistic(strength: float) -> LogisticRegression:
+        return LogisticRegression(C=strength, max_iter=PROBE_MAX_ITER, random_state=seed)
+
     if c != "auto":
-        return LogisticRegression(C=float(c), max_iter=PROBE_MAX_ITER,
-                                  random_state=seed).fit(train_x, train_y), None
+        return logistic(float(c)).fit(train_x, train_y), None
     folds, how = _inner_folds(train_y, groups, seed)
     if len(folds) < 2:
-        return LogisticRegression(C=1.0, max_iter=PROBE_MAX_ITER, random_state=seed).fit(
-            train_x, train_y), f"C = 1: {how} leave fewer than 2 with every class on both sides"
-    search = GridSearchCV(
-        LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed),
-        {"C": list(PROBE_C_GRID)}, scoring="neg_log_loss", cv=folds,
-    ).fit(train_x, train_y)
+        return logistic(1.0).fit(train_x, train_y), (
+            f"C = 1: {how} leave fewer than 2 with every class on both sides")
+    search = GridSearchCV(logistic(1.0), {"C": list(PROBE_C_GRID)}, scoring="neg_log_loss",
+                          cv=folds).fit(train_x, train_y)
     return search.best_estimator_, f"the lowest log loss over {how}"
 
 
