@@ -11,9 +11,12 @@ from tiny import tiny_config
 def test_second_view_is_the_same_cells_looked_at_again():
     torch.manual_seed(0)
     x = torch.rand(6, 3, 16, 16)
-    masks = torch.ones(6, 16, 16, dtype=torch.uint8)
-    view = second_view(x, masks)
+    masks = torch.zeros(6, 16, 16, dtype=torch.uint8)
+    masks[:, 4:12, 3:9] = 1
+    view, view_masks = second_view(x, masks)
     assert view.shape == x.shape and view.min() >= 0 and view.max() <= 1
+    # the masks are turned and moved with the cells: as many cell pixels, somewhere else
+    assert view_masks.shape == masks.shape and view_masks.sum() == masks.sum()
     assert not torch.equal(view, x)
     # the same pixels up to the turn, the shift and a small gain and offset
     assert abs(view.mean() - x.mean()) < 0.1

@@ -24,7 +24,7 @@ from cellae.data.decode import BadImage, decode_pixels
 from cellae.data.preprocess import PreprocessSettings, preprocess
 from cellae.errors import CellaeError
 from cellae.images import unit_float
-from cellae.models.base import build_model, prefers_channels_last
+from cellae.models.base import CellAutoencoder, build_model, mask_argument, prefers_channels_last
 from cellae.run_inputs import read_config, run_cache, split_rows
 from cellae.sections import DataConfig
 
@@ -44,7 +44,7 @@ class LoadedRun:
 
     path: Path
     config: Config
-    model: torch.nn.Module
+    model: CellAutoencoder
 
     @property
     def device(self) -> torch.device:
@@ -67,6 +67,12 @@ class LoadedRun:
     def prepare(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image]) -> np.ndarray:
         """Image files or PIL images preprocessed as the run's training images were (channels
         picked and scaled as its cache did): uint8 N x C x H x W, the cache's layout."""
+        return self.prepare_with_masks(images)[0]
+
+    def prepare_with_masks(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`prepare`'s images and each one's cell mask (uint8 N x H x W, 1 in the cell),
+        as the cache holds them."""
         settings = PreprocessSettings.from_config(self.config.data)
         plan = self._channel_plan()
         items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
@@ -86,17 +92,20 @@ class LoadedRun:
                 raise CellaeError(f"cannot read {item}: {exc.strerror or exc}") from exc
             except BadImage as exc:
                 raise CellaeError(f"{item}: {exc}") from exc
-            prepared.append(preprocess(pixels, settings)[0])
+            prepared.append(preprocess(pixels, settings))
         if not prepared:
             raise CellaeError("no images given")
-        return np.stack(prepared)
+        return np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
 
-    def _as_input(self, images: ImageInput) -> torch.Tensor:
+    def _as_input(self, images: ImageInput, masks: np.ndarray | torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images in [0, 1] on the model's device, and the cells' masks there (those of image
+        files found as the cache finds them, else ``masks`` as given, or None)."""
         if isinstance(images, str | Path | Image.Image) or (
             isinstance(images, list | tuple) and images
             and all(isinstance(i, str | Path | Image.Image) for i in images)
         ):
-            images = self.prepare(images)  # type: ignore[arg-type]
+            images, masks = self.prepare_with_masks(images)  # type: ignore[arg-type]
         # np.array copies: a read-only memory map must not back a tensor torch may write
         x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
         _check_pixel_values(x)
@@ -109,7 +118,13 @@ class LoadedRun:
                 f"inputs, got {tuple(x.shape)}; give image files or PIL images to have them "
                 "preprocessed the run's way"
             )
-        return unit_float(x).to(self.device)
+        if masks is None:
+            return unit_float(x).to(self.device), None
+        m = masks if isinstance(masks, torch.Tensor) else torch.from_numpy(np.array(masks))
+        if tuple(m.shape) != (len(x), *expected[1:]):
+            raise CellaeError(f"masks must be shaped {(len(x), *expected[1:])}, one per image, "
+                              f"got {tuple(m.shape)}")
+        return unit_float(x).to(self.device), m.to(self.device)
 
     def test_images(self) -> tuple[np.ndarray, np.ndarray]:
         """The run's own test images (uint8 N x C x H x W, as the model saw them) and labels."""
@@ -117,11 +132,27 @@ class LoadedRun:
         _, test_rows = split_rows(self.path, cache)
         return np.asarray(cache.images[test_rows]), np.asarray(cache.labels)[test_rows]
 
+    def _batches(self, images: ImageInput, masks: np.ndarray | torch.Tensor | None,
+                 batch_size: int) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """The images in batches, each with the keyword arguments that give its cells' masks
+        to a model that reads them (model.pool_over: cell)."""
+        x, m = self._as_input(images, masks)
+        if not self.model.reads_mask:
+            return [(b, {}) for b in x.split(batch_size)]
+        if m is None:
+            raise CellaeError("this run's model reads each cell's mask (model.pool_over: cell): "
+                              "give image files, or masks= (N x H x W, non-zero in the cell) "
+                              "beside arrays")
+        return [(b, mask_argument(self.model, mb))
+                for b, mb in zip(x.split(batch_size), m.split(batch_size), strict=True)]
+
     @torch.no_grad()
-    def encode(self, images: ImageInput, batch_size: int = 512) -> np.ndarray:
-        """Latent codes (the posterior mean for a VAE), one row per image."""
-        x = self._as_input(images)
-        return torch.cat([self.model.encode(b) for b in x.split(batch_size)]).cpu().numpy()
+    def encode(self, images: ImageInput, batch_size: int = 512,
+               masks: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """Latent codes (the posterior mean for a VAE), one row per image; ``masks`` (N x H x
+        W, the cells') with arrays, for a model that reads them (image files bring their own)."""
+        batches = self._batches(images, masks, batch_size)
+        return torch.cat([self.model.encode(b, **cells) for b, cells in batches]).cpu().numpy()
 
     @torch.no_grad()
     def decode(self, z: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
@@ -133,10 +164,11 @@ class LoadedRun:
         return torch.cat([self.model.decode(b) for b in codes.split(batch_size)]).cpu().numpy()
 
     @torch.no_grad()
-    def reconstruct(self, images: ImageInput, batch_size: int = 512) -> np.ndarray:
-        """Reconstructions in [0, 1] (float32, N x C x H x W)."""
-        x = self._as_input(images)
-        return torch.cat([self.model(b).recon for b in x.split(batch_size)]).cpu().numpy()
+    def reconstruct(self, images: ImageInput, batch_size: int = 512,
+                    masks: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """Reconstructions in [0, 1] (float32, N x C x H x W); ``masks`` as in :meth:`encode`."""
+        batches = self._batches(images, masks, batch_size)
+        return torch.cat([self.model(b, **cells).recon for b, cells in batches]).cpu().numpy()
 
 
 def _check_pixel_values(x: torch.Tensor) -> None:

@@ -56,7 +56,7 @@ def embed_source(run_dir: Path, source: str, out: Path, overwrite: bool = False)
     loaded = load_run(run_dir)
     cache = source_cache(loaded.config, source, channels=loaded.model.channels)
     codes = encode_images(loaded.model.inference_copy(), cache.images,
-                          views=loaded.config.eval.code_views)
+                          views=loaded.config.eval.code_views, masks=cache.masks)
     class_names = np.asarray(cache.class_names)
     labels = np.asarray(cache.labels)
     every = np.arange(len(cache))

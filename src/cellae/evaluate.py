@@ -37,6 +37,7 @@ from cellae.evaluation.spot_features import spot_features
 from cellae.files import remove_stale_temporaries
 from cellae.images import to_uint8, unit_float
 from cellae.models import CellAutoencoder, FamilyEvaluation
+from cellae.models.base import mask_argument
 from cellae.naming import displayable, safe_name
 from cellae.run_inputs import run_cache, split_rows
 from cellae.sections import CodeViews
@@ -103,23 +104,36 @@ def _batches(images: np.ndarray, rows: np.ndarray, device: torch.device) -> Iter
         yield unit_float(torch.from_numpy(np.asarray(images[rows[start:start + BATCH]]))).to(device)
 
 
+def _mask_batches(masks: np.ndarray | None, rows: np.ndarray, device: torch.device
+                  ) -> Iterator[torch.Tensor | None]:
+    """The cells' masks of ``rows`` in :func:`_batches`' batches (None each, without masks)."""
+    for start in range(0, len(rows), BATCH):
+        yield None if masks is None else torch.from_numpy(
+            np.asarray(masks[rows[start:start + BATCH]])).to(device)
+
+
 @torch.no_grad()
 def encode_images(model: CellAutoencoder, images: np.ndarray, rows: np.ndarray | None = None,
-                  views: CodeViews = "one") -> np.ndarray:
+                  views: CodeViews = "one", masks: np.ndarray | None = None) -> np.ndarray:
     """Latent codes of uint8 images (of ``rows`` of them, or all), through the model's encode;
     with ``views`` "dihedral" each code is the mean of the codes of the image's 8 symmetries
-    (``eval.code_views``)."""
+    (``eval.code_views``). ``masks`` (N, H, W), the cells', go to a model that reads them."""
     device = next(model.parameters()).device
     rows = np.arange(len(images)) if rows is None else rows
-    parts = [_code(model, x, views).cpu() for x in _batches(images, rows, device)]
+    parts = [_code(model, x, mask, views).cpu() for x, mask in zip(
+        _batches(images, rows, device), _mask_batches(masks, rows, device), strict=True)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.latent_dim), np.float32)
 
 
-def _code(model: CellAutoencoder, x: torch.Tensor, views: CodeViews) -> torch.Tensor:
+def _code(model: CellAutoencoder, x: torch.Tensor, masks: torch.Tensor | None,
+          views: CodeViews) -> torch.Tensor:
     if views == "one":
-        return model.encode(x)
+        return model.encode(x, **mask_argument(model, masks))
     if views == "dihedral":
-        return sum(model.encode(view) for view in every_symmetry(x)) / N_SYMMETRIES
+        # the masks turn with their cells
+        mask_views = [None] * N_SYMMETRIES if masks is None else every_symmetry(masks)
+        return sum(model.encode(view, **mask_argument(model, mask))
+                   for view, mask in zip(every_symmetry(x), mask_views, strict=True)) / N_SYMMETRIES
     raise ValueError(f"eval.code_views must be one of {get_args(CodeViews)}, got {views!r}")
 
 
@@ -127,14 +141,16 @@ def _code(model: CellAutoencoder, x: torch.Tensor, views: CodeViews) -> torch.Te
 CODE_CHECK_IMAGES = 16
 
 
-def z_is_encode(model: CellAutoencoder, x: torch.Tensor, output: Any) -> bool:
+def z_is_encode(model: CellAutoencoder, x: torch.Tensor, output: Any,
+                masks: torch.Tensor | None = None) -> bool:
     """Whether the forward pass's ``z`` is what ``encode`` gives (the AE's code, the VAE's mean
     in eval mode), so that its codes can be read off the forward pass instead of a second
     pass of the encoder; a plug-in family may put a sample or something else there. Checked
-    on the first ``CODE_CHECK_IMAGES`` images of ``x``."""
+    on the first ``CODE_CHECK_IMAGES`` images of ``x`` (and of their ``masks``)."""
     head = x[:CODE_CHECK_IMAGES]
+    cells = mask_argument(model, None if masks is None else masks[:CODE_CHECK_IMAGES])
     return output.z.shape == (len(x), model.latent_dim) and torch.allclose(
-        model.encode(head), output.z[:len(head)], rtol=1e-4, atol=1e-5)
+        model.encode(head, **cells), output.z[:len(head)], rtol=1e-4, atol=1e-5)
 
 
 @torch.no_grad()
@@ -153,10 +169,11 @@ def _reconstruction_numbers(model: CellAutoencoder, cache: CellCache,
     for start, x in zip(range(0, len(idx), BATCH), _batches(cache.images, idx, device), strict=True):
         rows = idx[start:start + BATCH]
         mask = torch.from_numpy(np.asarray(cache.masks[rows])).to(device).float().unsqueeze(1)
-        output = model(x)
+        cells = mask_argument(model, mask)
+        output = model(x, **cells)
         if trusted is None:
-            trusted = z_is_encode(model, x, output)
-        codes.append((output.z if trusted else model.encode(x)).float().cpu())
+            trusted = z_is_encode(model, x, output, mask)
+        codes.append((output.z if trusted else model.encode(x, **cells)).float().cpu())
         losses = model.loss(x, mask, output)
         for key, value in losses.items():
             totals[key] = totals.get(key, 0.0) + float(value) * len(rows)
@@ -249,7 +266,7 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
     parts: dict[str, float] = {}
     every = np.concatenate([train_idx, test_idx])
     with _timed(parts, "encode"):
-        train_codes = encode_images(model, cache.images, train_idx, e.code_views)
+        train_codes = encode_images(model, cache.images, train_idx, e.code_views, cache.masks)
     n_train = len(train_idx)
     with _timed(parts, "reconstruction"):
         reconstruction, scores, test_codes = _reconstruction_numbers(model, cache, test_idx)
@@ -257,7 +274,7 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
     family_codes = test_codes
     if e.code_views != "one":
         with _timed(parts, "encode"):
-            test_codes = encode_images(model, cache.images, test_idx, e.code_views)
+            test_codes = encode_images(model, cache.images, test_idx, e.code_views, cache.masks)
     test_errors = np.asarray(scores["interior_mean"], dtype=np.float64)
     codes = np.concatenate([train_codes, test_codes])
     result: dict[str, Any] = {
@@ -324,7 +341,8 @@ def compute(loaded: LoadedRun, cache: CellCache, train_idx: np.ndarray, test_idx
                                                           e.tsne_perplexity, seed)
     shown = test_idx[plots.balanced_pick(labels[test_idx], e.n_reconstructions, seed)]
     with _timed(parts, "reconstruction"):
-        reconstructions = to_uint8(loaded.reconstruct(cache.images[shown]))
+        reconstructions = to_uint8(loaded.reconstruct(cache.images[shown],
+                                                      masks=cache.masks[shown]))
     return Evaluation(
         metrics=result, codes=codes, rows=every, n_train=n_train, maps=maps, map_rows=map_rows,
         test_errors=test_errors,
@@ -363,7 +381,7 @@ def draw(evaluation: Evaluation, loaded: LoadedRun, cache: CellCache, figures: P
         errors = evaluation.test_errors[evaluation.map_rows]
         explorer.write_explorer(
             figures / "explorer.html", embedding, np.asarray(cache.images[chosen]),
-            to_uint8(loaded.reconstruct(cache.images[chosen])),
+            to_uint8(loaded.reconstruct(cache.images[chosen], masks=cache.masks[chosen])),
             columns | {"interior error": errors}, run=run, method=latent.MAP_TITLES[first],
             channel_names=cache.channel_names)
     rng = np.random.default_rng(seed)

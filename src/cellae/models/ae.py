@@ -36,11 +36,13 @@ class Autoencoder(CellAutoencoder):
         super().__init__(config, image_size, channels)
         self.to_latent = nn.Linear(self.encoder.out_features, config.latent_dim)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes of images ``x``; the cells' ``mask`` is read by a subclass that pools over it."""
         return self.to_latent(self.encoder(x))
 
-    def forward(self, x: torch.Tensor, patients: torch.Tensor | None = None) -> ModelOutput:
-        z = self.encode(x)
+    def forward(self, x: torch.Tensor, patients: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> ModelOutput:
+        z = self.encode(x, mask)
         logits = self.decode_logits(z, patients)
         return ModelOutput(recon=torch.sigmoid(logits), logits=logits, z=z)
 

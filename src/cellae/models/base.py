@@ -150,6 +150,13 @@ class CellAutoencoder(nn.Module):
     # besides every run's; a model draws nothing itself
     figures: ClassVar[tuple[str, ...]] = ()
 
+    @property
+    def reads_mask(self) -> bool:
+        """Whether :meth:`encode` and :meth:`forward` take each cell's mask (``mask=``, B x H x
+        W, non-zero inside the cell) and need it; a family that does not takes images only,
+        so a plug-in's ``encode(x)`` keeps working (see :func:`mask_argument`)."""
+        return False
+
     def __init__(self, config: ModelConfig, image_size: int, channels: int) -> None:
         super().__init__()
         if not 1 <= channels <= MAX_CHANNELS:
@@ -275,6 +282,18 @@ class CellAutoencoder(nn.Module):
     def draw_figures(self, view: FamilyEvaluation, numbers: dict[str, Any], figures: Path) -> None:
         """A plug-in family's figures of a kind cellae does not draw, written into ``figures``;
         none by default. A built-in family asks for cellae's figures by name (``figures``)."""
+
+
+def mask_argument(model: CellAutoencoder, masks: torch.Tensor | None) -> dict[str, Any]:
+    """The keyword arguments that hand ``masks`` (B x H x W, the cells' own) to the ``encode``
+    or ``forward`` of a model that reads them: ``{"mask": masks}``, or nothing for one that
+    does not. Where the model reads masks and none are given, a CellaeError."""
+    if not model.reads_mask:
+        return {}
+    if masks is None:
+        raise CellaeError(f"this '{model.family}' model reads each cell's mask "
+                          "(model.pool_over: cell), and none was given with the images")
+    return {"mask": masks}
 
 
 def prefers_channels_last(device: torch.device, setting: str = "auto") -> bool:

@@ -26,15 +26,17 @@ GAIN, OFFSET = 0.10, 0.05
 MAX_SHIFT = 2
 
 
-def second_view(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Images ``x`` (B, C, H, W in [0, 1]) as another look at the same cells."""
-    view, _ = dihedral(x, masks)
+def second_view(x: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``x`` (B, C, H, W in [0, 1]) as another look at the same cells, and the cells'
+    ``masks`` (B, H, W) turned and moved alike."""
+    view, view_masks = dihedral(x, masks)
     batch, channels = view.shape[:2]
     gain = 1 + GAIN * (2 * torch.rand(batch, channels, 1, 1, device=x.device) - 1)
     offset = OFFSET * (2 * torch.rand(batch, channels, 1, 1, device=x.device) - 1)
     view = (view * gain + offset).clamp_(0.0, 1.0)
-    shift = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (2,)).tolist()
-    return torch.roll(view, shifts=(int(shift[0]), int(shift[1])), dims=(-2, -1))
+    shift = tuple(int(s) for s in torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (2,)).tolist())
+    return (torch.roll(view, shifts=shift, dims=(-2, -1)),
+            torch.roll(view_masks, shifts=shift, dims=(-2, -1)))
 
 
 def vicreg(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from cellae.data.stain import stain_jitter
 from cellae.errors import CellaeError, first_line
 from cellae.images import unit_float
 from cellae.models import build_model
-from cellae.models.base import prefers_channels_last
+from cellae.models.base import CellAutoencoder, mask_argument, prefers_channels_last
 from cellae.models.condition import drop_patients
 from cellae.training.invariance import second_view, vicreg
 from cellae.training.lr_schedule import lr_factor
@@ -203,19 +203,21 @@ class CellaeModule(L.LightningModule):
         # the encoder may see a re-stained cell; the loss below compares with ``x`` as it is
         jitter = self.config.train.stain_jitter if side == "train" else 0.0
         seen = stain_jitter(x, masks, jitter)
+        cells = mask_argument(self.model, masks)
         if self.model.condition is None:
-            output = self._forward[0](seen)
+            output = self._forward[0](seen, **cells)
         else:
             # the test side's patients are unseen ones already (slot 0)
             rate = self.config.model.condition_dropout if side == "train" else 0.0
-            output = self._forward[0](seen, drop_patients(batch[3], rate))
+            output = self._forward[0](seen, drop_patients(batch[3], rate), **cells)
         # the test loss is always the full objective, as in evaluation: one definition of it
         weights = self.model.schedule(self.epochs_done()) if side == "train" else None
         losses = self.model.loss(x, mask, output, weights)
         if self.config.train.invariance > 0:
             # both sides: the test loss stays the full objective
-            view = second_view(stain_jitter(x, masks, jitter), masks)
-            term = vicreg(output.z, self.model.encode(view))
+            view, view_masks = second_view(stain_jitter(x, masks, jitter), masks)
+            term = vicreg(output.z,
+                          self.model.encode(view, **mask_argument(self.model, view_masks)))
             losses["invariance"] = term
             losses["loss"] = losses["loss"] + self.config.train.invariance * term
         epoch = self._record(side, losses, len(x), weights)
@@ -360,7 +362,7 @@ def _steps_of_automatic_optimisation(checkpoint: dict[str, Any]) -> None:
         loops[_MANUAL_STEPS] = {side: dict(counts) for side, counts in automatic.items()}
 
 
-def compiled_or_eager(model: torch.nn.Module, probe: torch.Tensor) -> Any:
+def compiled_or_eager(model: CellAutoencoder, probe: torch.Tensor) -> Any:
     """``torch.compile(model)`` where it compiles and runs a training step, else the model.
 
     Compilation fails late, at the first call, and for reasons outside cellae (no C++ compiler,
@@ -369,8 +371,9 @@ def compiled_or_eager(model: torch.nn.Module, probe: torch.Tensor) -> Any:
     """
     try:
         compiled = torch.compile(model)
-        output = compiled(probe)
-        model.loss(probe, torch.ones_like(probe[:, 0]), output)["loss"].backward()
+        whole_cells = torch.ones_like(probe[:, 0])
+        output = compiled(probe, **mask_argument(model, whole_cells))
+        model.loss(probe, whole_cells, output)["loss"].backward()
     except Exception as exc:  # noqa: BLE001 - any compiler failure falls back the same way
         reason = first_line(exc)
         print(f"train.compile: torch.compile failed ({reason[:200]}); training without it",
