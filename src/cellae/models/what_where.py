@@ -103,4 +103,3 @@ def pool_over_cell(maps: list[torch.Tensor], inside: torch.Tensor) -> torch.Tens
         largest = torch.where(kept.any(dim=(2, 3)), largest, torch.zeros_like(largest))
         parts.append(torch.cat([largest, mean], dim=1))
     return torch.cat(parts, dim=1)
-
